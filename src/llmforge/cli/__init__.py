@@ -1,0 +1,105 @@
+"""The ``llmforge`` command line: the root app, its sub-apps, and error handling.
+
+This is the one place where library errors become messages and exit codes. Nothing here
+imports torch or transformers at module level, so ``llmforge --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from llmforge import __version__
+from llmforge.cli import ckpt, generate, models, train
+from llmforge.cli._context import CliState
+from llmforge.cli._render import print_error
+from llmforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, LLMForgeError
+
+DEBUG_ENV = "LLMFORGE_DEBUG"
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0", "false", "no")
+
+
+class ErrorMappingGroup(TyperGroup):
+    """The root group: turns llmforge's typed errors into a message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except LLMForgeError as e:
+            if _debug():
+                raise
+            print_error(e.message, e.hint)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            if _debug():
+                raise
+            print_error("Interrupted.", None)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except Exception as e:
+            if _debug():
+                raise
+            print_error(
+                f"Unexpected error: {type(e).__name__}: {e}.",
+                f"This is a bug in llmforge. Re-run with {DEBUG_ENV}=1 to see the traceback "
+                "and include it when you report the problem.",
+            )
+            raise typer.Exit(EXIT_ERROR) from None
+
+
+app = typer.Typer(
+    cls=ErrorMappingGroup,
+    name="llmforge",
+    help="Get a language model, fine-tune it on your own machine, keep track of what came "
+    "from what, and get it back out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llmforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Annotated[
+        str | None,
+        typer.Option(
+            "--home",
+            help="Workspace directory (holds models/ and runs/). Default: $LLMFORGE_HOME, "
+            "else the current directory.",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """llmforge: local model registry, training, lineage and export."""
+    ctx.obj = CliState(home=home)
+
+
+app.add_typer(models.app, name="models")
+app.add_typer(train.app, name="train")
+app.add_typer(ckpt.app, name="ckpt")
+app.command(name="generate")(generate.generate)
+
+
+def main() -> None:
+    """Entry point of the ``llmforge`` console script and ``python -m llmforge``."""
+    app()

@@ -1,0 +1,84 @@
+"""Rich rendering shared by the commands: errors, tables, trees and key/value panels."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+
+def stdout() -> Console:
+    """A console on the current stdout (looked up at call time, so tests can capture it)."""
+    return Console(highlight=False, soft_wrap=False)
+
+
+def stderr() -> Console:
+    """A console on the current stderr."""
+    return Console(stderr=True, highlight=False)
+
+
+def print_error(message: str, hint: str | None) -> None:
+    """Print one paragraph on stderr: what went wrong, then what to do."""
+    text = f"Error: {message}" + (f" {hint}" if hint else "")
+    stderr().print(text, markup=False, style="red")
+
+
+def print_warning(message: str) -> None:
+    """Print a warning line on stderr."""
+    stderr().print(f"Warning: {message}", markup=False, style="yellow")
+
+
+def print_json(obj: Any) -> None:
+    """Print JSON for scripts: plain text, no Rich wrapping or colour."""
+    import sys
+
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
+    """A table with the given columns; every cell folds instead of being cut off."""
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def key_values(title: str, pairs: Iterable[tuple[str, str]]) -> Table:
+    """A two-column table of field names and values."""
+    t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+    t.add_column("field", style="bold", no_wrap=True)
+    t.add_column("value", overflow="fold")
+    for k, v in pairs:
+        t.add_row(k, v)
+    return t
+
+
+def lineage_tree(name: str, ancestors: Sequence[str], children: Sequence[str], origin: str | None) -> Tree:
+    """A tree from the oldest ancestor (or the hub id it came from) down to ``name`` and its children.
+
+    Args:
+        name: The model in focus.
+        ancestors: ``[parent, grandparent, ...]``.
+        children: Models fine-tuned from ``name``.
+        origin: Where the oldest ancestor came from (e.g. ``hf:Qwen/Qwen2-0.5B``), or None.
+    """
+    chain = list(reversed(ancestors))
+    root_label = origin or (chain[0] if chain else name)
+    tree = Tree(root_label)
+    node = tree
+    labels = chain if origin else chain[1:] if chain else []
+    for a in labels:
+        node = node.add(a)
+    if origin or chain:
+        node = node.add(f"[bold]{name}[/bold]")
+    else:
+        tree.label = f"[bold]{name}[/bold]"
+    for c in children:
+        node.add(f"{c} (child)")
+    return tree

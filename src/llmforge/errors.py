@@ -1,0 +1,104 @@
+"""The typed errors llmforge raises.
+
+Library code raises these and never prints. Only ``llmforge.cli`` turns them into a
+one-paragraph message on stderr (what went wrong, then what to do) and an exit code.
+"""
+
+from __future__ import annotations
+
+# Exit codes, documented in the README's command reference.
+EXIT_ERROR = 1  # the command could not do what was asked (bad input, missing model, ...)
+EXIT_USAGE = 2  # the command line or a config file is malformed (click uses 2 as well)
+EXIT_INTEGRITY = 3  # something on disk failed verification (checksums, corrupt files)
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
+
+
+class LLMForgeError(Exception):
+    """Base class: a message saying what went wrong and a hint saying what to do.
+
+    Args:
+        message: What went wrong, in one or two sentences.
+        hint: What the user can do about it; shown after the message.
+    """
+
+    exit_code: int = EXIT_ERROR
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
+
+
+class ConfigError(LLMForgeError):
+    """A training config (file, key or value) is invalid."""
+
+    exit_code = EXIT_USAGE
+
+
+class WorkspaceError(LLMForgeError):
+    """The workspace directory is unusable (missing, not a directory, not writable)."""
+
+
+class InvalidModelNameError(LLMForgeError):
+    """A model name does not match the allowed pattern."""
+
+    exit_code = EXIT_USAGE
+
+
+class RegistryError(LLMForgeError):
+    """The registry file cannot be read or written."""
+
+
+class RegistryCorruptError(RegistryError):
+    """``registry.json`` exists but is not a valid registry; it is never overwritten."""
+
+    exit_code = EXIT_INTEGRITY
+
+
+class ModelNotFoundError(LLMForgeError):
+    """No registry entry has the requested name."""
+
+
+class ModelExistsError(LLMForgeError):
+    """A registry entry with that name already exists."""
+
+
+class ModelFilesMissingError(LLMForgeError):
+    """A registry entry exists but its files are missing or do not match the record."""
+
+    exit_code = EXIT_INTEGRITY
+
+
+class UnsafePathError(LLMForgeError):
+    """A path recorded somewhere points outside the workspace."""
+
+    exit_code = EXIT_INTEGRITY
+
+
+class ConfirmationRequiredError(LLMForgeError):
+    """A destructive command needs confirmation and none could be asked for."""
+
+    exit_code = EXIT_USAGE
+
+
+class DataError(LLMForgeError):
+    """A training data file is missing, empty, unreadable or malformed."""
+
+
+class CheckpointError(LLMForgeError):
+    """A checkpoint is missing, incomplete, or does not fit the model."""
+
+
+class AdapterNotFoundError(LLMForgeError):
+    """No adapter handles the requested architecture."""
+
+
+class TrainingError(LLMForgeError):
+    """Training cannot start or cannot continue (non-finite loss, run exists, ...)."""
+
+
+class NotAvailableError(LLMForgeError):
+    """The command exists but its feature is not built yet."""
