@@ -95,7 +95,7 @@ def root(
 
 
 app.add_typer(models.app, name="models")
-app.add_typer(train.app, name="train")
+app.command(name="train")(train.train)
 app.add_typer(ckpt.app, name="ckpt")
 app.command(name="generate")(generate.generate)
 

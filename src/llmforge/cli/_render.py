@@ -13,12 +13,12 @@ from rich.tree import Tree
 
 def stdout() -> Console:
     """A console on the current stdout (looked up at call time, so tests can capture it)."""
-    return Console(highlight=False, soft_wrap=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 def stderr() -> Console:
     """A console on the current stderr."""
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_error(message: str, hint: str | None) -> None:
@@ -59,8 +59,10 @@ def key_values(title: str, pairs: Iterable[tuple[str, str]]) -> Table:
     return t
 
 
-def lineage_tree(name: str, ancestors: Sequence[str], children: Sequence[str], origin: str | None) -> Tree:
-    """A tree from the oldest ancestor (or the hub id it came from) down to ``name`` and its children.
+def lineage_tree(
+    name: str, ancestors: Sequence[str], children: Sequence[str], origin: str | None
+) -> Tree:
+    """A tree from the oldest ancestor (or its hub id) down to ``name`` and its children.
 
     Args:
         name: The model in focus.

@@ -6,7 +6,9 @@ import typer
 
 from llmforge.errors import NotAvailableError
 
-app = typer.Typer(help="Inspect, register and export training checkpoints.", invoke_without_command=True)
+app = typer.Typer(
+    help="Inspect, register and export training checkpoints.", invoke_without_command=True
+)
 
 
 @app.callback()

@@ -1,18 +1,168 @@
-"""``llmforge train``: train a model from a YAML config."""
+"""``llmforge train``: train a model from a YAML config with command-line overrides."""
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-from llmforge.errors import NotAvailableError
+from llmforge.cli import _render as r
+from llmforge.cli._context import workspace
+from llmforge.cli._progress import plain_or_live_reporter
+from llmforge.errors import EXIT_INTERRUPTED
+from llmforge.fsutil import human_count
 
-app = typer.Typer(help="Train a model from a YAML config.", invoke_without_command=True)
 
-
-@app.callback()
-def train() -> None:
-    """Train a model from a YAML config (not available in this build yet)."""
-    raise NotAvailableError(
-        "Training is not available in this build of llmforge yet.",
-        "Update llmforge; `llmforge --help` lists what this build can do.",
+def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[str]:
+    """The start-up log: what is trained, from where, on what."""
+    lines = []
+    run = info["run_name"]
+    if resumed:
+        what = f"fine-tune run {run!r}" if info["model_name"] else f"run {run!r}"
+        lines.append(f"Continuing {what} from step {start_step} ({info['run_dir']}).")
+    elif info["model_name"]:
+        lines.append(
+            f"Starting new fine-tune of {info['model_name']!r} as run {run!r} ({info['run_dir']})."
+        )
+    else:
+        lines.append(f"Starting new run {run!r}: trained from scratch ({info['run_dir']}).")
+    model = info["model"]
+    arch = ", ".join(
+        f"{k}={v}" for k, v in model.items() if k not in ("architecture", "parameters")
     )
+    lines.append(
+        f"Model: architecture {info['architecture']} ({arch}), "
+        f"{human_count(info['parameters'])} parameters"
+        + (
+            ""
+            if info["trainable_parameters"] == info["parameters"]
+            else f", {human_count(info['trainable_parameters'])} trainable"
+        )
+        + "."
+    )
+    if info["model_name"]:
+        lines.append(
+            f"Model name: {info['model_name']}, model_id: {info['model_id'] or '-'}, "
+            f"source: {info['model_source']}."
+        )
+        chain = " <- ".join(
+            [f"run {run}", *info["lineage"]] + ([info["model_id"]] if info["model_id"] else [])
+        )
+        lines.append(f"Lineage: {chain} (fine-tune started {info['fine_tune_started_at']}).")
+    else:
+        lines.append("Lineage: trained from scratch (no parent model).")
+    tok = info["tokenizer"] or {}
+    lines.append(f"Tokenizer: {tok.get('identifier')} ({tok.get('kind')}).")
+    lines.append(
+        f"Data: {info['data']['source']}. {info['tokens_per_step']:,} tokens per step, "
+        f"{info['max_steps']} steps, precision {info['precision']}."
+    )
+    return lines
+
+
+def train(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Argument(
+            help="YAML config (e.g. configs/custom-transformer.yaml). Default: built-in defaults."
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Total optimizer steps of the run.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override any config key: --set learning_rate=3e-4 (repeatable)."
+        ),
+    ] = None,
+    run_name: Annotated[
+        str | None,
+        typer.Option("--run-name", help="Run folder under runs/ (default: the config's name)."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume", help="Continue a run: 'latest' (this config's run) or a checkpoint / run."
+        ),
+    ] = None,
+    stop_at: Annotated[
+        int | None,
+        typer.Option(
+            "--stop-at",
+            help="Pause at this step with a checkpoint (the schedule still targets max_steps).",
+        ),
+    ] = None,
+) -> None:
+    """Train a model: the from-scratch Transformer, or a registry model (model_name)."""
+    from llmforge.config import load_config, parse_overrides
+    from llmforge.training.run import prepare_run
+
+    overrides = parse_overrides(set_ or [])
+    if max_steps is not None:
+        overrides["max_steps"] = max_steps
+    if run_name is not None:
+        overrides["run_name"] = run_name
+    cfg = load_config(config, overrides)
+    ws = workspace(ctx)
+    reporter = plain_or_live_reporter()
+    run = prepare_run(
+        ws, cfg, resume=resume, explicit_keys=set(cfg.model_fields_set), callbacks=[reporter]
+    )
+    out = r.stdout()
+    for w in run.warnings:
+        r.print_warning(w)
+    for line in _start_lines(run.info, run.resumed_from is not None, run.start_step):
+        out.print(line, markup=False)
+    if run.start_step >= run.trainer.cfg.max_steps:
+        out.print(
+            f"The run already completed its {run.trainer.cfg.max_steps} steps; nothing to do. "
+            "Raise --max-steps to train further.",
+            markup=False,
+        )
+        return
+
+    stop_requested = False
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        nonlocal stop_requested
+        if stop_requested:
+            raise KeyboardInterrupt
+        stop_requested = True
+        r.print_warning(
+            "Ctrl-C: stopping after this step and saving a checkpoint "
+            "(press Ctrl-C again to abort without saving)."
+        )
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with reporter.live(run.start_step, run.trainer.cfg.max_steps):
+            result = run.trainer.fit(should_stop=lambda: stop_requested, stop_at=stop_at)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+    where = result.last_checkpoint
+    if result.stopped_early:
+        again = f"llmforge train {config or ''} --resume latest".replace("  ", " ")
+        if run_name:
+            again += f" --run-name {run_name}"
+        stopped_by = "Interrupted" if stop_requested else "Stopped"
+        out.print(
+            f"{stopped_by} at step {result.step} of {run.trainer.cfg.max_steps}; checkpoint saved "
+            f"at {where}. Resume with: {again}",
+            markup=False,
+        )
+        if stop_requested:
+            raise typer.Exit(EXIT_INTERRUPTED)
+    else:
+        first = result.losses[0][1] if result.losses else float("nan")
+        val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
+        out.print(
+            f"Done: {result.step} steps; training loss {first:.4f} -> {result.losses[-1][1]:.4f}"
+            f"{val}. Checkpoint: {where}",
+            markup=False,
+        )
+        out.print(f'Try it: llmforge generate {run.info["run_name"]} --prompt "..."', markup=False)

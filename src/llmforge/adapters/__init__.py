@@ -1,0 +1,54 @@
+"""Adapter lookup by architecture.
+
+Adapters are found through the ``llmforge.adapters`` entry-point group (a third-party
+package adds an architecture by declaring one), with the built-in ones as a fallback when
+llmforge runs from a source tree without installed metadata.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from llmforge.adapters.base import ModelAdapter
+from llmforge.errors import AdapterNotFoundError
+
+ENTRY_POINT_GROUP = "llmforge.adapters"
+BUILTIN = {
+    "custom-transformer": "llmforge.adapters.custom:CustomTransformerAdapter",
+}
+
+
+def _targets() -> dict[str, str]:
+    found = dict(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep.value
+    return found
+
+
+def known_architectures() -> list[str]:
+    """Every architecture an installed adapter handles, sorted."""
+    return sorted(_targets())
+
+
+def get_adapter(architecture: str) -> type[ModelAdapter]:
+    """The adapter class for ``architecture``.
+
+    Raises:
+        AdapterNotFoundError: Listing the architectures that do have an adapter.
+    """
+    target = _targets().get(architecture)
+    if target is None:
+        raise AdapterNotFoundError(
+            f"No adapter handles the architecture {architecture!r}.",
+            f"Known architectures: {', '.join(known_architectures())}. A package can add one "
+            f"through the {ENTRY_POINT_GROUP!r} entry-point group (see docs/adapters.md).",
+        )
+    module, _, attr = target.partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    if not (isinstance(cls, type) and issubclass(cls, ModelAdapter)):
+        raise AdapterNotFoundError(
+            f"The adapter registered for {architecture!r} ({target}) is not a ModelAdapter.",
+            "Fix or uninstall the package that registers it.",
+        )
+    return cls

@@ -1,0 +1,99 @@
+"""The adapter protocol: the one way the trainer, generator and checkpoints reach a model.
+
+Every architecture (the custom Transformer, the Qwen family, a third party's) is one
+subclass of :class:`ModelAdapter`. Nothing outside ``llmforge.adapters`` imports
+``transformers`` or the custom model directly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from llmforge.config import TrainingConfig
+    from llmforge.registry import ModelEntry
+    from llmforge.tokenizers import Tokenizer
+
+# What an adapter's generation cache is: opaque to everyone but the adapter.
+GenerationCache = Any
+
+
+class ModelAdapter(ABC):
+    """A model of one architecture together with its tokenizer.
+
+    Attributes:
+        architecture: The registry's architecture string (``custom-transformer``, ``qwen2``).
+        model: The underlying ``torch.nn.Module``.
+        tokenizer: The tokenizer the model is trained and decoded with.
+    """
+
+    architecture: ClassVar[str]
+    model: nn.Module
+    tokenizer: Tokenizer
+
+    # -- construction ----------------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: TrainingConfig, tokenizer: Tokenizer) -> ModelAdapter:
+        """A freshly initialised model sized by the training config."""
+        raise NotImplementedError(f"{cls.architecture} models cannot be created from scratch")
+
+    @classmethod
+    def from_registry(
+        cls, entry: ModelEntry, folder: Path, tokenizer: Tokenizer | None = None
+    ) -> ModelAdapter:
+        """The registered model in ``folder``, with its native tokenizer unless one is given."""
+        raise NotImplementedError(f"{cls.architecture} models cannot be loaded from the registry")
+
+    @classmethod
+    @abstractmethod
+    def load(cls, folder: Path, tokenizer: Tokenizer) -> ModelAdapter:
+        """The model that :meth:`save` wrote into ``folder``."""
+
+    # -- use ---------------------------------------------------------------------------
+    @abstractmethod
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, V) for ``input_ids`` (B, T), and the mean next-token loss.
+
+        ``labels`` are already shifted (``labels[:, t]`` is the target of position ``t``);
+        ``-100`` marks positions without loss.
+        """
+
+    @abstractmethod
+    def generation_step(
+        self, input_ids: torch.Tensor, cache: GenerationCache | None
+    ) -> tuple[torch.Tensor, GenerationCache]:
+        """Feed new tokens (B, T_new) after ``cache``; return last-position logits (B, V)."""
+
+    @property
+    @abstractmethod
+    def max_context(self) -> int | None:
+        """Longest sequence the model accepts, or None when unbounded in practice."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> None:
+        """Write weights (safetensors) and the model's own config into ``folder``."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Architecture facts for logs and metadata (layers, width, heads, ...)."""
+
+    # -- parameters ----------------------------------------------------------------------
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Named parameters that training updates (unique: tied weights appear once)."""
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Number of distinct parameters (tied weights counted once)."""
+        params = self.model.parameters()
+        return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
+
+    def no_weight_decay(self, name: str, param: torch.nn.Parameter) -> bool:
+        """Whether a parameter is exempt from weight decay: norms, biases, embeddings."""
+        return param.ndim < 2 or "emb" in name or "norm" in name or name.endswith(".bias")

@@ -1,0 +1,251 @@
+"""``TrainingConfig``: every knob of a training run, loaded from YAML with CLI overrides.
+
+Unknown keys are rejected, every field has a default (no config file means sensible
+defaults), and a bad file produces one ``ConfigError`` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from llmforge.errors import ConfigError
+
+# Keys that only shape the from-scratch Transformer; a registry model's own config wins.
+ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "block_size", "dropout")
+
+# Keys that may differ when a run is resumed without changing what it computes.
+DEFAULT_WARMUP = 30
+
+RESUMABLE_KEYS = (
+    "max_steps",
+    "eval_interval",
+    "eval_steps",
+    "sample_interval",
+    "sample_tokens",
+    "save_interval",
+    "keep_last",
+    "log_interval",
+)
+
+
+class TrainingConfig(BaseModel):
+    """The resolved configuration of one training run."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # -- which model -----------------------------------------------------------------
+    model_name: str | None = Field(
+        default=None, description="Registry model to fine-tune; None = the custom Transformer."
+    )
+    tokenizer_override: str | None = Field(
+        default=None, description="Registry model name or tokenizer folder to use instead."
+    )
+
+    # -- the from-scratch Transformer (ignored for registry models) -------------------
+    n_layers: int = Field(default=4, ge=1, le=128)
+    d_model: int = Field(default=256, ge=8, le=16384)
+    n_heads: int = Field(default=4, ge=1, le=256)
+    block_size: int = Field(default=128, ge=2, le=131072)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+    # -- data -------------------------------------------------------------------------
+    data_path: str | None = Field(
+        default=None, description="UTF-8 text file; None = the built-in corpus."
+    )
+    val_fraction: float = Field(default=0.1, gt=0.0, le=0.5)
+
+    # -- optimisation -----------------------------------------------------------------
+    learning_rate: float = Field(default=2e-3, gt=0.0, le=1.0)
+    min_lr: float = Field(default=2e-4, ge=0.0)
+    warmup_steps: int = Field(
+        default=DEFAULT_WARMUP, ge=0, description="Default: 30, at most a tenth of max_steps."
+    )
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
+    grad_clip: float = Field(default=1.0, ge=0.0, description="0 disables clipping.")
+    batch_size: int = Field(default=16, ge=1, description="Sequences per micro-batch.")
+    grad_accum_steps: int = Field(default=1, ge=1)
+    max_steps: int = Field(default=300, ge=1, description="Optimizer steps of the whole run.")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = Field(default=1337, ge=0)
+
+    # -- evaluation, samples, checkpoints ---------------------------------------------
+    log_interval: int = Field(default=10, ge=1)
+    eval_interval: int = Field(default=50, ge=1)
+    eval_steps: int = Field(default=10, ge=1, description="Validation batches per evaluation.")
+    sample_interval: int = Field(default=100, ge=0, description="0 disables samples.")
+    sample_tokens: int = Field(default=120, ge=1)
+    save_interval: int = Field(default=100, ge=1)
+    keep_last: int = Field(default=3, ge=1)
+    output_dir: str = Field(default="runs", description="Relative to the workspace.")
+    run_name: str | None = Field(
+        default=None, description="Folder under output_dir; default: the config file's name."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_warmup(cls, data: Any) -> Any:
+        # An unset warmup shrinks with short runs, so `--max-steps 20` works out of the box.
+        if isinstance(data, dict) and data.get("warmup_steps") is None:
+            steps = data.get("max_steps", 300)
+            if isinstance(steps, int) and steps > 0:
+                data = {**data, "warmup_steps": min(DEFAULT_WARMUP, steps // 10)}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingConfig:
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps "
+                f"({self.max_steps})"
+            )
+        if self.min_lr > self.learning_rate:
+            raise ValueError(
+                f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})"
+            )
+        if self.model_name is None and self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.run_name is not None and not _safe_name(self.run_name):
+            raise ValueError(
+                f"run_name {self.run_name!r} must be a plain folder name (letters, digits, "
+                "'.', '_', '-')"
+            )
+        return self
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens that one optimizer step consumes."""
+        return self.batch_size * self.grad_accum_steps * self.block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as plain JSON/YAML types (``model_name`` included, None allowed)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "config") -> TrainingConfig:
+        """Build a config from a dict, as :meth:`to_dict` produces or a YAML file holds.
+
+        Raises:
+            ConfigError: Naming ``source`` and the offending key.
+        """
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise _config_error(e, source) from e
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and all(c.isalnum() or c in "._-" for c in name)
+
+
+def _config_error(e: ValidationError, source: str) -> ConfigError:
+    """One message for the first problem pydantic found, naming the file and the key."""
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        known = ", ".join(TrainingConfig.model_fields)
+        return ConfigError(
+            f"{source}: unknown key {key!r}.",
+            f"Remove it or fix its spelling. Known keys: {known}.",
+        )
+    got = (
+        f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+    )
+    msg = err["msg"].removeprefix("Value error, ")
+    where = f"key {key!r}: " if key else ""
+    more = f" ({e.error_count() - 1} more problem(s) after this one)" if e.error_count() > 1 else ""
+    return ConfigError(
+        f"{source}: {where}{msg}{got}{more}.",
+        "Fix the value in the file or in the --set override; `llmforge train --help` and "
+        "configs/custom-transformer.yaml show every key with its meaning.",
+    )
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``--set key=value`` strings; values are read as YAML scalars (``3``, ``null``...).
+
+    Raises:
+        ConfigError: If a pair has no ``=`` or an empty key.
+    """
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"--set {pair!r} is not of the form key=value.",
+                "Write it like --set learning_rate=3e-4.",
+            )
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping from ``path`` (an empty file is an empty mapping).
+
+    Raises:
+        ConfigError: If the file is missing, unreadable, not YAML, or not a mapping.
+    """
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file {path} does not exist.",
+            "Check the path; the examples live in configs/ (e.g. configs/custom-transformer.yaml).",
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"Config file {path} is not UTF-8 text.", "Save it as UTF-8 YAML.") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(
+            f"Config file {path} is not valid YAML{where}: {problem}.",
+            "Fix the syntax (indentation, a missing ':' or an unclosed quote are common).",
+        ) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"Config file {path} must hold a mapping of keys to values, not {type(data).__name__}.",
+            "Write it like `max_steps: 300` one key per line.",
+        )
+    return data
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainingConfig:
+    """Load a config: defaults, then the YAML file, then the overrides.
+
+    Args:
+        path: A YAML file, or None for defaults only.
+        overrides: Keys set on the command line (``--set``, ``--max-steps``); they win.
+
+    Returns:
+        The validated config. ``run_name`` defaults to the file's stem.
+
+    Raises:
+        ConfigError: For a bad file, key or value (naming the file and the key).
+    """
+    data = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "default config"
+    if overrides:
+        source += " with command-line overrides"
+        data = {**data, **overrides}
+    if data.get("run_name") is None and path is not None:
+        data["run_name"] = path.stem
+    return TrainingConfig.from_dict(data, source=source)

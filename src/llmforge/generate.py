@@ -1,0 +1,110 @@
+"""Text generation with a KV cache: greedy, temperature, top-k, top-p, stop tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from llmforge.adapters.base import ModelAdapter
+from llmforge.errors import ConfigError
+
+
+@dataclass
+class SamplingOptions:
+    """How to pick each next token.
+
+    Attributes:
+        max_new_tokens: Stop after this many new tokens.
+        temperature: 0 means greedy (argmax); higher is more random.
+        top_k: Keep only the k most likely tokens (None or 0 = all).
+        top_p: Keep the smallest set whose probability reaches p (None or 1.0 = all).
+        seed: Seed of the sampling generator (None = nondeterministic).
+        stop_token_ids: Ids that end generation (not emitted). EOS is added by default.
+    """
+
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop_token_ids: Sequence[int] = field(default_factory=tuple)
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` for values that make no sense."""
+        if self.max_new_tokens < 0:
+            raise ConfigError("--max-new-tokens must be 0 or more.", "Pass e.g. 200.")
+        if self.temperature < 0:
+            raise ConfigError("--temperature must be 0 (greedy) or more.", "Pass e.g. 0.8.")
+        if self.top_k is not None and self.top_k < 0:
+            raise ConfigError("--top-k must be 0 (off) or more.", "Pass e.g. 40.")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ConfigError("--top-p must be in (0, 1].", "Pass e.g. 0.9.")
+
+
+def pick_next(logits: torch.Tensor, opts: SamplingOptions, gen: torch.Generator | None) -> int:
+    """Choose the next id from last-position logits (V,)."""
+    if opts.temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits.float() / opts.temperature
+    if opts.top_k:
+        k = min(opts.top_k, logits.size(-1))
+        kth = torch.topk(logits, k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if opts.top_p is not None and opts.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        # Drop a token when the tokens before it already reach top_p (the first always stays).
+        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= opts.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+@torch.no_grad()
+def stream_ids(
+    adapter: ModelAdapter, prompt_ids: Sequence[int], opts: SamplingOptions
+) -> Iterator[int]:
+    """Yield new token ids one at a time, reusing the KV cache between steps.
+
+    When the sequence reaches the model's context limit, the cache is rebuilt from the most
+    recent tokens (a sliding window), so generation can run longer than the context.
+    """
+    opts.check()
+    model = adapter.model
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
+    stops = set(opts.stop_token_ids)
+    eos = adapter.tokenizer.eos_token_id
+    if eos is not None:
+        stops.add(eos)
+    ids = list(prompt_ids) or adapter.tokenizer.encode("\n") or [0]
+    limit = adapter.max_context
+    try:
+        window = ids[-limit:] if limit else ids
+        logits, cache = adapter.generation_step(torch.tensor([window]), None)  # (1, V)
+        cached = len(window)
+        for _ in range(opts.max_new_tokens):
+            nxt = pick_next(logits[0], opts, gen)
+            if nxt in stops:
+                return
+            yield nxt
+            ids.append(nxt)
+            if limit and cached + 1 > limit:
+                window = ids[-(limit // 2) :]  # restart from the recent half
+                logits, cache = adapter.generation_step(torch.tensor([window]), None)
+                cached = len(window)
+            else:
+                logits, cache = adapter.generation_step(torch.tensor([[nxt]]), cache)
+                cached += 1
+    finally:
+        model.train(was_training)
+
+
+def generate_text(adapter: ModelAdapter, prompt: str, opts: SamplingOptions) -> str:
+    """The completion of ``prompt`` (without the prompt itself)."""
+    ids = list(stream_ids(adapter, adapter.tokenizer.encode(prompt), opts))
+    return adapter.tokenizer.decode(ids)

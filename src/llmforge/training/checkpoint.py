@@ -1,0 +1,240 @@
+"""Checkpoints: atomic save, discovery, loading, pruning.
+
+A checkpoint is a directory ``runs/<run>/checkpoints/step-NNNNNN/`` holding:
+
+- the adapter's files (``model.safetensors`` + ``config.json`` or a Hugging Face folder),
+- ``tokenizer/`` (the exact tokenizer used),
+- ``optimizer.pt`` (tensors only; loaded with ``weights_only=True``),
+- ``trainer_state.json`` (step, RNG states, sampler position, losses so far),
+- ``meta.json`` (model identity, lineage, tokenizer, resolved config), written last.
+
+It is assembled in a hidden temporary directory and renamed into place, so a crash never
+leaves a half checkpoint under a ``step-*`` name.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmforge.adapters import get_adapter
+from llmforge.adapters.base import ModelAdapter
+from llmforge.errors import CheckpointError
+from llmforge.fsutil import atomic_write_json, fsync_dir, iter_files
+from llmforge.tokenizers import Tokenizer, load_tokenizer
+
+CHECKPOINTS = "checkpoints"
+META_FILE = "meta.json"
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+TOKENIZER_DIR = "tokenizer"
+REQUIRED = (META_FILE, STATE_FILE, OPTIMIZER_FILE, TOKENIZER_DIR)
+_STEP_RE = re.compile(r"step-(\d{6,})")
+
+
+def step_dirname(step: int) -> str:
+    """``step-000200`` for step 200."""
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temporary directories are ignored)."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and _STEP_RE.fullmatch(p.name) and (p / META_FILE).is_file()
+    ]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run, or None."""
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def _fsync_tree(folder: Path) -> None:
+    for f in iter_files(folder):
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    fsync_dir(folder)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states that training consumes (dropout uses torch's CPU generator)."""
+    import random
+
+    return {
+        "torch_cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii"),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    import random
+
+    raw = base64.b64decode(state["torch_cpu"])
+    torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    adapter: ModelAdapter,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    meta: dict[str, Any],
+) -> Path:
+    """Write a checkpoint atomically and return its final path.
+
+    An existing checkpoint of the same step (left by an earlier attempt of the run) is
+    replaced only after the new one is complete.
+    """
+    root = run_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dirname(step)
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        adapter.save(tmp)
+        adapter.tokenizer.save(tmp / TOKENIZER_DIR)
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        atomic_write_json(tmp / STATE_FILE, trainer_state)
+        atomic_write_json(tmp / META_FILE, meta)
+        _fsync_tree(tmp)
+        if final.exists():
+            old = root / f".old-{final.name}-{os.getpid()}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
+    """Delete all but the ``keep_last`` newest checkpoints; return the deleted paths."""
+    ckpts = list_checkpoints(run_dir)
+    doomed = ckpts[:-keep_last] if keep_last > 0 else []
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def clean_temporaries(run_dir: Path) -> None:
+    """Remove temporary directories that a crashed save left behind."""
+    root = run_dir / CHECKPOINTS
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def check_complete(path: Path) -> None:
+    """Raise if ``path`` is not a complete checkpoint directory.
+
+    Raises:
+        CheckpointError: Naming the checkpoint and what is missing.
+    """
+    if not path.is_dir():
+        raise CheckpointError(
+            f"No checkpoint at {path}.",
+            "Give a checkpoint directory (runs/RUN/checkpoints/step-NNNNNN), a run name for "
+            "its latest checkpoint, or RUN/step-N; `llmforge ckpt list` shows them.",
+        )
+    missing = [name for name in REQUIRED if not (path / name).exists()]
+    if missing:
+        raise CheckpointError(
+            f"The checkpoint {path} is incomplete: {', '.join(missing)} missing.",
+            "Use another checkpoint of the run (an earlier step), or delete this one.",
+        )
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a checkpoint's JSON file.
+
+    Raises:
+        CheckpointError: If it is missing or not a JSON object.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(
+            f"{path} is missing or not valid JSON.",
+            "The checkpoint is damaged; use another checkpoint of the run.",
+        ) from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object.", "Use another checkpoint.")
+    return data
+
+
+def load_meta(path: Path) -> dict[str, Any]:
+    """The ``meta.json`` of a checkpoint."""
+    return read_json(path / META_FILE)
+
+
+def load_optimizer_state(path: Path) -> dict[str, Any]:
+    """The optimizer state, loaded with ``weights_only=True`` (no code runs on load).
+
+    Raises:
+        CheckpointError: If the file is missing, corrupt, or holds anything but tensors.
+    """
+    try:
+        return torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise CheckpointError(
+            f"Cannot load {path / OPTIMIZER_FILE}: {type(e).__name__}.",
+            "The file is corrupt or not a tensors-only optimizer state; use another "
+            "checkpoint of the run.",
+        ) from e
+
+
+def load_checkpoint_tokenizer(path: Path, meta: dict[str, Any]) -> Tokenizer:
+    """The tokenizer saved with a checkpoint."""
+    tok = meta.get("tokenizer") or {}
+    return load_tokenizer(path / TOKENIZER_DIR, tok.get("kind"), tok.get("identifier"))
+
+
+def load_checkpoint_adapter(path: Path) -> tuple[ModelAdapter, dict[str, Any]]:
+    """The model and tokenizer of a checkpoint, with its metadata.
+
+    Raises:
+        CheckpointError: If the checkpoint is incomplete or its files do not fit.
+        AdapterNotFoundError: If no adapter handles its architecture.
+    """
+    check_complete(path)
+    meta = load_meta(path)
+    arch = meta.get("architecture")
+    if not isinstance(arch, str):
+        raise CheckpointError(
+            f"{path / META_FILE} names no architecture.", "Use another checkpoint."
+        )
+    tokenizer = load_checkpoint_tokenizer(path, meta)
+    adapter = get_adapter(arch).load(path, tokenizer)
+    return adapter, meta
+
+
+def checkpoint_bytes(path: Path) -> int:
+    """Size of a checkpoint on disk."""
+    with contextlib.suppress(OSError):
+        return sum(f.stat().st_size for f in iter_files(path))
+    return 0

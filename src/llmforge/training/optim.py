@@ -1,0 +1,47 @@
+"""The optimizer and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from llmforge.adapters.base import ModelAdapter
+from llmforge.config import TrainingConfig
+
+
+def build_optimizer(adapter: ModelAdapter, cfg: TrainingConfig) -> torch.optim.AdamW:
+    """AdamW over the adapter's trainable parameters.
+
+    Weight decay applies to matrices only; norms, biases and embeddings are exempt
+    (decaying them hurts and buys no regularisation).
+    """
+    decay, no_decay = [], []
+    for name, p in adapter.trainable_parameters():
+        (no_decay if adapter.no_weight_decay(name, p) else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=cfg.learning_rate,
+        betas=(cfg.beta1, cfg.beta2),
+        # foreach batches the per-parameter updates into a few large kernels.
+        foreach=True,
+    )
+
+
+def lr_at(step: int, cfg: TrainingConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warmup, cosine decay.
+
+    Warmup rises from ``learning_rate / warmup_steps`` to ``learning_rate`` over
+    ``warmup_steps`` steps; cosine decay then reaches ``min_lr`` at the last step.
+    """
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - 1 - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (
+        cfg.learning_rate - cfg.min_lr
+    )

@@ -1,0 +1,308 @@
+"""Setting up a training run: a new one, or the continuation of a checkpoint.
+
+:func:`prepare_run` does every check before anything is written (config, model name, model
+files, data), so bad input leaves the workspace untouched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from llmforge import __version__
+from llmforge.adapters import get_adapter
+from llmforge.adapters.base import ModelAdapter
+from llmforge.adapters.custom import CustomTransformerAdapter
+from llmforge.config import ARCHITECTURE_KEYS, RESUMABLE_KEYS, TrainingConfig
+from llmforge.data import Corpus, WindowSampler, read_corpus, split_tokens
+from llmforge.errors import CheckpointError, TrainingError
+from llmforge.fsutil import atomic_write_text
+from llmforge.modelops import require_model_files
+from llmforge.registry import ModelEntry, ModelRegistry, utc_now
+from llmforge.tokenizers import CharTokenizer
+from llmforge.training import checkpoint as ck
+from llmforge.training.metrics import MetricsWriter, truncate_metrics
+from llmforge.training.optim import build_optimizer
+from llmforge.training.trainer import Callback, Trainer
+from llmforge.workspace import Workspace
+
+DEFAULT_RUN_NAME = "default"
+
+
+@dataclass
+class PreparedRun:
+    """A run ready to train.
+
+    Attributes:
+        trainer: The trainer, positioned at the first step to run.
+        run_dir: ``runs/<run_name>``.
+        resumed_from: The checkpoint it continues, or None for a new run.
+        start_step: Steps already done.
+        info: Facts for the start-up log (model, data, sizes, lineage).
+        warnings: Things the user should know before training starts.
+    """
+
+    trainer: Trainer
+    run_dir: Path
+    resumed_from: Path | None
+    start_step: int
+    info: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def run_dir_for(workspace: Workspace, cfg: TrainingConfig) -> Path:
+    """``<workspace>/<output_dir>/<run_name>``."""
+    out = Path(cfg.output_dir).expanduser()
+    base = out if out.is_absolute() else workspace.root / out
+    return base / (cfg.run_name or DEFAULT_RUN_NAME)
+
+
+def resolve_checkpoint(workspace: Workspace, ref: str, runs_dir: Path | None = None) -> Path:
+    """Turn a checkpoint reference into a checkpoint directory.
+
+    ``ref`` may be a checkpoint directory, a run directory (its latest checkpoint), a run
+    name, ``RUN/step-200`` / ``RUN/200``, or ``RUN/latest``.
+
+    Raises:
+        CheckpointError: If nothing matches, or the run has no complete checkpoint.
+    """
+    runs = runs_dir or workspace.runs_dir
+    candidates = [Path(ref).expanduser()]
+    run, _, sub = ref.partition("/")
+    if not Path(ref).is_absolute():
+        candidates.append(runs / ref)
+        if sub:
+            digits = sub.removeprefix("step-")
+            name = ck.step_dirname(int(digits)) if digits.isdigit() else sub
+            candidates.append(runs / run / ck.CHECKPOINTS / name)
+    for c in candidates:
+        if c.name == "latest":
+            c = c.parent.parent if c.parent.name == ck.CHECKPOINTS else c.parent
+        if (c / ck.META_FILE).is_file():
+            return c
+        if (c / ck.CHECKPOINTS).is_dir():
+            latest = ck.latest_checkpoint(c)
+            if latest is None:
+                raise CheckpointError(
+                    f"The run {c} has no complete checkpoint.",
+                    "Train it first, or pick another run (`llmforge ckpt list`).",
+                )
+            return latest
+    raise CheckpointError(
+        f"No checkpoint matches {ref!r}.",
+        "Give a checkpoint directory, a run name (its latest checkpoint) or RUN/step-N; "
+        "`llmforge ckpt list` shows them.",
+    )
+
+
+def _encode(
+    adapter_tokenizer: Any, corpus: Corpus, cfg: TrainingConfig, block: int
+) -> tuple[WindowSampler, WindowSampler, list[int]]:
+    ids = adapter_tokenizer.encode(corpus.text)
+    split = split_tokens(ids, cfg.val_fraction, block)
+    train = WindowSampler(split.train, block, cfg.batch_size, cfg.seed)
+    val = WindowSampler(split.val, block, cfg.batch_size, cfg.seed)
+    prompt = split.val[: min(16, block // 2)].tolist()
+    return train, val, prompt
+
+
+def _registry_model(
+    workspace: Workspace, cfg: TrainingConfig
+) -> tuple[ModelAdapter, ModelEntry, list[str]]:
+    registry = ModelRegistry(workspace)
+    entry = registry.get(cfg.model_name)  # unknown name: fails first, listing names
+    folder = require_model_files(workspace, entry)
+    adapter = get_adapter(entry.architecture).from_registry(entry, folder)
+    return adapter, entry, registry.lineage(entry.model_name)
+
+
+def _new_run(
+    workspace: Workspace, cfg: TrainingConfig, run_dir: Path
+) -> tuple[Trainer, dict[str, Any], list[str]]:
+    warnings: list[str] = []
+    if ck.list_checkpoints(run_dir):
+        latest = ck.latest_checkpoint(run_dir)
+        raise TrainingError(
+            f"The run {run_dir.name!r} already has checkpoints (latest: {latest.name}) in "
+            f"{run_dir}.",
+            "Continue it with --resume latest, or start a new run with --run-name NEW_NAME.",
+        )
+    torch.manual_seed(cfg.seed)  # model initialisation is reproducible from the seed
+    if cfg.model_name is None:
+        corpus = read_corpus(cfg.data_path)
+        tokenizer = CharTokenizer.from_text(corpus.text)
+        adapter: ModelAdapter = CustomTransformerAdapter.from_config(cfg, tokenizer)
+        meta_model: dict[str, Any] = {
+            "model_name": None,
+            "model_id": None,
+            "model_source": "init",
+            "fine_tuned_from": None,
+            "lineage": [],
+        }
+    else:
+        adapter, entry, ancestors = _registry_model(workspace, cfg)
+        set_keys = [k for k in ARCHITECTURE_KEYS if k in cfg.model_fields_set]
+        if set_keys:
+            warnings.append(
+                f"{', '.join(set_keys)} are ignored: model {entry.model_name!r} brings its own "
+                "architecture config."
+            )
+        corpus = read_corpus(cfg.data_path)
+        meta_model = {
+            "model_name": entry.model_name,
+            "model_id": entry.model_id,
+            "model_source": entry.source,
+            "fine_tuned_from": entry.model_name,
+            "lineage": [entry.model_name, *ancestors],
+        }
+    block = min(cfg.block_size, adapter.max_context or cfg.block_size)
+    train, val, prompt = _encode(adapter.tokenizer, corpus, cfg, block)
+    optimizer = build_optimizer(adapter, cfg)
+    meta = {
+        "llmforge_version": __version__,
+        "run_name": run_dir.name,
+        **meta_model,
+        "architecture": adapter.architecture,
+        "fine_tune_started_at": utc_now().isoformat(),
+        "tokenizer": {"kind": adapter.tokenizer.kind, "identifier": adapter.tokenizer.identifier},
+        "model": adapter.describe(),
+        "data": {"source": corpus.source, "sha256": corpus.sha256},
+        "config": cfg.to_dict(),
+    }
+    trainer = Trainer(
+        cfg, adapter, optimizer, train, val, run_dir, meta, {"step": 0}, sample_prompt=prompt
+    )
+    return trainer, meta, warnings
+
+
+def _resume(
+    ckpt: Path, cfg: TrainingConfig, explicit: set[str]
+) -> tuple[Trainer, dict[str, Any], list[str]]:
+    warnings: list[str] = []
+    ck.check_complete(ckpt)
+    run_dir = ckpt.parent.parent
+    adapter, meta = ck.load_checkpoint_adapter(ckpt)
+    saved = TrainingConfig.from_dict(meta.get("config", {}), source=str(ckpt / ck.META_FILE))
+    changed = sorted(
+        k
+        for k in explicit
+        if k not in RESUMABLE_KEYS and k != "run_name" and getattr(cfg, k) != getattr(saved, k)
+    )
+    if changed:
+        warnings.append(
+            f"A resumed run keeps its original settings; ignoring the changed {', '.join(changed)}."
+        )
+    updates = {k: getattr(cfg, k) for k in RESUMABLE_KEYS if k in explicit}
+    run_cfg = TrainingConfig.from_dict({**saved.to_dict(), **updates}, source="resumed config")
+    corpus = read_corpus(run_cfg.data_path)
+    if corpus.sha256 != meta.get("data", {}).get("sha256"):
+        warnings.append(
+            f"The training data ({corpus.source}) changed since the run started; the resumed "
+            "run will not match an uninterrupted one."
+        )
+    block = min(run_cfg.block_size, adapter.max_context or run_cfg.block_size)
+    train, val, prompt = _encode(adapter.tokenizer, corpus, run_cfg, block)
+    optimizer = build_optimizer(adapter, run_cfg)
+    try:
+        optimizer.load_state_dict(ck.load_optimizer_state(ckpt))
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"The optimizer state in {ckpt} does not fit the model ({e}).",
+            "The checkpoint is damaged or from another model; use another checkpoint.",
+        ) from e
+    state = ck.read_json(ckpt / ck.STATE_FILE)
+    try:
+        ck.set_rng_state(state["rng"])
+        start = int(state["step"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{ckpt / ck.STATE_FILE} is damaged ({type(e).__name__}).",
+            "Use another checkpoint of the run.",
+        ) from e
+    meta = {**meta, "config": run_cfg.to_dict()}
+    for k in ("step", "train_loss", "val_loss"):
+        meta.pop(k, None)
+    trainer = Trainer(
+        run_cfg, adapter, optimizer, train, val, run_dir, meta, state, sample_prompt=prompt
+    )
+    trainer.state["step"] = start
+    return trainer, meta, warnings
+
+
+def prepare_run(
+    workspace: Workspace,
+    cfg: TrainingConfig,
+    *,
+    resume: str | None = None,
+    explicit_keys: set[str] | None = None,
+    callbacks: list[Callback] | None = None,
+) -> PreparedRun:
+    """Build everything a run needs, resuming from a checkpoint when asked.
+
+    Args:
+        workspace: Where ``models/`` and ``runs/`` live.
+        cfg: The config from the file and the command line.
+        resume: ``"latest"`` (the newest checkpoint of ``cfg``'s run), or a checkpoint
+            reference (see :func:`resolve_checkpoint`); None starts a new run.
+        explicit_keys: Keys the user set (file or command line); on resume only these can
+            override the run's saved config, and only the resumable ones do.
+        callbacks: Reporters; a metrics-file writer is always added.
+
+    Raises:
+        ConfigError, ModelNotFoundError, ModelFilesMissingError, DataError, CheckpointError,
+        TrainingError: Before anything is written.
+    """
+    explicit = explicit_keys if explicit_keys is not None else set(cfg.model_fields_set)
+    if resume is None:
+        run_dir = run_dir_for(workspace, cfg)
+        trainer, meta, warnings = _new_run(workspace, cfg, run_dir)
+        resumed_from = None
+    else:
+        if resume == "latest":
+            run_dir = run_dir_for(workspace, cfg)
+            resumed_from = ck.latest_checkpoint(run_dir)
+            if resumed_from is None:
+                raise CheckpointError(
+                    f"--resume latest: the run {run_dir.name!r} has no checkpoint in {run_dir}.",
+                    "Start it without --resume, or name the checkpoint or run to continue "
+                    "(`llmforge ckpt list` shows them).",
+                )
+        else:
+            resumed_from = resolve_checkpoint(workspace, resume, run_dir_for(workspace, cfg).parent)
+        trainer, meta, warnings = _resume(resumed_from, cfg, explicit)
+        run_dir = trainer.run_dir
+    # Nothing was written so far; from here on the run exists on disk.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ck.clean_temporaries(run_dir)
+    start = int(trainer.state.get("step", 0))
+    truncate_metrics(run_dir, start)
+    atomic_write_text(
+        run_dir / "config.yaml", yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False)
+    )
+    trainer.callbacks = [MetricsWriter(run_dir), *(callbacks or [])]
+    adapter = trainer.adapter
+    info = {
+        "run_name": run_dir.name,
+        "run_dir": str(run_dir),
+        "model_name": meta.get("model_name"),
+        "model_id": meta.get("model_id"),
+        "model_source": meta.get("model_source"),
+        "architecture": adapter.architecture,
+        "model": adapter.describe(),
+        "parameters": adapter.num_parameters(),
+        "trainable_parameters": adapter.num_parameters(trainable_only=True),
+        "lineage": meta.get("lineage", []),
+        "fine_tune_started_at": meta.get("fine_tune_started_at"),
+        "tokenizer": meta.get("tokenizer"),
+        "data": meta.get("data"),
+        "tokens_per_step": trainer.cfg.batch_size
+        * trainer.cfg.grad_accum_steps
+        * trainer.train_sampler.block_size,
+        "max_steps": trainer.cfg.max_steps,
+        "precision": trainer.cfg.precision,
+    }
+    return PreparedRun(trainer, run_dir, resumed_from, start, info, warnings)

@@ -1,0 +1,59 @@
+"""Helpers for training tests: a tiny config, a small corpus, running the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import sysconfig
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from llmforge.cli import app
+
+TINY = {
+    "n_layers": 1,
+    "d_model": 32,
+    "n_heads": 2,
+    "block_size": 32,
+    "dropout": 0.1,
+    "batch_size": 4,
+    "max_steps": 8,
+    "warmup_steps": 2,
+    "learning_rate": 3e-3,
+    "min_lr": 3e-4,
+    "log_interval": 1,
+    "eval_interval": 3,
+    "eval_steps": 2,
+    "sample_interval": 5,
+    "sample_tokens": 8,
+    "save_interval": 4,
+    "keep_last": 5,
+}
+
+
+def small_corpus(path: Path, chars: int = 30_000) -> Path:
+    """Write real text (the source of the stdlib's textwrap module) to ``path``."""
+    src = Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py"
+    path.write_text(src.read_text(encoding="utf-8")[:chars], encoding="utf-8")
+    return path
+
+
+def write_config(path: Path, **overrides: object) -> Path:
+    """Write a tiny training config (with ``overrides``) as YAML."""
+    path.write_text(yaml.safe_dump({**TINY, **overrides}), encoding="utf-8")
+    return path
+
+
+def run_cli(home: Path, *args: str):
+    """Run ``llmforge --home HOME ARGS`` in-process; returns Click's Result."""
+    return CliRunner().invoke(app, ["--home", str(home), *args])
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (relative path -> digest); dirs as markers."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
+    return out
