@@ -39,7 +39,9 @@ class ValidationReport:
         return not self.problems
 
 
-def validate_entry(workspace: Workspace, entry: ModelEntry, *, hashes: bool = True) -> ValidationReport:
+def validate_entry(
+    workspace: Workspace, entry: ModelEntry, *, hashes: bool = True
+) -> ValidationReport:
     """Check that every recorded file exists with its recorded size and sha256.
 
     Args:

@@ -192,8 +192,7 @@ class ModelRegistry:
         for key, entry in parsed.models.items():
             if key != entry.model_name:
                 raise RegistryCorruptError(
-                    f"{self.path}: the entry stored under {key!r} is named "
-                    f"{entry.model_name!r}.",
+                    f"{self.path}: the entry stored under {key!r} is named {entry.model_name!r}.",
                     fix,
                 )
         return parsed.models
@@ -271,9 +270,7 @@ class ModelRegistry:
             yield models
             after = {k: v.model_dump(mode="json") for k, v in sorted(models.items())}
             if after != before:
-                atomic_write_json(
-                    self.path, {"schema_version": SCHEMA_VERSION, "models": after}
-                )
+                atomic_write_json(self.path, {"schema_version": SCHEMA_VERSION, "models": after})
         finally:
             lock.release()
 

@@ -59,8 +59,10 @@ def key_values(title: str, pairs: Iterable[tuple[str, str]]) -> Table:
     return t
 
 
-def lineage_tree(name: str, ancestors: Sequence[str], children: Sequence[str], origin: str | None) -> Tree:
-    """A tree from the oldest ancestor (or the hub id it came from) down to ``name`` and its children.
+def lineage_tree(
+    name: str, ancestors: Sequence[str], children: Sequence[str], origin: str | None
+) -> Tree:
+    """A tree from the oldest ancestor (or its hub id) down to ``name`` and its children.
 
     Args:
         name: The model in focus.

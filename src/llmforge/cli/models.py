@@ -123,7 +123,9 @@ def delete(
                 f"Deleting {name!r} needs confirmation and there is no terminal to ask on.",
                 "Pass --yes to delete without asking.",
             )
-        typer.confirm(f"Delete model {name!r} and its files in models/{entry.local_path}?", abort=True)
+        typer.confirm(
+            f"Delete model {name!r} and its files in models/{entry.local_path}?", abort=True
+        )
     result = delete_model(ws, name)
     msg = f"Deleted {name!r}: freed {human_bytes(result.bytes_freed)}."
     if result.files_kept_for:
@@ -145,8 +147,12 @@ def validate(
     if as_json:
         r.print_json(
             [
-                {"model_name": x.model_name, "ok": x.ok, "files_checked": x.files_checked,
-                 "problems": x.problems}
+                {
+                    "model_name": x.model_name,
+                    "ok": x.ok,
+                    "files_checked": x.files_checked,
+                    "problems": x.problems,
+                }
                 for x in reports
             ]
         )
