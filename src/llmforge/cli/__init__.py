@@ -32,7 +32,8 @@ class ErrorMappingGroup(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        # typer >= 0.20 has its own Exit/Abort (not click's): they are not errors either.
+        except (click.exceptions.Exit, click.ClickException, click.Abort, typer.Exit, typer.Abort):
             raise
         except LLMForgeError as e:
             if _debug():
