@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
+from typer.testing import CliRunner
 
-from helpers import flat
+from helpers import flat, make_model
+from llmforge.cli import app
 from llmforge.errors import UnsafePathError, WorkspaceError
 from llmforge.workspace import Workspace, resolve_inside, resolve_workspace
 
@@ -108,3 +111,19 @@ def test_model_path_stays_in_models(tmp_path):
     assert ws.model_path("m1") == (tmp_path / "models" / "m1").resolve()
     with pytest.raises(UnsafePathError):
         ws.model_path("../runs")
+
+
+# -- through the CLI ---------------------------------------------------------------------------
+def test_cli_workspace_precedence(three_dirs, monkeypatch):
+    for key in ("home", "env", "cwd"):
+        make_model(Workspace(root=three_dirs[key].resolve()), f"in-{key}", write_files=False)
+
+    def names(*args: str, env: dict[str, str] | None = None) -> list[str]:
+        res = CliRunner().invoke(app, [*args, "models", "list", "--json"], env=env)
+        assert res.exit_code == 0, res.output
+        return [d["model_name"] for d in json.loads(res.stdout)]
+
+    assert names() == ["in-cwd"]
+    env = {"LLMFORGE_HOME": str(three_dirs["env"])}
+    assert names(env=env) == ["in-env"]
+    assert names("--home", str(three_dirs["home"]), env=env) == ["in-home"]
