@@ -361,3 +361,33 @@ def test_invalid_names_are_not_found_and_change_nothing(cli, family, cmd):
     before = snapshot(family.root)
     res = cli("models", *cmd)
     assert_failed_cleanly(res, before, family, "No model named", "Available models")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [("shared", "shared/"), ("shared", "./shared"), ("fam", "fam/sub")],
+)
+def test_delete_never_removes_files_another_entry_uses(cli, workspace, first, second):
+    make_model(workspace, "one", local_path=first)
+    make_model(workspace, "two", local_path=second, write_files=second.startswith("fam/"))
+    res = cli("models", "delete", "one", "--yes")
+    assert res.exit_code == 0, res.output
+    assert "two" in flat(res.stdout)  # says whose files keep the folder
+    assert ModelRegistry(workspace).names() == ["two"]
+    assert cli("models", "validate", "two").exit_code == 0  # its files are intact
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("models", "info", "m1"), ("models", "delete", "m1", "--yes"), ("models", "validate")],
+)
+def test_commands_on_corrupt_registry_change_nothing(cli, workspace, args):
+    make_model(workspace, "m1")
+    data = json.loads(workspace.registry_path.read_text())
+    data["models"]["m1"]["files"]["config.json"]["size"] = -1
+    workspace.registry_path.write_text(json.dumps(data))
+    before = snapshot(workspace.root)
+    res = cli(*args)
+    assert_failed_cleanly(
+        res, before, workspace, str(workspace.registry_path), "models.m1.files", code=3
+    )
