@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 
@@ -301,3 +302,19 @@ def test_lineage_cycle_terminates(workspace):
     t.join(timeout=10)
     assert not t.is_alive(), "lineage() does not terminate on a cycle"
     assert results == {"a": ["c", "b"], "self": []}
+
+
+def test_rewrite_keeps_the_file_mode(workspace):
+    make_model(workspace, "m1")
+    workspace.registry_path.chmod(0o644)
+    make_model(workspace, "m2")
+    assert workspace.registry_path.stat().st_mode & 0o777 == 0o644
+
+
+def test_new_registry_file_is_readable_by_others(workspace):
+    old = os.umask(0o022)
+    try:
+        make_model(workspace, "m1")
+    finally:
+        os.umask(old)
+    assert workspace.registry_path.stat().st_mode & 0o777 == 0o644
