@@ -20,7 +20,7 @@ from llmforge.errors import (
     RegistryCorruptError,
     RegistryError,
 )
-from llmforge.registry import ModelEntry, ModelRegistry, check_model_name
+from llmforge.registry import ModelEntry, ModelRegistry, check_model_name, suggest_model_name
 
 
 def entry(name: str, **kw) -> ModelEntry:
@@ -185,6 +185,20 @@ def test_local_path_escapes_rejected(local_path):
         entry("m", local_path=local_path)
 
 
+@pytest.mark.parametrize("parent", ["", "../x", "Org/Model", "[/bold]", "a b"])
+def test_fine_tuned_from_must_be_a_model_name(parent):
+    with pytest.raises(ValidationError, match="fine_tuned_from"):
+        entry("m", fine_tuned_from=parent)
+
+
+@settings(max_examples=200)
+@given(text=st.text(max_size=100))
+def test_suggested_names_are_valid(text):
+    name = suggest_model_name(text)
+    assert re.fullmatch(NAME_RE, name)
+    assert check_model_name(name) == name
+
+
 @pytest.mark.parametrize("fname", ["../x", "/etc/passwd", "a/../../b"])
 def test_file_names_escapes_rejected(fname):
     with pytest.raises(ValidationError):
@@ -226,6 +240,12 @@ CORRUPT = {
             {"schema_version": 1, "models": {"m1": {**VALID_ENTRY, "local_path": "../../etc"}}}
         ).encode(),
         "local_path",
+    ),
+    "bad-parent": (
+        json.dumps(
+            {"schema_version": 1, "models": {"m1": {**VALID_ENTRY, "fine_tuned_from": "[/b]"}}}
+        ).encode(),
+        "models.m1.fine_tuned_from",
     ),
     "bad-name": (
         json.dumps(

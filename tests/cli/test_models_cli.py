@@ -391,3 +391,14 @@ def test_commands_on_corrupt_registry_change_nothing(cli, workspace, args):
     assert_failed_cleanly(
         res, before, workspace, str(workspace.registry_path), "models.m1.files", code=3
     )
+
+
+def test_info_on_hand_edited_parent_is_an_integrity_error_not_a_crash(cli, workspace):
+    make_model(workspace, "m1")
+    data = json.loads(workspace.registry_path.read_text())
+    data["models"]["m1"]["fine_tuned_from"] = "[/bold]"  # once crashed Rich's markup parser
+    workspace.registry_path.write_text(json.dumps(data))
+    before = snapshot(workspace.root)
+    res = cli("models", "info", "m1")
+    assert_failed_cleanly(res, before, workspace, "fine_tuned_from", "Restore it", code=3)
+    assert "Unexpected error" not in res.stderr
