@@ -136,19 +136,30 @@ def delete_model(workspace: Workspace, name: str) -> DeleteResult:
         ModelNotFoundError: If there is no such model.
     """
     registry = ModelRegistry(workspace)
+
+    def folder_of(e: ModelEntry) -> Path | None:
+        try:
+            return workspace.model_path(e.local_path)
+        except UnsafePathError:
+            return None  # never delete outside models/
+
     with registry.transaction() as models:
         if name not in models:
             raise not_found_error(name, sorted(models))
         entry = models.pop(name)
-        sharing = sorted(n for n, e in models.items() if e.local_path == entry.local_path)
+        folder = folder_of(entry)
+        # Compare resolved folders ("a", "a/", "./a" are one folder), and keep a folder that
+        # holds, or lies inside, another model's folder.
+        sharing = sorted(
+            n
+            for n, e in models.items()
+            if folder is not None
+            and (other := folder_of(e)) is not None
+            and (other == folder or folder in other.parents or other in folder.parents)
+        )
         children = sorted(n for n, e in models.items() if e.fine_tuned_from == name)
     freed = 0
-    if not sharing:
-        try:
-            folder = workspace.model_path(entry.local_path)
-        except UnsafePathError:
-            folder = None  # never delete outside models/
-        if folder is not None and folder != workspace.models_dir.resolve():
-            freed = dir_size(folder)
-            remove_tree(folder)
+    if not sharing and folder is not None and folder != workspace.models_dir.resolve():
+        freed = dir_size(folder)
+        remove_tree(folder)
     return DeleteResult(entry, freed, sharing, children)

@@ -113,6 +113,14 @@ class ModelEntry(BaseModel):
             raise ValueError(f"invalid model name {v!r}")
         return v
 
+    @field_validator("fine_tuned_from")
+    @classmethod
+    def _valid_parent_name(cls, v: str | None) -> str | None:
+        # the parent is a model name too (it is shown, looked up, and never a path)
+        if v is not None and (len(v) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(v)):
+            raise ValueError(f"fine_tuned_from must be a model name, got {v!r}")
+        return v
+
     @field_validator("local_path")
     @classmethod
     def _relative_path(cls, v: str) -> str:

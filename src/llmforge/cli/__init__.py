@@ -26,13 +26,27 @@ def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0", "false", "no")
 
 
+# Exits, aborts and usage errors are handled by Typer itself. Newer Typer vendors click
+# (typer._click): its Exit/Abort/ClickException (base TyperException) are not click's classes.
+_NOT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {
+        click.exceptions.Exit,
+        click.ClickException,
+        click.Abort,
+        typer.Exit,
+        typer.Abort,
+        getattr(typer, "TyperException", click.ClickException),
+    }
+)
+
+
 class ErrorMappingGroup(TyperGroup):
     """The root group: turns llmforge's typed errors into a message and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except _NOT_ERRORS:
             raise
         except LLMForgeError as e:
             if _debug():

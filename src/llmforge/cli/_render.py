@@ -24,12 +24,13 @@ def stderr() -> Console:
 def print_error(message: str, hint: str | None) -> None:
     """Print one paragraph on stderr: what went wrong, then what to do."""
     text = f"Error: {message}" + (f" {hint}" if hint else "")
-    stderr().print(text, markup=False, style="red")
+    # soft_wrap: never break a line inside a path or a command the user may copy.
+    stderr().print(text, markup=False, style="red", soft_wrap=True)
 
 
 def print_warning(message: str) -> None:
     """Print a warning line on stderr."""
-    stderr().print(f"Warning: {message}", markup=False, style="yellow")
+    stderr().print(f"Warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:
