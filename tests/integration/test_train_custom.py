@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmforge.training.checkpoint import OPTIMIZER_FILE, STATE_FILE
-from tests.train_helpers import run_cli, small_corpus, tree_digest, write_config
+from train_helpers import run_cli, small_corpus, tree_digest, write_config
 
 
 @pytest.fixture

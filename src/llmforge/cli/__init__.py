@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -27,23 +26,16 @@ def _debug() -> bool:
 
 
 # Exits, aborts and usage errors are handled by Typer itself. Newer Typer vendors click
-# (typer._click): its Exit/Abort/ClickException (base TyperException) are not click's classes.
-_NOT_ERRORS: tuple[type[BaseException], ...] = tuple(
-    {
-        click.exceptions.Exit,
-        click.ClickException,
-        click.Abort,
-        typer.Exit,
-        typer.Abort,
-        getattr(typer, "TyperException", click.ClickException),
-    }
-)
+# (typer._click), older Typer uses click; either way the usage-error base class is the
+# ClickException in BadParameter's ancestry, so click itself need not be imported.
+_CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_NOT_ERRORS: tuple[type[BaseException], ...] = (typer.Exit, typer.Abort, _CLICK_EXCEPTION)
 
 
 class ErrorMappingGroup(TyperGroup):
     """The root group: turns llmforge's typed errors into a message and an exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except _NOT_ERRORS:
