@@ -273,3 +273,51 @@ def test_malicious_pickle_is_refused(
         _import(ws, "org/evil")
     assert not marker.exists()
     _assert_unchanged(ws, before)
+
+
+def test_offline_import_uses_the_cache(
+    ws: Workspace, repo_id: str, hub_env: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _import(ws, repo_id, name="online")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_env.reset_counts()
+    e = _import(ws, repo_id, name="offline").entry
+    assert sum(hub_env.requests.values()) == 0
+    assert e.revision == first.entry.revision and e.files == first.entry.files
+    with pytest.raises(errors.HubUnreachableError, match="HF_HUB_OFFLINE"):
+        _import(ws, "org/never-imported")
+
+
+def test_interrupt_leaves_nothing(ws: Workspace, repo_id: str) -> None:
+    before = _snapshot(ws)
+
+    def interrupt(name: str, size: int) -> None:
+        if name == "model.safetensors":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        import_model(
+            ws, ImportRequest(repo_id, accept_license=True), ImportHooks(on_file_start=interrupt)
+        )
+    _assert_unchanged(ws, before)
+    assert _import(ws, repo_id).entry.files  # and a later import works
+
+
+def test_failed_registry_write_rolls_back(
+    ws: Workspace, repo_id: str, tiny_qwen_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmforge.registry as registry_module
+
+    _import(ws, repo_id, name="keep")
+    before = _snapshot(ws)
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(registry_module, "atomic_write_json", broken)
+    with pytest.raises(OSError):
+        _import(ws, str(tiny_qwen_repo), name="keep", force=True)
+    with pytest.raises(OSError):
+        _import(ws, repo_id, name="new")
+    _assert_unchanged(ws, before)
+    assert validate_entry(ws, ModelRegistry(ws).get("keep")).ok

@@ -30,16 +30,11 @@ from llmforge.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
+from llmforge.fsutil import atomic_write_text
+from llmforge.repofiles import RemoteFile
 
 HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
-
-# Weight formats llmforge never downloads: duplicates of the safetensors weights, or formats
-# for other runtimes. Pickled .bin weights are fetched only when no safetensors exist.
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_SKIP_SUFFIXES = (".gguf", ".onnx", ".onnx_data", ".h5", ".msgpack", ".ot", ".tflite", ".mlmodel")
-_KEEP_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".tiktoken", ".jinja", ".md")
-_LICENSE_FILE = re.compile(r"(LICEN[CS]E|COPYING|NOTICE)([._-].*)?", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -124,23 +119,6 @@ def hub_endpoint() -> str | None:
     """The hub endpoint from ``HF_ENDPOINT`` (read now, not at import), or None for the default."""
     value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
     return value or None
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """One file of a repository at a commit.
-
-    Attributes:
-        path: Its path in the repository.
-        size: Its size in bytes.
-        blob_id: Its git blob sha1 (the hub's ``oid``).
-        sha256: The sha256 the hub advertises for LFS files, else None.
-    """
-
-    path: str
-    size: int
-    blob_id: str | None = None
-    sha256: str | None = None
 
 
 @dataclass
@@ -239,13 +217,59 @@ def _unreachable(repo_id: str) -> HubUnreachableError:
     )
 
 
-def fetch_snapshot(repo_id: str, revision: str | None, token: str | None) -> RepoSnapshot:
+def offline_mode() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set (read now as well as at huggingface_hub's import)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return env in ("1", "ON", "YES", "TRUE") or constants.is_offline_mode()
+
+
+def cached_snapshot(cache_dir: Path, repo_id: str, revision: str | None) -> RepoSnapshot | None:
+    """The repository as an earlier import left it in the hub cache, or None.
+
+    Checksums come from the cached blob names (sha256 for LFS files, git sha1 otherwise), so
+    files are still verified offline. A snapshot without config.json or weights is ignored.
+    """
+    folder = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    rev = revision or "main"
+    sha = rev if re.fullmatch(r"[0-9a-f]{40}", rev) else None
+    ref = folder / "refs" / rev
+    if sha is None and ref.is_file():
+        sha = ref.read_text().strip()
+    snap_dir = folder / "snapshots" / (sha or "-")
+    if sha is None or not snap_dir.is_dir():
+        return None
+    files = []
+    for p in sorted(snap_dir.rglob("*")):
+        if p.is_file():
+            etag = p.resolve().name
+            files.append(
+                RemoteFile(
+                    path=p.relative_to(snap_dir).as_posix(),
+                    size=p.stat().st_size,
+                    blob_id=etag if len(etag) == 40 else None,
+                    sha256=etag if len(etag) == 64 else None,
+                )
+            )
+    names = {f.path for f in files}
+    if "config.json" not in names or not any(n.endswith((".safetensors", ".bin")) for n in names):
+        return None
+    return RepoSnapshot(repo_id, sha, files)
+
+
+def fetch_snapshot(
+    repo_id: str, revision: str | None, token: str | None, cache_dir: Path | None = None
+) -> RepoSnapshot:
     """Resolve ``revision`` to a commit and list the repository's files with sizes and checksums.
+
+    With ``HF_HUB_OFFLINE`` set, the snapshot an earlier import left in ``cache_dir`` is used.
 
     Args:
         repo_id: The hub id.
         revision: Branch, tag or commit; None for the default branch.
         token: A hub token, or None to use ``HF_TOKEN`` / the saved login.
+        cache_dir: The hub cache, for offline use.
 
     Raises:
         HubError: Or one of its subclasses, for every hub failure.
@@ -253,6 +277,16 @@ def fetch_snapshot(repo_id: str, revision: str | None, token: str | None) -> Rep
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
+    if offline_mode():
+        cached = cached_snapshot(cache_dir, repo_id, revision) if cache_dir else None
+        if cached is None:
+            raise HubUnreachableError(
+                f"HF_HUB_OFFLINE is set and {repo_id!r}"
+                + (f" at {revision!r}" if revision else "")
+                + " is not in the local cache.",
+                "Unset HF_HUB_OFFLINE to download it, or import it once while online.",
+            )
+        return cached
     api = HfApi(endpoint=hub_endpoint(), token=token)
     with hub_errors(repo_id, revision, token):
         info = api.model_info(repo_id, revision=revision)
@@ -270,6 +304,10 @@ def fetch_snapshot(repo_id: str, revision: str | None, token: str | None) -> Rep
             if isinstance(e, RepoFile)
         ]
     card = info.card_data.to_dict() if info.card_data is not None else {}
+    if cache_dir is not None:  # remember ref -> commit like huggingface_hub does, for offline use
+        ref = cache_dir / ("models--" + repo_id.replace("/", "--")) / "refs" / (revision or "main")
+        if ".." not in Path(revision or "main").parts:
+            atomic_write_text(ref, info.sha)
     return RepoSnapshot(repo_id, info.sha, files, gated=bool(info.gated), card_data=card)
 
 
@@ -328,66 +366,8 @@ def download_file(
     return Path(str(local))
 
 
-def is_license_file(name: str) -> bool:
-    """Whether a top-level file name is a license file (LICENSE, LICENSE.txt, COPYING, ...)."""
-    return "/" not in name and bool(_LICENSE_FILE.fullmatch(name))
-
-
 def cached_path(cache_dir: Path, snapshot: RepoSnapshot, path: str) -> Path | None:
     """The file's place in the hub cache if it is already there, else None (no request made)."""
     folder = "models--" + snapshot.repo_id.replace("/", "--")
     pointer = cache_dir / folder / "snapshots" / snapshot.sha / path
     return pointer if pointer.exists() else None
-
-
-@dataclass
-class FileSelection:
-    """Which files of a repository an import takes.
-
-    Attributes:
-        files: The files to download.
-        skipped: Files left out (duplicate weights, other runtimes, code, subfolders).
-        pickled_weights: True when the weights exist only as pickled ``.bin`` files.
-    """
-
-    files: list[RemoteFile]
-    skipped: list[str]
-    pickled_weights: bool
-
-    @property
-    def total_bytes(self) -> int:
-        """The size of all selected files."""
-        return sum(f.size for f in self.files)
-
-
-def select_files(files: list[RemoteFile]) -> FileSelection:
-    """Choose what a model needs: config, tokenizer, license/card and one copy of the weights.
-
-    Safetensors weights are preferred; pickled ``.bin`` weights are taken only when no
-    safetensors exist (they are converted later). GGUF, ONNX and other runtimes' files,
-    Python code (never run: no ``trust_remote_code``) and subfolders are skipped.
-
-    Args:
-        files: Every file of the repository.
-    """
-    has_safetensors = any(f.path.endswith(".safetensors") and "/" not in f.path for f in files)
-    chosen: list[RemoteFile] = []
-    skipped: list[str] = []
-    pickled = False
-    for f in sorted(files, key=lambda f: f.path):
-        name = f.path
-        keep = "/" not in name and (
-            name.endswith(_KEEP_SUFFIXES) or bool(_LICENSE_FILE.fullmatch(name))
-        )
-        if name.endswith(_SKIP_SUFFIXES):
-            keep = False
-        elif name.endswith(_PICKLE_SUFFIXES) and "/" not in name:
-            keep = not has_safetensors and name.endswith(".bin")
-            pickled = pickled or keep
-        elif name.endswith(".bin.index.json"):
-            keep = not has_safetensors
-        if keep:
-            chosen.append(f)
-        else:
-            skipped.append(name)
-    return FileSelection(chosen, skipped, pickled_weights=pickled)

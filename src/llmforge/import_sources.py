@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmforge import hub, store
+from llmforge import hub, repofiles, store
 from llmforge.errors import InvalidSourceError
 from llmforge.importer import (
     ImportHooks,
@@ -28,7 +28,7 @@ from llmforge.weights import convert_pickled, count_parameters
 from llmforge.workspace import Workspace
 
 
-def _check_selection(sel: hub.FileSelection, where: str) -> None:
+def _check_selection(sel: repofiles.FileSelection, where: str) -> None:
     names = {f.path for f in sel.files}
     if "config.json" not in names:
         raise InvalidSourceError(
@@ -43,7 +43,7 @@ def _check_selection(sel: hub.FileSelection, where: str) -> None:
         )
 
 
-def _is_pickled(name: str, sel: hub.FileSelection) -> bool:
+def _is_pickled(name: str, sel: repofiles.FileSelection) -> bool:
     return sel.pickled_weights and (name.endswith(".bin") or name.endswith(".bin.index.json"))
 
 
@@ -62,16 +62,16 @@ def gather_from_hub(
     """
     assert source.repo_id is not None
     repo = source.repo_id
-    snap = hub.fetch_snapshot(repo, req.revision or source.revision, req.token)
-    sel = hub.select_files(snap.files)
-    _check_selection(sel, f"The repository {repo!r}")
     cache = store.hub_cache_dir(ws)
+    snap = hub.fetch_snapshot(repo, req.revision or source.revision, req.token, cache)
+    sel = repofiles.select_files(snap.files)
+    _check_selection(sel, f"The repository {repo!r}")
     local: dict[str, Path] = {}
     hashes: dict[str, str] = {}
     downloaded: list[str] = []
     reused: list[str] = []
 
-    def fetch(f: hub.RemoteFile, progress: bool) -> None:
+    def fetch(f: repofiles.RemoteFile, progress: bool) -> None:
         was_cached = hub.cached_path(cache, snap, f.path) is not None
         if progress:
             hooks.on_file_start(f.path, f.size)
@@ -97,12 +97,12 @@ def gather_from_hub(
     meta = [
         f
         for f in sel.files
-        if f.path in ("config.json", "README.md") or hub.is_license_file(f.path)
+        if f.path in ("config.json", "README.md") or repofiles.is_license_file(f.path)
     ]
     for f in meta:
         fetch(f, progress=False)
     arch = check_architecture(read_config(local["config.json"], f"{repo!r}"), f"The model {repo!r}")
-    lic_files = sorted(p for p in local if hub.is_license_file(p))
+    lic_files = sorted(p for p in local if repofiles.is_license_file(p))
     info = read_license(
         local.get("README.md"), local[lic_files[0]] if lic_files else None, snap.card_data
     )
@@ -173,16 +173,16 @@ def gather_from_folder(
             "Leave out --revision, or import from the hub.",
         )
     files = [
-        hub.RemoteFile(path=p.name, size=p.stat().st_size)
+        repofiles.RemoteFile(path=p.name, size=p.stat().st_size)
         for p in sorted(folder.iterdir())
         if p.is_file()
     ]
-    sel = hub.select_files(files)
+    sel = repofiles.select_files(files)
     _check_selection(sel, f"The folder {folder}")
     arch = check_architecture(
         read_config(folder / "config.json", str(folder)), f"The folder {folder}"
     )
-    lic_files = sorted(f.path for f in sel.files if hub.is_license_file(f.path))
+    lic_files = sorted(f.path for f in sel.files if repofiles.is_license_file(f.path))
     readme = folder / "README.md"
     info = read_license(
         readme if readme.is_file() else None, folder / lic_files[0] if lic_files else None

@@ -128,7 +128,8 @@ def prune_cache(ws: Workspace) -> int:
     for blob in candidates:
         with contextlib.suppress(FileNotFoundError):
             st = blob.lstat()
-            if blob.is_file() and not blob.is_symlink() and st.st_nlink <= 1:
+            partial = blob.name.endswith(".incomplete")  # an interrupted download: resumable
+            if blob.is_file() and not blob.is_symlink() and st.st_nlink <= 1 and not partial:
                 blob.unlink()
                 freed += st.st_size
     for link in hub_cache_dir(ws).glob("*/snapshots/**/*"):
