@@ -120,6 +120,8 @@ def gather_from_hub(
         missing,
         info,
         convert=sel.pickled_weights,
+        progress_files=len(rest),
+        progress_bytes=sum(f.size for f in rest),
     )
     hooks.on_plan(plan)
     check_size(sel.total_bytes, missing + pickled_bytes, ws.models_dir, hooks)
@@ -199,6 +201,8 @@ def gather_from_folder(
         0,
         info,
         convert=sel.pickled_weights,
+        progress_files=len(sel.files),
+        progress_bytes=sel.total_bytes,
     )
     hooks.on_plan(plan)
     check_size(sel.total_bytes, sel.total_bytes + pickled_bytes, ws.models_dir, hooks)

@@ -43,7 +43,6 @@ from llmforge.workspace import Workspace
 
 WARN_BYTES_ENV = "LLMFORGE_IMPORT_WARN_BYTES"
 DEFAULT_WARN_BYTES = 10 * 1000**3
-_METADATA = ("config.json", "README.md")
 
 
 @dataclass
@@ -110,6 +109,9 @@ class ImportPlan:
         download_bytes: The part not yet in the cache.
         license: The license information.
         convert: Whether pickled weights will be converted to safetensors.
+        progress_files: How many files the progress hooks will report (the small metadata
+            files read before the plan are not among them).
+        progress_bytes: How many bytes the progress hooks will report.
     """
 
     name: str
@@ -122,6 +124,8 @@ class ImportPlan:
     download_bytes: int
     license: LicenseInfo
     convert: bool = False
+    progress_files: int = 0
+    progress_bytes: int = 0
 
 
 @dataclass

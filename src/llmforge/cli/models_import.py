@@ -141,42 +141,49 @@ class _Progress:
         return typer.confirm("Do you accept this license?", default=False, err=True)
 
     def _start_rich(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TransferSpeedColumn,
-        )
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         plan = self._plan
         self._rich = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description:<28}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
+            TextColumn("{task.fields[amount]}"),
+            TimeRemainingColumn(),
             console=r.stderr(),
-            transient=False,
         )
         self._rich.start()
-        self._files_task = self._rich.add_task("files", total=len(plan.files))
-        self._bytes_task = self._rich.add_task("bytes", total=plan.total_bytes)
+        self._files_task = self._rich.add_task("files", total=plan.progress_files, amount="")
+        self._bytes_task = self._rich.add_task("bytes", total=plan.progress_bytes, amount="")
+        self._done_files = self._done_bytes = 0
+        self._refresh()
+
+    def _refresh(self) -> None:
+        plan = self._plan
+        self._rich.update(
+            self._files_task, amount=f"{self._done_files}/{plan.progress_files} files"
+        )
+        self._rich.update(
+            self._bytes_task,
+            amount=f"{human_bytes(self._done_bytes)} / {human_bytes(plan.progress_bytes)}",
+        )
 
     def file_start(self, name: str, size: int) -> None:
         if self.tty and self._rich is None:
             self._start_rich()
         if self._rich is not None:
-            self._rich.update(self._bytes_task, description=name)
+            self._rich.update(self._bytes_task, description=name[:28])
 
     def bytes(self, n: int) -> None:
         if self._rich is not None:
+            self._done_bytes += n
             self._rich.advance(self._bytes_task, n)
+            self._refresh()
 
     def file_done(self, name: str, downloaded: bool) -> None:
         if self._rich is not None:
+            self._done_files += 1
             self._rich.advance(self._files_task, 1)
+            self._refresh()
         else:
             how = "downloaded" if downloaded else "from cache" if self._plan.revision else "copied"
             r.stderr().print(f"  {name} ({how})", markup=False)
