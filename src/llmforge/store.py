@@ -24,6 +24,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from llmforge.workspace import Workspace
@@ -31,6 +32,7 @@ from llmforge.workspace import Workspace
 CACHE = ".cache"
 STAGING = ".staging"
 _CHUNK = 1 << 20
+STALE_STAGING_S = 24 * 3600
 
 
 def hub_cache_dir(ws: Workspace) -> Path:
@@ -44,9 +46,18 @@ def blob_dir(ws: Workspace) -> Path:
 
 
 def new_staging_dir(ws: Workspace, name: str) -> Path:
-    """Create a fresh, private work folder for importing ``name``."""
+    """Create a fresh, private work folder for importing ``name``.
+
+    Work folders older than a day are leftovers of a killed import (a normal failure or
+    Ctrl-C removes its own) and are deleted on the way.
+    """
     base = ws.models_dir / STAGING
     base.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - STALE_STAGING_S
+    for old in base.iterdir():
+        with contextlib.suppress(OSError):
+            if old.lstat().st_mtime < cutoff:
+                discard(old)
     return Path(tempfile.mkdtemp(prefix=f"{name}.", dir=base))
 
 
