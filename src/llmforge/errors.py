@@ -102,3 +102,54 @@ class TrainingError(LLMForgeError):
 
 class NotAvailableError(LLMForgeError):
     """The command exists but its feature is not built yet."""
+
+
+# -- importing models from the Hugging Face Hub or a local folder ----------------------------
+class InvalidSourceError(LLMForgeError):
+    """The SOURCE of `models import` is neither a hub id, a hub URL nor a model folder."""
+
+    exit_code = EXIT_USAGE
+
+
+class HubError(LLMForgeError):
+    """Talking to the Hugging Face Hub failed (base class of the hub errors)."""
+
+
+class RepoNotFoundError(HubError):
+    """The repository does not exist, or is private and the token cannot see it."""
+
+
+class GatedRepoError(HubError):
+    """The repository is gated: it needs a token of an account that was granted access."""
+
+
+class RevisionNotFoundError(HubError):
+    """The repository exists but the requested branch, tag or commit does not."""
+
+
+class HubUnreachableError(HubError):
+    """The hub cannot be reached (network down, wrong HF_ENDPOINT, or HF_HUB_OFFLINE=1)."""
+
+
+class ChecksumMismatchError(LLMForgeError):
+    """A downloaded file does not match the checksum the hub advertises for it."""
+
+    exit_code = EXIT_INTEGRITY
+
+
+class UnsupportedArchitectureError(LLMForgeError):
+    """The model's architecture (config.json ``model_type``) has no adapter in llmforge."""
+
+
+class LicenseNotAcceptedError(LLMForgeError):
+    """The model's license was declined, or could not be asked about."""
+
+
+class InsufficientDiskError(LLMForgeError):
+    """The disk holding the workspace lacks room for the download."""
+
+
+class UnsafeWeightsError(LLMForgeError):
+    """Pickled weights contain something other than tensors; they are never executed."""
+
+    exit_code = EXIT_INTEGRITY

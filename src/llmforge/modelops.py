@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmforge.errors import ModelFilesMissingError, UnsafePathError
-from llmforge.fsutil import dir_size, iter_files, remove_tree, sha256_file
+from llmforge.fsutil import iter_files, remove_tree, sha256_file
 from llmforge.registry import FileRecord, ModelEntry, ModelRegistry, not_found_error
+from llmforge.store import prune_cache, unshared_bytes
 from llmforge.workspace import Workspace, resolve_inside
 
 
@@ -160,6 +161,9 @@ def delete_model(workspace: Workspace, name: str) -> DeleteResult:
         children = sorted(n for n, e in models.items() if e.fine_tuned_from == name)
     freed = 0
     if not sharing and folder is not None and folder != workspace.models_dir.resolve():
-        freed = dir_size(folder)
+        # Files hard-linked to the import cache (llmforge.store) or to another model are
+        # not freed by removing the folder; the cache prune below frees what became unused.
+        freed = unshared_bytes(folder) if folder.exists() else 0
         remove_tree(folder)
+    freed += prune_cache(workspace)
     return DeleteResult(entry, freed, sharing, children)

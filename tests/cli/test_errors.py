@@ -32,6 +32,17 @@ EXPECTED_CODES = {
     errors.TrainingError: 1,
     errors.NotAvailableError: 1,
     errors.LLMForgeError: 1,
+    errors.InvalidSourceError: 2,
+    errors.HubError: 1,
+    errors.RepoNotFoundError: 1,
+    errors.GatedRepoError: 1,
+    errors.RevisionNotFoundError: 1,
+    errors.HubUnreachableError: 1,
+    errors.ChecksumMismatchError: 3,
+    errors.UnsupportedArchitectureError: 1,
+    errors.LicenseNotAcceptedError: 1,
+    errors.InsufficientDiskError: 1,
+    errors.UnsafeWeightsError: 3,
 }
 
 

@@ -8,11 +8,14 @@ from typing import Annotated
 import typer
 
 from llmforge.cli import _render as r
+from llmforge.cli import models_import
 from llmforge.cli._context import workspace
 from llmforge.errors import EXIT_INTEGRITY, ConfirmationRequiredError
 from llmforge.fsutil import human_bytes, human_count
 
 app = typer.Typer(help="Manage the model registry (models/registry.json).", no_args_is_help=True)
+
+app.command("import")(models_import.import_model)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 

@@ -1,0 +1,281 @@
+"""The two ways an import gathers files into its staging folder: from the hub, from a folder.
+
+Both check the architecture, size and license before taking any weights, verify every file,
+convert pickled weights to safetensors, and return the entry to register. Registering (the
+atomic rename and the registry write) is :func:`llmforge.importer._commit`'s job.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmforge import hub, repofiles, store
+from llmforge.errors import InvalidSourceError
+from llmforge.importer import (
+    ImportHooks,
+    ImportPlan,
+    ImportRequest,
+    ImportResult,
+    accept_license,
+    check_architecture,
+    check_size,
+    checksum_error,
+    read_config,
+)
+from llmforge.licensing import read_license
+from llmforge.registry import FileRecord, ModelEntry
+from llmforge.weights import convert_pickled, count_parameters
+from llmforge.workspace import Workspace
+
+
+def _check_selection(sel: repofiles.FileSelection, where: str) -> None:
+    names = {f.path for f in sel.files}
+    if "config.json" not in names:
+        raise InvalidSourceError(
+            f"{where} has no config.json, so it is not a model in Hugging Face format.",
+            "Import a transformers model repository or folder (config.json, weights, tokenizer).",
+        )
+    if not sel.pickled_weights and not any(n.endswith(".safetensors") for n in names):
+        raise InvalidSourceError(
+            f"{where} has no weights llmforge can use (*.safetensors, or pytorch_model*.bin).",
+            "GGUF, ONNX and other runtime formats are not imported; pick the original "
+            "transformers repository.",
+        )
+
+
+def _is_pickled(name: str, sel: repofiles.FileSelection) -> bool:
+    return sel.pickled_weights and (name.endswith(".bin") or name.endswith(".bin.index.json"))
+
+
+def gather_from_hub(
+    ws: Workspace,
+    source: hub.Source,
+    req: ImportRequest,
+    name: str,
+    staging: Path,
+    hooks: ImportHooks,
+) -> ImportResult:
+    """Resolve, check, download and verify a hub repository into ``staging``.
+
+    Returns:
+        The result holding the entry to register.
+    """
+    assert source.repo_id is not None
+    repo = source.repo_id
+    cache = store.hub_cache_dir(ws)
+    snap = hub.fetch_snapshot(repo, req.revision or source.revision, req.token, cache)
+    sel = repofiles.select_files(snap.files)
+    _check_selection(sel, f"The repository {repo!r}")
+    local: dict[str, Path] = {}
+    hashes: dict[str, str] = {}
+    downloaded: list[str] = []
+    reused: list[str] = []
+
+    def fetch(f: repofiles.RemoteFile, progress: bool) -> None:
+        was_cached = hub.cached_path(cache, snap, f.path) is not None
+        if progress:
+            hooks.on_file_start(f.path, f.size)
+        path = hub.download_file(
+            snap, f.path, cache, req.token, hooks.on_bytes if progress else None
+        )
+        (reused if was_cached else downloaded).append(f.path)
+        sha256, git_sha1 = store.hash_file(path)
+        bad = None
+        if f.sha256 and sha256 != f.sha256:
+            bad = checksum_error(f.path, f.sha256, sha256, "sha256")
+        elif not f.sha256 and f.blob_id and git_sha1 != f.blob_id:
+            bad = checksum_error(f.path, f.blob_id, git_sha1, "git blob sha1")
+        if bad is not None:
+            blob = path.resolve()
+            store.discard(path)
+            store.discard(blob)
+            raise bad
+        local[f.path], hashes[f.path] = path, sha256
+        if progress:
+            hooks.on_file_done(f.path, not was_cached)
+
+    meta = [
+        f
+        for f in sel.files
+        if f.path in ("config.json", "README.md") or repofiles.is_license_file(f.path)
+    ]
+    for f in meta:
+        fetch(f, progress=False)
+    arch = check_architecture(read_config(local["config.json"], f"{repo!r}"), f"The model {repo!r}")
+    lic_files = sorted(p for p in local if repofiles.is_license_file(p))
+    info = read_license(
+        local.get("README.md"), local[lic_files[0]] if lic_files else None, snap.card_data
+    )
+    rest = [f for f in sel.files if f.path not in local]
+    missing = sum(f.size for f in rest if hub.cached_path(cache, snap, f.path) is None)
+    pickled_bytes = sum(f.size for f in sel.files if _is_pickled(f.path, sel))
+    plan = ImportPlan(
+        name,
+        repo,
+        snap.sha,
+        arch,
+        [(f.path, f.size) for f in sel.files],
+        sel.skipped,
+        sel.total_bytes,
+        missing,
+        info,
+        convert=sel.pickled_weights,
+        progress_files=len(rest),
+        progress_bytes=sum(f.size for f in rest),
+    )
+    hooks.on_plan(plan)
+    check_size(sel.total_bytes, missing + pickled_bytes, ws.models_dir, hooks)
+    accepted_at = accept_license(info, req, hooks, name)
+    for f in rest:
+        fetch(f, progress=True)
+
+    records = {
+        p: FileRecord(size=path.stat().st_size, sha256=hashes[p])
+        for p, path in local.items()
+        if not _is_pickled(p, sel)
+    }
+    for p in records:
+        store.link_or_copy(local[p], staging / p)
+    pickled = {p: path for p, path in local.items() if _is_pickled(p, sel)}
+    records.update(_convert(ws, pickled, staging, hooks))
+    entry = _entry(
+        name,
+        repo,
+        snap.sha,
+        "huggingface",
+        arch,
+        staging,
+        records,
+        info.label,
+        accepted_at,
+        {"requested_revision": req.revision or source.revision or "default branch"}
+        | ({"converted_from": sorted(pickled)} if pickled else {}),
+    )
+    return ImportResult(entry, downloaded_files=downloaded, reused_files=reused)
+
+
+def gather_from_folder(
+    ws: Workspace,
+    source: hub.Source,
+    req: ImportRequest,
+    name: str,
+    staging: Path,
+    hooks: ImportHooks,
+) -> ImportResult:
+    """Check and copy a local Hugging Face format folder into ``staging``.
+
+    Returns:
+        The result holding the entry to register.
+    """
+    folder = source.path
+    assert folder is not None
+    if req.revision:
+        raise InvalidSourceError(
+            "--revision applies to hub repositories, not to a local folder.",
+            "Leave out --revision, or import from the hub.",
+        )
+    files = [
+        repofiles.RemoteFile(path=p.name, size=p.stat().st_size)
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    ]
+    sel = repofiles.select_files(files)
+    _check_selection(sel, f"The folder {folder}")
+    arch = check_architecture(
+        read_config(folder / "config.json", str(folder)), f"The folder {folder}"
+    )
+    lic_files = sorted(f.path for f in sel.files if repofiles.is_license_file(f.path))
+    readme = folder / "README.md"
+    info = read_license(
+        readme if readme.is_file() else None, folder / lic_files[0] if lic_files else None
+    )
+    pickled_bytes = sum(f.size for f in sel.files if _is_pickled(f.path, sel))
+    plan = ImportPlan(
+        name,
+        str(folder),
+        None,
+        arch,
+        [(f.path, f.size) for f in sel.files],
+        sel.skipped,
+        sel.total_bytes,
+        0,
+        info,
+        convert=sel.pickled_weights,
+        progress_files=len(sel.files),
+        progress_bytes=sel.total_bytes,
+    )
+    hooks.on_plan(plan)
+    check_size(sel.total_bytes, sel.total_bytes + pickled_bytes, ws.models_dir, hooks)
+    accepted_at = accept_license(info, req, hooks, name)
+    records: dict[str, FileRecord] = {}
+    pickled: dict[str, Path] = {}
+    for f in sel.files:
+        hooks.on_file_start(f.path, f.size)
+        if _is_pickled(f.path, sel):
+            pickled[f.path] = folder / f.path
+        else:
+            digest = store.adopt(ws, folder / f.path, staging / f.path)
+            records[f.path] = FileRecord(size=f.size, sha256=digest)
+        hooks.on_bytes(f.size)
+        hooks.on_file_done(f.path, False)
+    records.update(_convert(ws, pickled, staging, hooks))
+    entry = _entry(
+        name,
+        str(folder),
+        None,
+        "local",
+        arch,
+        staging,
+        records,
+        info.label,
+        accepted_at,
+        {"converted_from": sorted(pickled)} if pickled else {},
+    )
+    return ImportResult(entry)
+
+
+def _convert(
+    ws: Workspace, pickled: dict[str, Path], staging: Path, hooks: ImportHooks
+) -> dict[str, FileRecord]:
+    """Convert pickled weights to safetensors in the blob store, linked into ``staging``."""
+    if not pickled:
+        return {}
+    hooks.on_step("Converting pickled weights to safetensors (loaded with weights_only=True)")
+    work = staging / ".convert"
+    work.mkdir()
+    records = {}
+    for out in convert_pickled(pickled, work):
+        digest = store.adopt(ws, work / out, staging / out, move=True)
+        records[out] = FileRecord(size=(staging / out).stat().st_size, sha256=digest)
+    store.discard(work)
+    return records
+
+
+def _entry(
+    name: str,
+    model_id: str,
+    revision: str | None,
+    source: str,
+    arch: str,
+    staging: Path,
+    records: dict[str, FileRecord],
+    license_label: str,
+    accepted_at: object,
+    details: dict[str, object],
+) -> ModelEntry:
+    weights = [staging / n for n in sorted(records) if n.endswith(".safetensors")]
+    return ModelEntry(
+        model_name=name,
+        model_id=model_id,
+        revision=revision,
+        source=source,  # type: ignore[arg-type]
+        architecture=arch,
+        local_path=name,
+        files=records,
+        num_parameters=count_parameters(weights),
+        disk_bytes=sum(r.size for r in records.values()),
+        license=license_label,
+        license_accepted_at=accepted_at,  # type: ignore[arg-type]
+        tokenizer="native",
+        details=details,
+    )

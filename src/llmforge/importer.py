@@ -1,0 +1,331 @@
+"""The import pipeline: resolve -> check -> license -> download -> verify -> register.
+
+``import_model`` brings a model from the hub (id or URL) or from a local folder into the
+registry. It never prints: it reports through :class:`ImportHooks`, which the CLI fills with
+Rich progress and a license prompt. Files are gathered in ``models/.staging/`` and the folder
+is renamed to ``models/<name>/`` in the same registry transaction that adds the entry, so the
+entry appears only after every file is verified, and any failure (or Ctrl-C) leaves the
+registry and ``models/`` as they were. See :mod:`llmforge.store` for caching and sharing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from llmforge import hub, store
+from llmforge.architectures import is_supported, supported_architectures
+from llmforge.errors import (
+    ChecksumMismatchError,
+    InsufficientDiskError,
+    InvalidSourceError,
+    LicenseNotAcceptedError,
+    UnsafePathError,
+    UnsupportedArchitectureError,
+)
+from llmforge.fsutil import human_bytes
+from llmforge.licensing import LicenseInfo
+from llmforge.registry import (
+    ModelEntry,
+    ModelRegistry,
+    check_model_name,
+    name_taken_error,
+    utc_now,
+)
+from llmforge.workspace import Workspace
+
+WARN_BYTES_ENV = "LLMFORGE_IMPORT_WARN_BYTES"
+DEFAULT_WARN_BYTES = 10 * 1000**3
+
+
+@dataclass
+class ImportRequest:
+    """What the user asked for.
+
+    Attributes:
+        source: A hub id, a hub URL or a local folder.
+        name: The registry name; derived from the source when None.
+        revision: Branch, tag or commit (hub only); None for the default branch.
+        token: A hub token; None uses ``HF_TOKEN`` or the saved login. Never stored.
+        accept_license: The license was accepted up front (no prompt).
+        force: Replace an existing entry with the same name.
+    """
+
+    source: str
+    name: str | None = None
+    revision: str | None = None
+    token: str | None = None
+    accept_license: bool = False
+    force: bool = False
+
+
+def _nothing(*_: Any) -> None:
+    return None
+
+
+@dataclass
+class ImportHooks:
+    """Callbacks through which the pipeline reports; all optional.
+
+    Attributes:
+        on_plan: Called once before downloading, with the plan (sizes, files, license).
+        on_warning: Called with a sentence worth showing (e.g. a very large download).
+        confirm_license: Asked whether the license is accepted (unless accepted up front);
+            returning False stops the import. It may raise instead.
+        on_file_start: ``(file name, size)`` when a file starts (download or copy).
+        on_bytes: Called with each number of bytes received.
+        on_file_done: ``(file name, downloaded)`` when a file is in place.
+        on_step: A short sentence for slower steps (verifying, converting).
+    """
+
+    on_plan: Callable[[ImportPlan], None] = _nothing
+    on_warning: Callable[[str], None] = _nothing
+    confirm_license: Callable[[LicenseInfo], bool] = lambda _info: False
+    on_file_start: Callable[[str, int], None] = _nothing
+    on_bytes: Callable[[int], None] = _nothing
+    on_file_done: Callable[[str, bool], None] = _nothing
+    on_step: Callable[[str], None] = _nothing
+
+
+@dataclass
+class ImportPlan:
+    """What an import is about to do.
+
+    Attributes:
+        name: The registry name.
+        model_id: The hub id or the folder.
+        revision: The commit sha (hub) or None.
+        architecture: The config.json ``model_type``.
+        files: ``(name, size)`` of every file taken.
+        skipped: Files left out.
+        total_bytes: The size of the files taken.
+        download_bytes: The part not yet in the cache.
+        license: The license information.
+        convert: Whether pickled weights will be converted to safetensors.
+        progress_files: How many files the progress hooks will report (the small metadata
+            files read before the plan are not among them).
+        progress_bytes: How many bytes the progress hooks will report.
+    """
+
+    name: str
+    model_id: str
+    revision: str | None
+    architecture: str
+    files: list[tuple[str, int]]
+    skipped: list[str]
+    total_bytes: int
+    download_bytes: int
+    license: LicenseInfo
+    convert: bool = False
+    progress_files: int = 0
+    progress_bytes: int = 0
+
+
+@dataclass
+class ImportResult:
+    """What an import did.
+
+    Attributes:
+        entry: The new registry entry.
+        downloaded_files: Files fetched from the hub in this run.
+        reused_files: Files already in the cache.
+        replaced: An entry of the same name was replaced (``--force``).
+    """
+
+    entry: ModelEntry
+    downloaded_files: list[str] = field(default_factory=list)
+    reused_files: list[str] = field(default_factory=list)
+    replaced: bool = False
+
+
+def import_model(
+    ws: Workspace, req: ImportRequest, hooks: ImportHooks | None = None
+) -> ImportResult:
+    """Import a model from the hub or a local folder and register it.
+
+    Args:
+        ws: The workspace.
+        req: What to import and how.
+        hooks: Progress and prompt callbacks.
+
+    Returns:
+        The result, with the registered entry.
+
+    Raises:
+        LLMForgeError: A typed error for every failure (hub, license, architecture, disk,
+            checksum, name taken); the registry and model folders are then unchanged.
+    """
+    hooks = hooks or ImportHooks()
+    source = hub.parse_source(req.source)
+    url_rev = source.revision
+    if source.kind == "hub" and url_rev and req.revision and req.revision != url_rev:
+        raise InvalidSourceError(
+            f"The URL names revision {url_rev!r} but --revision is {req.revision!r}.",
+            "Give the revision once: in the URL or with --revision.",
+        )
+    origin = source.repo_id if source.kind == "hub" else (source.path.name if source.path else "")
+    name = check_model_name(req.name or _derive_name(origin or "model"))
+    registry = ModelRegistry(ws)
+    if registry.exists(name) and not req.force:
+        raise name_taken_error(name)
+    if source.kind == "hub":
+        from llmforge.import_sources import gather_from_hub
+
+        gather = gather_from_hub
+    else:
+        from llmforge.import_sources import gather_from_folder
+
+        gather = gather_from_folder
+    staging = store.new_staging_dir(ws, name)
+    try:
+        result = gather(ws, source, req, name, staging, hooks)
+        result.replaced = _commit(ws, registry, result.entry, staging, req.force)
+        return result
+    finally:
+        store.discard(staging)
+
+
+def _derive_name(origin: str) -> str:
+    from llmforge.registry import suggest_model_name
+
+    return suggest_model_name(origin)
+
+
+def check_architecture(config: dict[str, Any], where: str) -> str:
+    """Return the config's ``model_type`` if llmforge supports it.
+
+    Raises:
+        UnsupportedArchitectureError: Listing the supported architectures.
+    """
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not is_supported(model_type):
+        shown = repr(model_type) if model_type else "no model_type"
+        raise UnsupportedArchitectureError(
+            f"{where} has architecture {shown}, which llmforge cannot import.",
+            "Supported architectures (config.json model_type): "
+            + ", ".join(supported_architectures())
+            + " (Qwen2, Qwen2.5 and Qwen3 models). Custom code is never run.",
+        )
+    return model_type
+
+
+def read_config(path: Path, where: str) -> dict[str, Any]:
+    """Parse a config.json.
+
+    Raises:
+        InvalidSourceError: If it is not a JSON object.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidSourceError(f"The config.json of {where} is unreadable ({e}).", None) from e
+    if not isinstance(data, dict):
+        raise InvalidSourceError(f"The config.json of {where} is not a JSON object.", None)
+    return data
+
+
+def check_size(
+    total: int, needed: int, where: Path, hooks: ImportHooks, free: int | None = None
+) -> None:
+    """Warn about a large import and refuse one the disk cannot hold.
+
+    Args:
+        total: The model's size in bytes.
+        needed: Bytes that will be newly written (not already cached).
+        where: A path on the disk that receives the files.
+        hooks: Receives the warning.
+        free: The free bytes (measured with ``shutil.disk_usage`` when None).
+
+    Raises:
+        InsufficientDiskError: If ``needed`` exceeds the free space.
+    """
+    threshold = int(os.environ.get(WARN_BYTES_ENV) or DEFAULT_WARN_BYTES)
+    if total > threshold:
+        hooks.on_warning(
+            f"This model is {human_bytes(total)} (above {human_bytes(threshold)}); the download "
+            "and training will need matching disk space and memory."
+        )
+    probe = where
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free if free is None else free
+    if needed > free:
+        raise InsufficientDiskError(
+            f"Importing needs {human_bytes(needed)} but only {human_bytes(free)} is free on "
+            f"the disk holding {where}.",
+            "Free some space (e.g. `llmforge models delete NAME`) or use a workspace on "
+            "another disk (--home / LLMFORGE_HOME).",
+        )
+
+
+def accept_license(
+    info: LicenseInfo, req: ImportRequest, hooks: ImportHooks, name: str
+) -> datetime:
+    """Require acknowledgement of the license; return when it was accepted.
+
+    Raises:
+        LicenseNotAcceptedError: If the license was declined.
+    """
+    if not req.accept_license and not hooks.confirm_license(info):
+        raise LicenseNotAcceptedError(
+            f"The license of {name!r} ({info.label}) was not accepted; nothing was imported.",
+            "Read the license, then pass --accept-license to import the model.",
+        )
+    return utc_now()
+
+
+def checksum_error(file: str, expected: str, actual: str, kind: str) -> ChecksumMismatchError:
+    """Build the error for a file that does not match the hub's checksum."""
+    return ChecksumMismatchError(
+        f"{file} does not match the hub's {kind}: expected {expected[:16]}…, got {actual[:16]}…. "
+        "The corrupt download was discarded and nothing was imported.",
+        "Retry the import; if it fails again, the repository or a proxy is serving bad data.",
+    )
+
+
+def _commit(
+    ws: Workspace, registry: ModelRegistry, entry: ModelEntry, staging: Path, force: bool
+) -> bool:
+    """Rename ``staging`` to ``models/<name>`` and register ``entry``, all or nothing.
+
+    Returns:
+        Whether an existing entry was replaced.
+    """
+    target = ws.models_dir / entry.model_name
+    trash = staging.with_name(staging.name + ".old")
+    moved_old = moved_new = False
+    replaced_entry: ModelEntry | None = None
+    try:
+        with registry.transaction() as models:
+            if entry.model_name in models and not force:
+                raise name_taken_error(entry.model_name)
+            replaced_entry = models.get(entry.model_name)
+            if target.exists() or target.is_symlink():
+                os.replace(target, trash)
+                moved_old = True
+            os.replace(staging, target)
+            moved_new = True
+            models[entry.model_name] = entry
+    except BaseException:
+        if moved_new:
+            os.replace(target, staging)
+        if moved_old:
+            os.replace(trash, target)
+        raise
+    store.discard(trash)
+    if replaced_entry is not None and replaced_entry.local_path != entry.local_path:
+        still_used = any(e.local_path == replaced_entry.local_path for e in registry.list())
+        if not still_used:
+            with contextlib.suppress(UnsafePathError):
+                old = ws.model_path(replaced_entry.local_path)
+                if old != ws.models_dir.resolve():
+                    store.discard(old)
+    store.prune_cache(ws)
+    return replaced_entry is not None

@@ -1,0 +1,158 @@
+"""Where imported files live on disk, and how two models share them.
+
+Layout under ``models/`` (hidden folders are never models)::
+
+    models/.cache/hub/       huggingface_hub's own cache (``cache_dir``): blobs named by
+                             etag (git sha1, or sha256 for LFS files), snapshots per commit
+    models/.cache/blobs/     a sha256-named store for files that did not come from the hub
+                             (local imports, safetensors converted from pickles)
+    models/.staging/         an import's work folder; renamed to ``models/<name>/`` when done
+    models/<name>/           the model: every file is a hard link to a blob above
+
+Caching: because downloads go through huggingface_hub's cache with the resolved commit sha,
+importing the same ``model_id@revision`` again sends no file request at all. Dedup: a model
+folder holds hard links, so two names for the same weights (or a re-import) use the disk
+once. Deleting a model removes its folder and then prunes every cached blob whose link count
+dropped to 1 (only the cache still holds it): exactly the bytes no other model uses. Where
+hard links are impossible, files are copied (correct, just without sharing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from llmforge.workspace import Workspace
+
+CACHE = ".cache"
+STAGING = ".staging"
+_CHUNK = 1 << 20
+STALE_STAGING_S = 24 * 3600
+
+
+def hub_cache_dir(ws: Workspace) -> Path:
+    """The huggingface_hub cache folder of the workspace."""
+    return ws.models_dir / CACHE / "hub"
+
+
+def blob_dir(ws: Workspace) -> Path:
+    """The sha256-named blob store for files that did not come from the hub."""
+    return ws.models_dir / CACHE / "blobs"
+
+
+def new_staging_dir(ws: Workspace, name: str) -> Path:
+    """Create a fresh, private work folder for importing ``name``.
+
+    Work folders older than a day are leftovers of a killed import (a normal failure or
+    Ctrl-C removes its own) and are deleted on the way.
+    """
+    base = ws.models_dir / STAGING
+    base.mkdir(parents=True, exist_ok=True)
+    cutoff = time.time() - STALE_STAGING_S
+    for old in base.iterdir():
+        with contextlib.suppress(OSError):
+            if old.lstat().st_mtime < cutoff:
+                discard(old)
+    return Path(tempfile.mkdtemp(prefix=f"{name}.", dir=base))
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a hard link to the file behind ``src`` (symlinks followed), else a copy."""
+    real = src.resolve()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(real, dst)
+    except OSError:
+        shutil.copyfile(real, dst)
+
+
+def hash_file(path: Path) -> tuple[str, str]:
+    """Return ``(sha256, git blob sha1)`` of a file in one pass over its bytes."""
+    size = path.stat().st_size
+    sha256 = hashlib.sha256()
+    git = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            sha256.update(chunk)
+            git.update(chunk)
+    return sha256.hexdigest(), git.hexdigest()
+
+
+def adopt(ws: Workspace, src: Path, dst: Path, *, move: bool = False) -> str:
+    """Put a file into the sha256 blob store and make ``dst`` a link to it.
+
+    Args:
+        ws: The workspace.
+        src: The file's current location.
+        dst: Where the model folder needs it.
+        move: ``src`` is our own temporary file and may be moved rather than copied.
+
+    Returns:
+        The file's sha256.
+    """
+    digest, _ = hash_file(src)
+    blobs = blob_dir(ws)
+    blobs.mkdir(parents=True, exist_ok=True)
+    blob = blobs / digest
+    if not blob.is_file():
+        tmp = blobs / f".{digest}.{os.getpid()}.tmp"
+        if move:
+            os.replace(src, tmp)
+        else:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, blob)
+    if dst.exists() and dst.samefile(blob):
+        return digest
+    with contextlib.suppress(FileNotFoundError):
+        dst.unlink()
+    link_or_copy(blob, dst)
+    return digest
+
+
+def unshared_bytes(folder: Path) -> int:
+    """Bytes under ``folder`` held by files with no other hard link (what deleting frees)."""
+    total = 0
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.is_symlink():
+            st = p.stat()
+            if st.st_nlink <= 1:
+                total += st.st_size
+    return total
+
+
+def prune_cache(ws: Workspace) -> int:
+    """Delete cached blobs that no model folder links to any more.
+
+    A blob whose link count is 1 is held only by the cache. Snapshot symlinks left dangling
+    are removed too, so huggingface_hub downloads such a file again when it is needed.
+
+    Returns:
+        The bytes freed.
+    """
+    freed = 0
+    candidates = list(blob_dir(ws).glob("*")) + list(hub_cache_dir(ws).glob("*/blobs/*"))
+    for blob in candidates:
+        with contextlib.suppress(FileNotFoundError):
+            st = blob.lstat()
+            partial = blob.name.endswith(".incomplete")  # an interrupted download: resumable
+            if blob.is_file() and not blob.is_symlink() and st.st_nlink <= 1 and not partial:
+                blob.unlink()
+                freed += st.st_size
+    for link in hub_cache_dir(ws).glob("*/snapshots/**/*"):
+        if link.is_symlink() and not link.exists():
+            link.unlink()
+    return freed
+
+
+def discard(path: Path) -> None:
+    """Remove a staging folder (or file) and ignore what is already gone."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
