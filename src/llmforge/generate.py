@@ -77,10 +77,7 @@ def stream_ids(
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(opts.seed) if opts.seed is not None else None
-    stops = set(opts.stop_token_ids)
-    eos = adapter.tokenizer.eos_token_id
-    if eos is not None:
-        stops.add(eos)
+    stops = set(opts.stop_token_ids) | set(adapter.stop_token_ids())
     ids = list(prompt_ids) or adapter.tokenizer.encode("\n") or [0]
     limit = adapter.max_context
     try:

@@ -16,6 +16,8 @@ from llmforge.errors import AdapterNotFoundError
 ENTRY_POINT_GROUP = "llmforge.adapters"
 BUILTIN = {
     "custom-transformer": "llmforge.adapters.custom:CustomTransformerAdapter",
+    "qwen2": "llmforge.adapters.qwen:Qwen2Adapter",
+    "qwen3": "llmforge.adapters.qwen:Qwen3Adapter",
 }
 
 
@@ -52,3 +54,8 @@ def get_adapter(architecture: str) -> type[ModelAdapter]:
             "Fix or uninstall the package that registers it.",
         )
     return cls
+
+
+def importable_architectures() -> list[str]:
+    """Architectures whose adapter loads Hugging Face folders (what ``models import`` takes)."""
+    return [a for a in known_architectures() if getattr(get_adapter(a), "importable", False)]

@@ -33,6 +33,7 @@ class ModelAdapter(ABC):
     """
 
     architecture: ClassVar[str]
+    importable: ClassVar[bool] = False  # True: from_registry loads Hugging Face folders
     model: nn.Module
     tokenizer: Tokenizer
 
@@ -70,6 +71,11 @@ class ModelAdapter(ABC):
         self, input_ids: torch.Tensor, cache: GenerationCache | None
     ) -> tuple[torch.Tensor, GenerationCache]:
         """Feed new tokens (B, T_new) after ``cache``; return last-position logits (B, V)."""
+
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end generation (the tokenizer's EOS, and the model's own stop tokens)."""
+        eos = self.tokenizer.eos_token_id
+        return [] if eos is None else [eos]
 
     @property
     @abstractmethod

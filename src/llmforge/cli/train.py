@@ -12,7 +12,7 @@ from llmforge.cli import _render as r
 from llmforge.cli._context import workspace
 from llmforge.cli._progress import plain_or_live_reporter
 from llmforge.errors import EXIT_INTERRUPTED
-from llmforge.fsutil import human_count
+from llmforge.fsutil import human_bytes, human_count
 
 
 def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[str]:
@@ -45,7 +45,7 @@ def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[s
     if info["model_name"]:
         lines.append(
             f"Model name: {info['model_name']}, model_id: {info['model_id'] or '-'}, "
-            f"source: {info['model_source']}."
+            f"source: {info['model_source']}, disk: {human_bytes(info['disk_bytes'])}."
         )
         chain = " <- ".join(
             [f"run {run}", *info["lineage"]] + ([info["model_id"]] if info["model_id"] else [])

@@ -156,6 +156,7 @@ def _new_run(
             "model_name": entry.model_name,
             "model_id": entry.model_id,
             "model_source": entry.source,
+            "model_disk_bytes": entry.disk_bytes,
             "fine_tuned_from": entry.model_name,
             "lineage": [entry.model_name, *ancestors],
         }
@@ -294,6 +295,7 @@ def prepare_run(
         "architecture": adapter.architecture,
         "model": adapter.describe(),
         "parameters": adapter.num_parameters(),
+        "disk_bytes": meta.get("model_disk_bytes"),
         "trainable_parameters": adapter.num_parameters(trainable_only=True),
         "lineage": meta.get("lineage", []),
         "fine_tune_started_at": meta.get("fine_tune_started_at"),

@@ -1,0 +1,133 @@
+"""Adapters over ``transformers`` causal language models stored in Hugging Face format.
+
+:class:`HFCausalLMAdapter` does the work for any architecture that ``transformers`` supports
+natively (loaded with ``AutoModelForCausalLM``, never ``trust_remote_code``). A concrete
+adapter only names its architecture (the config's ``model_type``); see ``adapters/qwen.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from llmforge.adapters.base import GenerationCache, ModelAdapter
+from llmforge.errors import CheckpointError
+from llmforge.registry import ModelEntry
+from llmforge.tokenizers import HFTokenizer, Tokenizer
+
+
+class HFCausalLMAdapter(ModelAdapter):
+    """A ``transformers`` causal LM with its native (or an override) tokenizer.
+
+    Args:
+        model: The ``PreTrainedModel``.
+        tokenizer: Its tokenizer.
+    """
+
+    importable: ClassVar[bool] = True
+
+    def __init__(self, model: Any, tokenizer: Tokenizer) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def _load_model(cls, folder: Path) -> Any:
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        # llmforge reports progress itself; transformers' own bars would garble the log.
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+        try:
+            config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(
+                f"{folder} holds no readable Hugging Face config.json ({e}).",
+                "Re-import the model, or use another checkpoint.",
+            ) from e
+        if config.model_type != cls.architecture:
+            raise CheckpointError(
+                f"{folder} holds a {config.model_type!r} model, not {cls.architecture!r}.",
+                "The registry entry or checkpoint metadata does not match its files; "
+                "re-import the model or use another checkpoint.",
+            )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(folder),
+                config=config,
+                dtype=torch.float32,
+                trust_remote_code=False,
+                use_safetensors=True,
+                local_files_only=True,
+            )
+        except (OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"Cannot load the {cls.architecture} weights in {folder}: {e}",
+                "The files are incomplete or corrupt: run `llmforge models validate` and "
+                "re-import, or use another checkpoint.",
+            ) from e
+        return model
+
+    @classmethod
+    def from_registry(
+        cls, entry: ModelEntry, folder: Path, tokenizer: Tokenizer | None = None
+    ) -> HFCausalLMAdapter:
+        tok = tokenizer or HFTokenizer(folder, "native", entry.model_id or entry.model_name)
+        return cls(cls._load_model(folder), tok)
+
+    @classmethod
+    def load(cls, folder: Path, tokenizer: Tokenizer) -> HFCausalLMAdapter:
+        return cls(cls._load_model(folder), tokenizer)
+
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # Labels are already shifted (labels[:, t] is the target of position t), so the loss
+        # is computed here rather than by transformers, which would shift them again.
+        logits = self.model(input_ids=input_ids, use_cache=False).logits  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=-100
+            )
+        return logits, loss
+
+    def generation_step(
+        self, input_ids: torch.Tensor, cache: GenerationCache | None
+    ) -> tuple[torch.Tensor, GenerationCache]:
+        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        return out.logits[:, -1, :], out.past_key_values  # (B, V), the DynamicCache
+
+    @property
+    def max_context(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def stop_token_ids(self) -> list[int]:
+        ids = set(super().stop_token_ids())
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        ids.update([eos] if isinstance(eos, int) else (eos or []))
+        return sorted(ids)
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(folder), safe_serialization=True)
+
+    def describe(self) -> dict[str, Any]:
+        c = self.model.config
+        return {
+            "architecture": self.architecture,
+            "n_layers": c.num_hidden_layers,
+            "hidden_size": c.hidden_size,
+            "n_heads": c.num_attention_heads,
+            "n_kv_heads": getattr(c, "num_key_value_heads", c.num_attention_heads),
+            "vocab_size": c.vocab_size,
+            "max_context": self.max_context,
+            "parameters": self.num_parameters(),
+        }
+
+    def no_weight_decay(self, name: str, param: torch.nn.Parameter) -> bool:
+        return param.ndim < 2 or "norm" in name or "embed" in name or name.endswith(".bias")
