@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from llmforge.errors import ConfigError
 
 # Keys that only shape the from-scratch Transformer; a registry model's own config wins.
-ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "block_size", "dropout")
+# (block_size is not among them: it is the training sequence length for every model.)
+ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "dropout")
 
 # Keys that may differ when a run is resumed without changing what it computes.
 DEFAULT_WARMUP = 30
