@@ -1,17 +1,20 @@
-"""Tokens/s of llmforge's trainer vs a bare PyTorch loop over the same model, side by side.
+"""Tokens/s of llmforge's trainer vs a bare loop over the same model, measured side by side.
 
-    python benchmarks/bench_train.py [--rounds 6] [--steps 5] [--precision fp32|bf16]
+    python benchmarks/bench_train.py                      # custom Transformer, default config
+    python benchmarks/bench_train.py --model qwen         # Qwen2-shaped model vs bare transformers
+    python benchmarks/bench_train.py --model qwen --qwen-shape 0.5b --seq 512 --precision bf16
 
-Both candidates train identical copies of the custom Transformer at the default config
-(configs/custom-transformer.yaml) on the built-in corpus, with the same micro-batch,
-sequence length, optimizer (AdamW, foreach) and gradient clipping. They run in alternating
-rounds in one process so machine noise hits both alike; the script prints each one's median
-seconds per step, tokens/s, and the ratio (target: trainer / bare >= 0.97).
+Both candidates train identical copies of the same model on the same kind of batches (same
+micro-batch, sequence length, precision, AdamW with foreach, gradient clipping). They
+alternate step by step in one process: after each llmforge step, the trainer's callback runs
+one bare step, so machine noise hits both alike. The script prints median seconds per step,
+tokens/s and the ratio (target for the custom model: trainer / bare >= 0.97).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import tempfile
@@ -20,96 +23,168 @@ from pathlib import Path
 
 import torch
 
-from llmforge.config import load_config
+from llmforge.config import TrainingConfig, load_config
+from llmforge.data import WindowSampler
+from llmforge.training.optim import build_optimizer
 from llmforge.training.run import prepare_run
+from llmforge.training.trainer import Trainer
 from llmforge.workspace import resolve_workspace
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "custom-transformer.yaml"
+QWEN_SHAPES = {
+    # hidden, layers, heads, kv heads, intermediate, vocab
+    "tiny": (64, 2, 4, 2, 128, 1024),
+    "small": (256, 4, 4, 2, 1024, 151936),
+    "0.5b": (896, 24, 14, 2, 4864, 151936),
+}
 
 
-class StepTimer:
-    """Trainer callback: wall time between consecutive steps."""
+class Done(Exception):
+    """Raised by the callback to end the measured steps without a final checkpoint."""
 
-    def __init__(self) -> None:
-        self.last: float | None = None
-        self.times: list[float] = []
+
+class Alternator:
+    """Trainer callback: times llmforge's steps and runs one bare step after each."""
+
+    def __init__(self, bare_step, steps: int) -> None:
+        self.bare_step, self.steps = bare_step, steps
+        self.ours: list[float] = []
+        self.bare: list[float] = []
+        self.mark: float | None = None
+        self.n = 0
 
     def on_step(self, metrics: dict) -> None:
         now = time.perf_counter()
-        if self.last is not None:
-            self.times.append(now - self.last)
-        self.last = now
-
-
-def bare_loop(model, batches, steps, cfg, opt) -> list[float]:
-    """What a user writes by hand: forward, backward, clip, step."""
-    times = []
-    for i in range(steps):
+        if self.mark is not None:
+            self.ours.append(now - self.mark)
+        self.n += 1
+        if self.n >= self.steps:
+            raise Done
         t = time.perf_counter()
-        x, y = batches(i)
+        self.bare_step(self.n)
+        self.bare.append(time.perf_counter() - t)
+        self.mark = time.perf_counter()
+
+
+def make_bare_step(model, forward, sampler: WindowSampler, cfg: TrainingConfig):
+    """What a user writes by hand: forward, loss, backward, clip, AdamW step."""
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg.learning_rate,
+        betas=(cfg.beta1, cfg.beta2),
+        weight_decay=cfg.weight_decay,
+        foreach=True,
+    )
+
+    def step(i: int) -> None:
+        x, y = sampler.batch(100_000 + i, 0)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-            _, loss, _ = model(x, y)
+            loss = forward(model, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        times.append(time.perf_counter() - t)
-    return times
+
+    return step
+
+
+def custom_setup(cfg: TrainingConfig, home: str) -> tuple[Trainer, object]:
+    run = prepare_run(resolve_workspace(home), cfg)
+    model = copy.deepcopy(run.trainer.adapter.model).train()
+    bare = make_bare_step(model, lambda m, x, y: m(x, y)[1], run.trainer.train_sampler, cfg)
+    return run.trainer, bare
+
+
+def qwen_setup(cfg: TrainingConfig, home: str, shape: str) -> tuple[Trainer, object]:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from llmforge.adapters.qwen import Qwen2Adapter
+    from llmforge.tokenizers import CharTokenizer
+
+    h, n, heads, kv, inter, vocab = QWEN_SHAPES[shape]
+    qcfg = Qwen2Config(
+        hidden_size=h,
+        num_hidden_layers=n,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        intermediate_size=inter,
+        vocab_size=vocab,
+        tie_word_embeddings=True,
+        max_position_embeddings=4096,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(qcfg).train()
+    bare_model = copy.deepcopy(model)
+    adapter = Qwen2Adapter(model, CharTokenizer(["a"]))  # batches are random ids: no text
+    data = torch.randint(0, vocab, (200_000,))
+    sampler = WindowSampler(data, cfg.block_size, cfg.batch_size, cfg.seed)
+    trainer = Trainer(
+        cfg,
+        adapter,
+        build_optimizer(adapter, cfg),
+        sampler,
+        sampler,
+        Path(home) / "runs" / "bench",
+        {},
+    )
+
+    def hf_loss(m, x, y):  # the usual transformers call: labels = inputs, shifted inside
+        return m(input_ids=x, labels=x).loss
+
+    return trainer, make_bare_step(bare_model, hf_loss, sampler, cfg)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=5, help="steps per round per candidate")
+    ap.add_argument("--model", choices=["custom", "qwen"], default="custom")
+    ap.add_argument("--qwen-shape", choices=sorted(QWEN_SHAPES), default="small")
+    ap.add_argument("--steps", type=int, default=25, help="measured steps per candidate")
+    ap.add_argument("--seq", type=int, default=None, help="sequence length (default: config's)")
+    ap.add_argument("--batch", type=int, default=None, help="micro-batch (default: config's)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args()
 
-    overrides = {
+    overrides: dict = {
         "precision": args.precision,
         "max_steps": 100_000,
         "log_interval": 1,
         "eval_interval": 100_000,
         "save_interval": 100_000,
         "sample_interval": 0,
-        "keep_last": 1,
         "run_name": "bench",
+        "weight_decay": 0.0,
     }
+    if args.model == "qwen":
+        overrides |= {"block_size": 256, "batch_size": 1}
+    if args.seq:
+        overrides["block_size"] = args.seq
+    if args.batch:
+        overrides["batch_size"] = args.batch
     cfg = load_config(CONFIG, overrides)
     with tempfile.TemporaryDirectory() as home:
-        timer = StepTimer()
-        run = prepare_run(resolve_workspace(home), cfg, callbacks=[timer])
-        trainer = run.trainer
-        model = copy.deepcopy(trainer.adapter.model).train()
-        opt = torch.optim.AdamW(
-            model.parameters(),
-            lr=cfg.learning_rate,
-            betas=(cfg.beta1, cfg.beta2),
-            weight_decay=cfg.weight_decay,
-            foreach=True,
-        )
-        sampler = trainer.train_sampler
-        tokens = cfg.batch_size * cfg.block_size
-        ours, bare = [], []
-        done = 0
-        for r in range(args.rounds):
-            timer.last = None
-            trainer.fit(stop_at=done + args.steps)
-            done += args.steps
-            bare += bare_loop(
-                model, lambda i, r=r: sampler.batch(10_000 + r * 100 + i, 0), args.steps, cfg, opt
-            )
-            ours += timer.times
-            timer.times = []
-        # The first round warms caches and allocators for both: drop it.
-        ours, bare = ours[args.steps - 1 :], bare[args.steps :]
-    t_ours, t_bare = statistics.median(ours), statistics.median(bare)
+        if args.model == "custom":
+            trainer, bare = custom_setup(cfg, home)
+            label = "custom Transformer (configs/custom-transformer.yaml)"
+        else:
+            trainer, bare = qwen_setup(cfg, home, args.qwen_shape)
+            label = f"Qwen2 shape {args.qwen_shape!r} vs bare transformers loop"
+        alt = Alternator(bare, args.steps + 3)
+        trainer.callbacks = [alt]
+        with contextlib.suppress(Done):
+            trainer.fit()
+    ours, theirs = alt.ours[2:], alt.bare[3:]  # drop warm-up steps
+    tokens = cfg.batch_size * cfg.block_size
+    t_ours, t_bare = statistics.median(ours), statistics.median(theirs)
+    params = sum(p.numel() for p in trainer.adapter.model.parameters())
     print(
-        f"custom Transformer, default config, {args.precision}, {torch.get_num_threads()} threads,"
-        f" {tokens} tokens/step"
+        f"{label}: {params / 1e6:.1f}M parameters, {args.precision}, "
+        f"{torch.get_num_threads()} threads, {tokens} tokens/step"
     )
-    print(f"  llmforge trainer: {t_ours:.3f} s/step  {tokens / t_ours:,.0f} tok/s  (n={len(ours)})")
-    print(f"  bare loop:        {t_bare:.3f} s/step  {tokens / t_bare:,.0f} tok/s  (n={len(bare)})")
-    print(f"  ratio trainer/bare: {t_bare / t_ours:.3f}  (target >= 0.97)")
+    print(f"  llmforge trainer: {t_ours:.4f} s/step  {tokens / t_ours:,.0f} tok/s  (n={len(ours)})")
+    print(
+        f"  bare loop:        {t_bare:.4f} s/step  {tokens / t_bare:,.0f} tok/s  (n={len(theirs)})"
+    )
+    print(f"  ratio llmforge/bare: {t_bare / t_ours:.3f}")
 
 
 if __name__ == "__main__":
