@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +47,7 @@ class HubRepo:
         gated: Files need ``Authorization: Bearer <token>`` with a token in ``tokens``.
         tokens: Tokens granted access to a gated repository.
         corrupt: Files served with flipped bytes (their advertised checksums stay right).
+        throttle: Serve file bodies at about this many bytes per second (0 = full speed).
     """
 
     repo_id: str
@@ -55,6 +57,7 @@ class HubRepo:
     gated: bool = False
     tokens: set[str] = field(default_factory=set)
     corrupt: set[str] = field(default_factory=set)
+    throttle: int = 0
 
     def files(self) -> dict[str, bytes]:
         """Every file of the repository, by POSIX relative path."""
@@ -80,6 +83,7 @@ class LocalHub:
         self.repos: dict[str, HubRepo] = {}
         self.requests: Counter[tuple[str, str]] = Counter()
         self.auth_seen: list[str] = []
+        self.served: Counter[str] = Counter()  # file name -> body bytes actually written
         self._lock = threading.Lock()
         hub = self
 
@@ -255,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(416, b"", headers, head)
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             data, status = data[start : end + 1], 206
-        self._send(status, data, headers, head)
+        self._send(status, data, headers, head, rate=repo.throttle, name=name)
 
     # -- responses ------------------------------------------------------------------------
     def _json(self, obj: object, headers: dict[str, str]) -> None:
@@ -269,11 +273,31 @@ class _Handler(BaseHTTPRequestHandler):
             status, body, {"Content-Type": "application/json", **extra}, self.command == "HEAD"
         )
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str], head: bool) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        headers: dict[str, str],
+        head: bool,
+        rate: int = 0,
+        name: str | None = None,
+    ) -> None:
         self.send_response(status)
         for k, v in headers.items():
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if not head and self.command != "HEAD":
-            self.wfile.write(body)
+        if head or self.command == "HEAD":
+            return
+        chunk = max(1024, rate // 20) if rate else len(body) or 1
+        hub = self.server_hub
+        try:
+            for i in range(0, len(body), chunk):
+                self.wfile.write(body[i : i + chunk])
+                if name is not None:
+                    with hub._lock:
+                        hub.served[name] += len(body[i : i + chunk])
+                if rate:
+                    time.sleep(chunk / rate)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (a killed import): nothing to answer

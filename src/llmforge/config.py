@@ -73,6 +73,10 @@ class TrainingConfig(BaseModel):
     grad_accum_steps: int = Field(default=1, ge=1)
     max_steps: int = Field(default=300, ge=1, description="Optimizer steps of the whole run.")
     precision: Literal["fp32", "bf16"] = "fp32"
+    nonfinite_loss: Literal["stop", "skip"] = Field(
+        default="stop", description="On a NaN/inf loss: stop, or skip the step (no update)."
+    )
+    max_consecutive_skips: int = Field(default=10, ge=1)
     seed: int = Field(default=1337, ge=0)
 
     # -- evaluation, samples, checkpoints ---------------------------------------------

@@ -45,20 +45,49 @@ def blob_dir(ws: Workspace) -> Path:
     return ws.models_dir / CACHE / "blobs"
 
 
-def new_staging_dir(ws: Workspace, name: str) -> Path:
-    """Create a fresh, private work folder for importing ``name``.
+def _owner_gone(folder: Path) -> bool:
+    """Whether the import that made ``folder`` (named ``NAME.PID.RANDOM``) is no longer running.
 
-    Work folders older than a day are leftovers of a killed import (a normal failure or
-    Ctrl-C removes its own) and are deleted on the way.
+    Folders without a readable PID (older naming) count as gone once a day old.
+    """
+    parts = folder.name.removesuffix(".old").split(".")  # NAME.PID.RANDOM[.old]
+    pid = parts[-2] if len(parts) >= 3 else ""
+    if not pid.isdigit():
+        return folder.lstat().st_mtime < time.time() - STALE_STAGING_S
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, owned by someone else
+    return False
+
+
+def clean_stale_staging(ws: Workspace) -> int:
+    """Delete work folders of imports that were killed; return how many were removed."""
+    base = ws.models_dir / STAGING
+    if not base.is_dir():
+        return 0
+    removed = 0
+    for old in base.iterdir():
+        with contextlib.suppress(OSError):
+            if _owner_gone(old):
+                discard(old)
+                removed += 1
+    return removed
+
+
+def new_staging_dir(ws: Workspace, name: str) -> Path:
+    """Create a fresh, private work folder ``models/.staging/NAME.PID.RANDOM`` for an import.
+
+    A normal failure or Ctrl-C removes its own folder; folders left by a killed import (its
+    process is gone) are deleted on the way. The PID in the name tells them apart from the
+    folder of an import running concurrently in another process.
     """
     base = ws.models_dir / STAGING
     base.mkdir(parents=True, exist_ok=True)
-    cutoff = time.time() - STALE_STAGING_S
-    for old in base.iterdir():
-        with contextlib.suppress(OSError):
-            if old.lstat().st_mtime < cutoff:
-                discard(old)
-    return Path(tempfile.mkdtemp(prefix=f"{name}.", dir=base))
+    clean_stale_staging(ws)
+    return Path(tempfile.mkdtemp(prefix=f"{name}.{os.getpid()}.", dir=base))
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

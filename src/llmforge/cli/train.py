@@ -158,10 +158,14 @@ def train(
         if stop_requested:
             raise typer.Exit(EXIT_INTERRUPTED)
     else:
-        first = result.losses[0][1] if result.losses else float("nan")
+        finite = [loss for _, loss in result.losses if loss is not None]
+        first, last = (finite[0], finite[-1]) if finite else (float("nan"), float("nan"))
+        skipped = run.trainer.state.get("skipped_steps", 0)
+        if skipped:
+            r.print_warning(f"{skipped} step(s) were skipped because their loss was NaN or inf.")
         val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
         out.print(
-            f"Done: {result.step} steps; training loss {first:.4f} -> {result.losses[-1][1]:.4f}"
+            f"Done: {result.step} steps; training loss {first:.4f} -> {last:.4f}"
             f"{val}. Checkpoint: {where}",
             markup=False,
         )

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmforge.errors import TrainingError
 from llmforge.fsutil import atomic_write_text
 from llmforge.training.trainer import Callback
 
@@ -23,8 +24,14 @@ class MetricsWriter(Callback):
         self.path = run_dir / METRICS_FILE
 
     def _append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise TrainingError(
+                f"Could not append to {self.path}: {e.strerror or e} (is the disk full?).",
+                "Free some disk space, then continue with --resume latest.",
+            ) from e
 
     def on_step(self, metrics: dict[str, Any]) -> None:
         self._append({"kind": "train", **metrics})

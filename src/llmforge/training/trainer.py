@@ -20,9 +20,14 @@ import torch
 from llmforge.adapters.base import ModelAdapter
 from llmforge.config import TrainingConfig
 from llmforge.data import WindowSampler
-from llmforge.errors import TrainingError
+from llmforge.errors import CheckpointError, TrainingError
 from llmforge.generate import SamplingOptions, generate_text
-from llmforge.training.checkpoint import prune_checkpoints, rng_state, save_checkpoint
+from llmforge.training.checkpoint import (
+    latest_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+)
 from llmforge.training.optim import lr_at
 
 
@@ -135,10 +140,50 @@ class Trainer:
             "train_loss": self.state.get("last_loss"),
             "val_loss": self.state.get("last_val_loss"),
         }
-        path = save_checkpoint(self.run_dir, step, self.adapter, self.optimizer, self.state, meta)
+        try:
+            path = save_checkpoint(
+                self.run_dir, step, self.adapter, self.optimizer, self.state, meta
+            )
+        except OSError as e:
+            prev = latest_checkpoint(self.run_dir)
+            raise CheckpointError(
+                f"Could not write the checkpoint of step {step} under {self.run_dir}: "
+                f"{e.strerror or e} (is the disk full?). Nothing of it was kept"
+                + (f"; the previous checkpoint {prev.name} is intact." if prev else "."),
+                "Free some disk space (or lower keep_last), then continue with --resume latest.",
+            ) from e
         prune_checkpoints(self.run_dir, self.cfg.keep_last)
         self._emit("on_checkpoint", step, path)
         return path
+
+    def _non_finite(self, step: int, loss_value: float) -> None:
+        """Handle a NaN/inf loss at ``step`` (0-based): return to skip the update, or raise.
+
+        Raises:
+            TrainingError: With ``nonfinite_loss: stop``, or after too many skips in a row.
+        """
+        cfg = self.cfg
+        fix = (
+            "Lower learning_rate, raise warmup_steps, or use precision: fp32; then resume with "
+            "--resume latest."
+        )
+        if cfg.nonfinite_loss == "skip":
+            skips = int(self.state.get("consecutive_skips", 0)) + 1
+            self.state["consecutive_skips"] = skips
+            self.state["skipped_steps"] = int(self.state.get("skipped_steps", 0)) + 1
+            if skips <= cfg.max_consecutive_skips:
+                return
+            raise TrainingError(
+                f"The training loss was {loss_value} for {skips} steps in a row (up to step "
+                f"{step + 1}); training stopped. The last checkpoint is intact.",
+                fix,
+            )
+        raise TrainingError(
+            f"The training loss became {loss_value} at step {step + 1}; training stopped and "
+            "nothing of this step was saved (the last checkpoint is intact). Set "
+            "nonfinite_loss: skip to skip such steps instead.",
+            fix,
+        )
 
     def fit(
         self,
@@ -175,20 +220,17 @@ class Trainer:
                 loss_sum += float(loss.detach())
                 tokens_since_log += x.numel()
             loss_value = loss_sum / cfg.grad_accum_steps
-            if not math.isfinite(loss_value):
-                opt.zero_grad(set_to_none=True)
-                raise TrainingError(
-                    f"The training loss became {loss_value} at step {step + 1}; training stopped "
-                    f"and nothing of this step was saved (the last checkpoint is intact).",
-                    "Lower learning_rate, raise warmup_steps, or use precision: fp32; then "
-                    "resume with --resume latest.",
-                )
-            clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-            opt.step()
+            if math.isfinite(loss_value):
+                self.state["consecutive_skips"] = 0
+                clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                opt.step()
+            else:
+                self._non_finite(step, loss_value)  # raises unless the step is to be skipped
+                grad_norm = float("nan")
             opt.zero_grad(set_to_none=True)
             step += 1
-            losses.append([step, loss_value])
+            losses.append([step, loss_value if math.isfinite(loss_value) else None])
             self.state["last_loss"] = loss_value
             self.state["elapsed"] = time.perf_counter() - t_start
 
