@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,14 +14,25 @@ from llmforge.weights import convert_pickled, count_parameters
 from llmforge.workspace import Workspace
 
 
-def test_stale_staging_is_cleaned(tmp_path: Path) -> None:
+def test_staging_of_a_dead_import_is_cleaned_a_live_one_kept(tmp_path: Path) -> None:
     ws = Workspace(tmp_path)
-    old = store.new_staging_dir(ws, "a")
-    (old / "f").write_text("x")
+    live = store.new_staging_dir(ws, "a")  # owned by this (running) process
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dead = live.with_name(f"b.{dead_pid}.xyz")
+    dead.mkdir()
+    (dead / "f").write_text("x")
+    legacy = live.with_name("c.nopid")  # no PID in the name: cleaned once a day old
+    legacy.mkdir()
     past = time.time() - store.STALE_STAGING_S - 10
-    os.utime(old, (past, past))
-    fresh = store.new_staging_dir(ws, "b")
-    assert not old.exists() and fresh.exists()
+    os.utime(legacy, (past, past))
+    fresh = store.new_staging_dir(ws, "d")
+    assert live.exists() and fresh.exists()
+    assert not dead.exists() and not legacy.exists()
 
 
 def test_adopt_shares_and_prune_frees(tmp_path: Path) -> None:
@@ -69,3 +82,33 @@ def test_convert_sharded_checkpoint(tmp_path: Path) -> None:
     assert new_index["weight_map"]["b"] == "model-00002-of-00002.safetensors"
     shards = [out / n for n in written if n.endswith(".safetensors")]
     assert count_parameters(shards) == 6 + 6 + 4
+
+
+def test_abandoned_partial_download_is_deleted_unless_in_use(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path)
+    blobs = store.hub_cache_dir(ws) / "models--org--m" / "blobs"
+    blobs.mkdir(parents=True)
+    partial = blobs / "abc123.deadbeef.incomplete"
+    partial.write_bytes(b"x" * 100)
+    lock = store.hub_cache_dir(ws) / ".locks" / "models--org--m" / "abc123.lock"
+    lock.parent.mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from filelock import FileLock; l = FileLock(sys.argv[1]); "
+            "l.acquire(); print('held', flush=True); time.sleep(60)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert store.prune_cache(ws) == 0  # a live download: kept
+        assert partial.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.prune_cache(ws) == 100  # its process is gone: deleted
+    assert not partial.exists()

@@ -168,14 +168,41 @@ def prune_cache(ws: Workspace) -> int:
     for blob in candidates:
         with contextlib.suppress(FileNotFoundError):
             st = blob.lstat()
-            partial = blob.name.endswith(".incomplete")  # an interrupted download: resumable
-            if blob.is_file() and not blob.is_symlink() and st.st_nlink <= 1 and not partial:
+            if blob.name.endswith(".incomplete"):
+                freed += _drop_abandoned_download(ws, blob, st.st_size)
+            elif blob.is_file() and not blob.is_symlink() and st.st_nlink <= 1:
                 blob.unlink()
                 freed += st.st_size
     for link in hub_cache_dir(ws).glob("*/snapshots/**/*"):
         if link.is_symlink() and not link.exists():
             link.unlink()
     return freed
+
+
+def _drop_abandoned_download(ws: Workspace, partial: Path, size: int) -> int:
+    """Delete a partial download ``ETAG.UUID.incomplete`` unless a download of it is running.
+
+    huggingface_hub (2.x) downloads into a file unique to its process and never resumes
+    another process's file, so a partial file left by a killed import is dead weight. A live
+    download holds huggingface_hub's per-file lock (``.locks/<repo>/<etag>.lock``); if that
+    lock can be taken at once, nobody is writing the file.
+
+    Returns:
+        The bytes freed (0 when the file is in use).
+    """
+    from filelock import FileLock, Timeout
+
+    etag = partial.name.split(".")[0]
+    lock = hub_cache_dir(ws) / ".locks" / partial.parent.parent.name / f"{etag}.lock"
+    if not lock.exists():
+        partial.unlink(missing_ok=True)
+        return size
+    try:
+        with FileLock(str(lock), timeout=0):
+            partial.unlink(missing_ok=True)
+            return size
+    except Timeout:
+        return 0
 
 
 def discard(path: Path) -> None:
