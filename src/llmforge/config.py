@@ -60,7 +60,7 @@ class TrainingConfig(BaseModel):
     val_fraction: float = Field(default=0.1, gt=0.0, le=0.5)
 
     # -- optimisation -----------------------------------------------------------------
-    learning_rate: float = Field(default=2e-3, gt=0.0, le=1.0)
+    learning_rate: float = Field(default=2e-3, gt=0.0, le=1000.0)
     min_lr: float = Field(default=2e-4, ge=0.0)
     warmup_steps: int = Field(
         default=DEFAULT_WARMUP, ge=0, description="Default: 30, at most a tenth of max_steps."

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from llmforge.adapters.base import ModelAdapter
-from llmforge.errors import ConfigError
+from llmforge.errors import CheckpointError, ConfigError
 
 
 @dataclass
@@ -44,7 +44,17 @@ class SamplingOptions:
 
 
 def pick_next(logits: torch.Tensor, opts: SamplingOptions, gen: torch.Generator | None) -> int:
-    """Choose the next id from last-position logits (V,)."""
+    """Choose the next id from last-position logits (V,).
+
+    Raises:
+        CheckpointError: If the logits are NaN/inf (the weights diverged or are corrupt).
+    """
+    if not bool(torch.isfinite(logits).any()) or bool(torch.isnan(logits).any()):
+        raise CheckpointError(
+            "The model produced NaN/inf logits: its weights diverged in training or are corrupt.",
+            "Use an earlier checkpoint (`llmforge ckpt list`), or retrain with a lower "
+            "learning_rate.",
+        )
     if opts.temperature == 0:
         return int(torch.argmax(logits))
     logits = logits.float() / opts.temperature

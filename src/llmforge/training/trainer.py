@@ -144,11 +144,12 @@ class Trainer:
             path = save_checkpoint(
                 self.run_dir, step, self.adapter, self.optimizer, self.state, meta
             )
-        except OSError as e:
+        except Exception as e:  # safetensors and torch.save wrap I/O errors in their own types
             prev = latest_checkpoint(self.run_dir)
+            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
             raise CheckpointError(
-                f"Could not write the checkpoint of step {step} under {self.run_dir}: "
-                f"{e.strerror or e} (is the disk full?). Nothing of it was kept"
+                f"Could not write the checkpoint of step {step} under {self.run_dir}: {cause} "
+                "(is the disk full, or a file-size limit reached?). Nothing of it was kept"
                 + (f"; the previous checkpoint {prev.name} is intact." if prev else "."),
                 "Free some disk space (or lower keep_last), then continue with --resume latest.",
             ) from e
@@ -156,7 +157,7 @@ class Trainer:
         self._emit("on_checkpoint", step, path)
         return path
 
-    def _non_finite(self, step: int, loss_value: float) -> None:
+    def _non_finite(self, step: int, value: float, what: str = "loss") -> None:
         """Handle a NaN/inf loss at ``step`` (0-based): return to skip the update, or raise.
 
         Raises:
@@ -174,12 +175,12 @@ class Trainer:
             if skips <= cfg.max_consecutive_skips:
                 return
             raise TrainingError(
-                f"The training loss was {loss_value} for {skips} steps in a row (up to step "
+                f"The training {what} was {value} for {skips} steps in a row (up to step "
                 f"{step + 1}); training stopped. The last checkpoint is intact.",
                 fix,
             )
         raise TrainingError(
-            f"The training loss became {loss_value} at step {step + 1}; training stopped and "
+            f"The training {what} became {value} at step {step + 1}; training stopped and "
             "nothing of this step was saved (the last checkpoint is intact). Set "
             "nonfinite_loss: skip to skip such steps instead.",
             fix,
@@ -220,14 +221,18 @@ class Trainer:
                 loss_sum += float(loss.detach())
                 tokens_since_log += x.numel()
             loss_value = loss_sum / cfg.grad_accum_steps
+            grad_norm = float("nan")
             if math.isfinite(loss_value):
-                self.state["consecutive_skips"] = 0
                 clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+            if math.isfinite(loss_value) and math.isfinite(grad_norm):
+                self.state["consecutive_skips"] = 0
                 opt.step()
             else:
-                self._non_finite(step, loss_value)  # raises unless the step is to be skipped
-                grad_norm = float("nan")
+                # A NaN/inf loss, or a finite loss with overflowing gradients: the update would
+                # poison the weights. Raises unless such steps are to be skipped.
+                what = "loss" if not math.isfinite(loss_value) else "gradient norm"
+                self._non_finite(step, loss_value if what == "loss" else grad_norm, what)
             opt.zero_grad(set_to_none=True)
             step += 1
             losses.append([step, loss_value if math.isfinite(loss_value) else None])

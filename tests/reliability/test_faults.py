@@ -1,0 +1,109 @@
+"""Disk full while saving, and NaN/inf losses: clear errors, the last good checkpoint kept."""
+
+from __future__ import annotations
+
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from llmforge.training.checkpoint import list_checkpoints, load_checkpoint_adapter
+from train_helpers import run_cli, small_corpus, write_config
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:  # runs in the child before exec
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    cfg = write_config(tmp_path / "full.yaml", data_path=str(small_corpus(tmp_path / "c.txt")))
+    assert run_cli(home, "train", str(cfg), "--stop-at", "4").exit_code == 0
+    run_dir = home / "runs" / "full"
+    ck4 = list_checkpoints(run_dir)[-1]
+    before = {p: p.read_bytes() for p in ck4.rglob("*") if p.is_file()}
+
+    # Resume under a file-size limit smaller than the weights file: the next save fails.
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llmforge",
+            "--home",
+            str(home),
+            "train",
+            str(cfg),
+            "--resume",
+            "latest",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size(16_000),
+    )
+    assert res.returncode == 1, res.stderr
+    assert "Could not write the checkpoint of step 8" in res.stderr
+    assert "File too large" in res.stderr and "step-000004 is intact" in res.stderr
+    assert "--resume latest" in res.stderr and "Traceback" not in res.stderr
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step-000004"]
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert {p: p.read_bytes() for p in ck4.rglob("*") if p.is_file()} == before
+    load_checkpoint_adapter(ck4)
+    # With room again, the run continues from step 4 and completes.
+    res = run_cli(home, "train", str(cfg), "--resume", "latest")
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step-000004", "step-000008"]
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_kept(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    data = str(small_corpus(tmp_path / "c.txt"))
+    cfg = write_config(
+        tmp_path / "nan.yaml",
+        data_path=data,
+        max_steps=40,
+        save_interval=2,
+        learning_rate=500.0,
+        min_lr=0.0,
+        grad_clip=0.0,
+        warmup_steps=0,
+        sample_interval=0,
+    )
+    res = run_cli(home, "train", str(cfg))
+    assert res.exit_code == 1, res.output
+    assert "The training loss became nan" in res.stderr or "became inf" in res.stderr
+    assert "nonfinite_loss: skip" in res.stderr and "Lower learning_rate" in res.stderr
+    ckpts = list_checkpoints(home / "runs" / "nan")
+    assert ckpts, "no checkpoint before the loss diverged"
+    load_checkpoint_adapter(ckpts[-1])
+
+
+def test_nan_loss_can_skip_steps_until_too_many_in_a_row(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    data = str(small_corpus(tmp_path / "c.txt"))
+    cfg = write_config(
+        tmp_path / "skip.yaml",
+        data_path=data,
+        max_steps=40,
+        save_interval=2,
+        learning_rate=500.0,
+        min_lr=0.0,
+        grad_clip=0.0,
+        warmup_steps=0,
+        sample_interval=0,
+        nonfinite_loss="skip",
+        max_consecutive_skips=3,
+    )
+    res = run_cli(home, "train", str(cfg))
+    assert res.exit_code == 1, res.output
+    assert "for 4 steps in a row" in res.stderr
+    metrics = (home / "runs" / "skip" / "metrics.jsonl").read_text()
+    assert "NaN" in metrics  # the skipped steps are logged, not hidden
