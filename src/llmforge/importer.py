@@ -183,13 +183,14 @@ def import_model(
         from llmforge.import_sources import gather_from_folder
 
         gather = gather_from_folder
-    staging = store.new_staging_dir(ws, name)
-    try:
-        result = gather(ws, source, req, name, staging, hooks)
-        result.replaced = _commit(ws, registry, result.entry, staging, req.force)
-        return result
-    finally:
-        store.discard(staging)
+    with store.tidy_on_failure(ws):
+        staging = store.new_staging_dir(ws, name)
+        try:
+            result = gather(ws, source, req, name, staging, hooks)
+            result.replaced = _commit(ws, registry, result.entry, staging, req.force)
+            return result
+        finally:
+            store.discard(staging)
 
 
 def _derive_name(origin: str) -> str:

@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from llmforge.workspace import Workspace
@@ -203,6 +204,37 @@ def _drop_abandoned_download(ws: Workspace, partial: Path, size: int) -> int:
             return size
     except Timeout:
         return 0
+
+
+@contextlib.contextmanager
+def tidy_on_failure(ws: Workspace) -> Iterator[None]:
+    """Undo the bookkeeping folders a failed import created, so bad input changes nothing.
+
+    On an exception, hub-cache repository folders that did not exist before and hold no
+    downloaded file (only the ``refs`` huggingface_hub writes while resolving) are removed,
+    then any of ``models/.staging``, ``models/.cache/hub`` and ``models/.cache`` that did not
+    exist before and are now empty. Downloaded blobs are kept: a re-run reuses them.
+    """
+    hub_dir = hub_cache_dir(ws)
+    watched = [ws.models_dir / STAGING, hub_dir, hub_dir.parent, ws.models_dir]
+    existed = {p for p in watched if p.exists()}
+    repos_before = set(hub_dir.iterdir()) if hub_dir.is_dir() else set()
+    try:
+        yield
+    except BaseException:
+        if hub_dir.is_dir():
+            for repo in set(hub_dir.iterdir()) - repos_before:
+                blobs = repo / "blobs"
+                if not (blobs.is_dir() and any(blobs.iterdir())):
+                    shutil.rmtree(repo, ignore_errors=True)
+            locks = hub_dir / ".locks"
+            if locks not in repos_before and locks.is_dir() and not any(locks.rglob("*.lock")):
+                shutil.rmtree(locks, ignore_errors=True)
+        for d in watched:
+            if d not in existed:
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only if empty
+        raise
 
 
 def discard(path: Path) -> None:

@@ -64,7 +64,7 @@ class HFCausalLMAdapter(ModelAdapter):
                 use_safetensors=True,
                 local_files_only=True,
             )
-        except (OSError, ValueError, RuntimeError) as e:
+        except Exception as e:  # safetensors raises its own error type for corrupt files
             raise CheckpointError(
                 f"Cannot load the {cls.architecture} weights in {folder}: {e}",
                 "The files are incomplete or corrupt: run `llmforge models validate` and "
