@@ -116,6 +116,13 @@ class HFCausalLMAdapter(ModelAdapter):
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder), safe_serialization=True)
 
+    def resize_vocab(self, size: int) -> bool:
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        if size <= rows:
+            return False
+        self.model.resize_token_embeddings(size)
+        return True
+
     def describe(self) -> dict[str, Any]:
         c = self.model.config
         return {
