@@ -111,7 +111,8 @@ def _license(ws: Workspace, meta: dict[str, Any]) -> str | None:
 def model_card(ckpt: Path, meta: dict[str, Any], license_label: str | None, hf: bool) -> str:
     """The ``README.md`` of an export: base model, license, lineage, training summary."""
     chain = [str(x) for x in meta.get("lineage") or []]
-    base = lineage.root_model_id(chain) if hf else None
+    _, origin = lineage.split(chain)
+    base = origin.removeprefix("hf:") if hf and origin and origin.startswith("hf:") else None
     front = ["---", f"license: {license_label or 'other'}"]
     if base:
         front.append(f"base_model: {base}")

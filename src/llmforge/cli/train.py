@@ -135,7 +135,11 @@ def train(
     if run_name is not None:
         overrides["run_name"] = run_name
     elif name is not None and init_from is not None:
-        overrides["run_name"] = name  # a branch gets its own run folder by default
+        from llmforge.registry import check_model_name
+
+        overrides["run_name"] = check_model_name(
+            name
+        )  # a branch gets its own run folder by default
     cfg = load_config(config, overrides)
     ws = workspace(ctx)
     reporter = plain_or_live_reporter()

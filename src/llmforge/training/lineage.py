@@ -81,9 +81,3 @@ def origin_label(origin: str | None) -> str | None:
 def chain_text(head: str, lineage: Sequence[str]) -> str:
     """One line: ``run r <- my-ft <- qwen-base <- hf:Qwen/Qwen2-0.5B``."""
     return " <- ".join([head, *lineage]) if lineage else f"{head} (trained from scratch)"
-
-
-def root_model_id(lineage: Sequence[str]) -> str | None:
-    """The hub id (or folder name) of the origin of a lineage, or None."""
-    _, origin = split(lineage)
-    return origin.partition(":")[2] if origin else None

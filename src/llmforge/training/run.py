@@ -28,11 +28,12 @@ from llmforge.registry import (
     check_model_name,
     utc_now,
 )
-from llmforge.tokenizers import CharTokenizer, HFTokenizer, Tokenizer
+from llmforge.tokenizers import CharTokenizer, Tokenizer
 from llmforge.training import checkpoint as ck
 from llmforge.training import lineage
 from llmforge.training.metrics import MetricsWriter, truncate_metrics
 from llmforge.training.optim import build_optimizer
+from llmforge.training.override import apply_override, override_tokenizer
 from llmforge.training.trainer import Callback, Trainer
 from llmforge.workspace import Workspace
 
@@ -116,50 +117,6 @@ def _encode(
     return train, val, prompt
 
 
-def _override_tokenizer(workspace: Workspace, ref: str) -> Tokenizer:
-    """The tokenizer that ``tokenizer_override`` names: a registry model's, or a folder's.
-
-    Raises:
-        ConfigError: If ``ref`` is neither a registered model nor a tokenizer folder.
-    """
-    registry = ModelRegistry(workspace)
-    if registry.exists(ref):
-        folder = require_model_files(workspace, registry.get(ref))
-    else:
-        folder = Path(ref).expanduser()
-        if not folder.is_absolute():
-            folder = workspace.root / folder
-    tok_files = ("tokenizer.json", "tokenizer_config.json")
-    if not folder.is_dir() or not any((folder / f).is_file() for f in tok_files):
-        names = ", ".join(registry.names()) or "none"
-        raise ConfigError(
-            f"tokenizer_override {ref!r} is neither a registered model nor a folder holding a "
-            "Hugging Face tokenizer (tokenizer.json or tokenizer_config.json).",
-            f"Give a model name (registered: {names}) or a tokenizer folder; "
-            "or remove tokenizer_override to use the model's native tokenizer.",
-        )
-    return HFTokenizer(folder, "override", ref)
-
-
-def _apply_override(adapter: ModelAdapter, entry: ModelEntry, tok: Tokenizer) -> str:
-    """Put ``tok`` on a registry model; return the warning that explains the risk."""
-    native = adapter.tokenizer
-    adapter.tokenizer = tok
-    msg = (
-        f"tokenizer_override: training {entry.model_name!r} with the tokenizer "
-        f"{tok.identifier!r} ({tok.vocab_size} ids) instead of its native one "
-        f"({native.identifier}, {native.vocab_size} ids). The pretrained embeddings were "
-        "learned for other token ids, so expect a much higher starting loss and a model that "
-        "needs more training; checkpoints record and save the override."
-    )
-    if adapter.resize_vocab(tok.vocab_size):
-        msg += (
-            f" The embedding was smaller than the new vocabulary and was resized to "
-            f"{tok.vocab_size} rows (new rows are freshly initialised)."
-        )
-    return msg
-
-
 def _registry_model(
     workspace: Workspace, cfg: TrainingConfig
 ) -> tuple[ModelAdapter, ModelEntry, list[str], list[str]]:
@@ -167,10 +124,10 @@ def _registry_model(
     entry = registry.get(cfg.model_name)  # unknown name: fails first, listing names
     folder = require_model_files(workspace, entry)
     override = (
-        _override_tokenizer(workspace, cfg.tokenizer_override) if cfg.tokenizer_override else None
+        override_tokenizer(workspace, cfg.tokenizer_override) if cfg.tokenizer_override else None
     )
     adapter = get_adapter(entry.architecture).from_registry(entry, folder)
-    warnings = [_apply_override(adapter, entry, override)] if override else []
+    warnings = [apply_override(adapter, entry, override)] if override else []
     return adapter, entry, lineage.registry_lineage(registry, entry.model_name), warnings
 
 
@@ -184,7 +141,7 @@ def _new_run(
         corpus = read_corpus(cfg.data_path)
         tokenizer: Tokenizer = CharTokenizer.from_text(corpus.text)
         if cfg.tokenizer_override:
-            tokenizer = _override_tokenizer(workspace, cfg.tokenizer_override)
+            tokenizer = override_tokenizer(workspace, cfg.tokenizer_override)
             warnings.append(
                 f"tokenizer_override: the from-scratch Transformer uses {tokenizer.identifier!r} "
                 f"({tokenizer.vocab_size} ids) instead of the char-level tokenizer; its "
@@ -296,7 +253,9 @@ def _branch(
         "model_name": name,
         "model_id": src.get("model_id"),
         "model_source": "fine-tune",
-        "model_disk_bytes": ck.checkpoint_bytes(source),
+        "model_disk_bytes": sum(
+            p.stat().st_size for p in source.iterdir() if p.is_file() and p.suffix != ".pt"
+        ),
         "license": src.get("license"),
         "fine_tuned_from": name,
         "lineage": [name, *src.get("lineage", [])],
