@@ -38,6 +38,9 @@ from llmforge.training.trainer import Callback, Trainer
 from llmforge.workspace import Workspace
 
 DEFAULT_RUN_NAME = "default"
+# Architecture keys a registry model or checkpoint overrides; block_size still sets the
+# training sequence length (capped at the model's context), so it is not among them.
+_IGNORED_KEYS = tuple(k for k in ARCHITECTURE_KEYS if k != "block_size")
 
 
 @dataclass
@@ -158,11 +161,11 @@ def _new_run(
     else:
         adapter, entry, chain, override_warnings = _registry_model(workspace, cfg)
         warnings += override_warnings
-        set_keys = [k for k in ARCHITECTURE_KEYS if k in cfg.model_fields_set]
+        set_keys = [k for k in _IGNORED_KEYS if k in cfg.model_fields_set]
         if set_keys:
             warnings.append(
-                f"{', '.join(set_keys)} are ignored: model {entry.model_name!r} brings its own "
-                "architecture config."
+                f"{', '.join(set_keys)} {'is' if len(set_keys) == 1 else 'are'} ignored: "
+                f"model {entry.model_name!r} brings its own architecture config."
             )
         corpus = read_corpus(cfg.data_path)
         meta_model = {
@@ -241,11 +244,11 @@ def _branch(
     _refuse_existing_run(run_dir)
     torch.manual_seed(cfg.seed)
     adapter, src = ck.load_checkpoint_adapter(source)
-    set_keys = [k for k in ARCHITECTURE_KEYS if k in cfg.model_fields_set]
+    set_keys = [k for k in _IGNORED_KEYS if k in cfg.model_fields_set]
     if set_keys:
         warnings.append(
-            f"{', '.join(set_keys)} are ignored: the checkpoint {source} brings its own "
-            "architecture config."
+            f"{', '.join(set_keys)} {'is' if len(set_keys) == 1 else 'are'} ignored: "
+            f"the checkpoint {source} brings its own architecture config."
         )
     corpus = read_corpus(cfg.data_path)
     run_cfg = TrainingConfig.from_dict({**cfg.to_dict(), "model_name": name}, source="branch")
