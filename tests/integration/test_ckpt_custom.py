@@ -4,6 +4,7 @@ every bad input of the ckpt commands (clear error, nothing changed)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,16 +16,25 @@ from helpers import flat
 from train_helpers import run_cli, small_corpus, tree_digest, write_config
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    """A workspace with one finished custom-Transformer run ``tiny`` (checkpoints 4 and 8)."""
-    root = tmp_path / "ws"
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with one finished custom-Transformer run ``tiny`` (trained once)."""
+    base = tmp_path_factory.mktemp("custom")
+    root = base / "ws"
     root.mkdir()
-    data = small_corpus(tmp_path / "corpus.txt")
-    cfg = write_config(tmp_path / "tiny.yaml", data_path=str(data))
+    data = small_corpus(base / "corpus.txt")
+    cfg = write_config(base / "tiny.yaml", data_path=str(data))
     res = run_cli(root, "train", str(cfg))
     assert res.exit_code == 0, res.output
-    return root
+    return base
+
+
+@pytest.fixture
+def home(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of that workspace (checkpoints 4 and 8), with the corpus beside it."""
+    shutil.copy(trained / "corpus.txt", tmp_path / "corpus.txt")
+    shutil.copytree(trained / "ws", tmp_path / "ws")
+    return tmp_path / "ws"
 
 
 def _ckpt(home: Path, run: str, step: int) -> Path:

@@ -4,6 +4,7 @@ register, fine-tune the registered model, branch, export, tokenizer override."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,17 +38,51 @@ FT = {
 }
 
 
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory, hub: LocalHub, tiny_qwen_repo: Path) -> Path:
+    """``qwen-base`` imported from the local hub, a corpus and ``ft.yaml`` (built once)."""
+    base = tmp_path_factory.mktemp("qwen-lineage")
+    hub.add_repo(HUB_ID, tiny_qwen_repo)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_ENDPOINT", hub.url)
+        mp.setenv("HF_HOME", str(base / "hf-home"))
+        mp.delenv("HF_TOKEN", raising=False)
+        mp.delenv("HF_HUB_OFFLINE", raising=False)
+        home = base / "ws"
+        home.mkdir()
+        res = run_cli(home, "models", "import", HUB_ID, "--name", "qwen-base", "--accept-license")
+        assert res.exit_code == 0, res.output
+    data = small_corpus(base / "corpus.txt", chars=4000)
+    (base / "ft.yaml").write_text(yaml.safe_dump({**FT, "data_path": str(data)}))
+    return base
+
+
+@pytest.fixture(scope="module")
+def trained(imported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """That workspace after the run ``ft`` (6 steps, checkpoints 2, 4, 6), trained once."""
+    base = tmp_path_factory.mktemp("qwen-trained")
+    shutil.copy(imported / "ft.yaml", base / "ft.yaml")
+    shutil.copytree(imported / "ws", base / "ws")
+    train(base / "ws")
+    return base
+
+
+def _copy(template: Path, tmp_path: Path) -> Path:
+    shutil.copy(template / "ft.yaml", tmp_path / "ft.yaml")
+    shutil.copytree(template / "ws", tmp_path / "ws")
+    return tmp_path / "ws"
+
+
 @pytest.fixture
-def ws(tmp_path: Path, hub_env: LocalHub, tiny_qwen_repo: Path) -> Path:
-    """A workspace with ``qwen-base`` imported from the local hub, a corpus and a config."""
-    hub_env.add_repo(HUB_ID, tiny_qwen_repo)
-    home = tmp_path / "ws"
-    home.mkdir()
-    res = run_cli(home, "models", "import", HUB_ID, "--name", "qwen-base", "--accept-license")
-    assert res.exit_code == 0, res.output
-    data = small_corpus(tmp_path / "corpus.txt", chars=4000)
-    (tmp_path / "ft.yaml").write_text(yaml.safe_dump({**FT, "data_path": str(data)}))
-    return home
+def ws(imported: Path, tmp_path: Path) -> Path:
+    """A private copy of the imported workspace (no runs yet)."""
+    return _copy(imported, tmp_path)
+
+
+@pytest.fixture
+def done(trained: Path, tmp_path: Path) -> Path:
+    """A private copy of the workspace with the finished run ``ft``."""
+    return _copy(trained, tmp_path)
 
 
 def wide(home: Path, *args: str) -> str:
@@ -101,8 +136,8 @@ def test_fine_tune_records_lineage_and_loss_falls(ws: Path) -> None:
     assert gen.exit_code == 0 and gen.stdout.startswith("The quick")
 
 
-def test_resume_continues_identically_and_keeps_lineage(ws: Path) -> None:
-    train(ws, "--run-name", "straight")
+def test_resume_continues_identically_and_keeps_lineage(done: Path) -> None:
+    ws = done  # its run "ft" went straight through the same 6 steps
     train(ws, "--run-name", "split", "--stop-at", "2")
     first = meta(ckpt(ws, "split", 2))
     out = train(ws, "--run-name", "split", "--resume", "latest")
@@ -111,14 +146,14 @@ def test_resume_continues_identically_and_keeps_lineage(ws: Path) -> None:
     last = meta(ckpt(ws, "split", 6))
     for key in ("lineage", "fine_tuned_from", "fine_tune_started_at", "model_id", "tokenizer"):
         assert last[key] == first[key], key
-    a = json.loads((ckpt(ws, "straight", 6) / STATE_FILE).read_text())["losses"]
+    a = json.loads((ckpt(ws, "ft", 6) / STATE_FILE).read_text())["losses"]
     b = json.loads((ckpt(ws, "split", 6) / STATE_FILE).read_text())["losses"]
     assert a == b
 
 
-def test_register_then_fine_tune_again_shows_a_three_deep_chain(ws: Path) -> None:
-    train(ws, "--max-steps", "2")
-    res = run_cli(ws, "ckpt", "register", "ft", "--name", "qwen-ft1")
+def test_register_then_fine_tune_again_shows_a_three_deep_chain(done: Path) -> None:
+    ws = done
+    res = run_cli(ws, "ckpt", "register", "ft/step-2", "--name", "qwen-ft1")
     assert res.exit_code == 0, res.output
     assert "fine-tuned from qwen-base" in flat(res.stdout)
     entry = json.loads(run_cli(ws, "models", "info", "qwen-ft1", "--json").stdout)
@@ -146,15 +181,15 @@ def test_register_then_fine_tune_again_shows_a_three_deep_chain(ws: Path) -> Non
     order = [tree.index(x) for x in (HUB_ID, "qwen-base", "qwen-ft1", "run ft2, step 2")]
     assert order == sorted(order) and "qwen-ft2 (registered)" in tree
     rows = wide(ws, "ckpt", "list")
-    assert "2 checkpoint(s)" in rows
+    assert "4 checkpoint(s)" in rows
     for col in ("run", "step", "train loss", "val loss", "model", "fine_tuned_from", "size"):
         assert col in rows
     listed = json.loads(run_cli(ws, "ckpt", "list", "ft2", "--json").stdout)
     assert [(c["run"], c["step"], c["fine_tuned_from"]) for c in listed] == [("ft2", 2, "qwen-ft1")]
 
 
-def test_branch_from_checkpoint_leaves_the_original_untouched(ws: Path) -> None:
-    train(ws, "--max-steps", "4")
+def test_branch_from_checkpoint_leaves_the_original_untouched(done: Path) -> None:
+    ws = done
     source = ckpt(ws, "ft", 2)
     before_ckpt = tree_digest(source)
     before_model = tree_digest(ws / "models" / "qwen-base")
@@ -188,8 +223,8 @@ def test_branch_from_checkpoint_leaves_the_original_untouched(ws: Path) -> None:
         (["--init-from", "ft", "--name", "x", "--resume", "latest"], "--resume"),
     ],
 )
-def test_bad_branch_input_changes_nothing(ws: Path, args: list[str], needle: str) -> None:
-    train(ws, "--max-steps", "2")
+def test_bad_branch_input_changes_nothing(done: Path, args: list[str], needle: str) -> None:
+    ws = done
     before = tree_digest(ws)
     res = run_cli(ws, "train", cfg(ws), *args)
     assert res.exit_code != 0
@@ -197,13 +232,13 @@ def test_bad_branch_input_changes_nothing(ws: Path, args: list[str], needle: str
     assert tree_digest(ws) == before
 
 
-def test_export_round_trip_has_identical_logits(ws: Path, tmp_path: Path) -> None:
+def test_export_round_trip_has_identical_logits(done: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmforge.loading import load_for_inference
     from llmforge.workspace import Workspace
 
-    train(ws, "--max-steps", "2")
+    ws = done
     dest = tmp_path / "export"
     res = run_cli(ws, "ckpt", "export", "ft/step-2", str(dest))
     assert res.exit_code == 0, res.output
