@@ -187,6 +187,10 @@ def register_checkpoint(ws: Workspace, ref: str, name: str, *, force: bool = Fal
     path = resolve_checkpoint(ws, ref)
     ck.check_complete(path)
     meta = ck.load_meta(path)
+    if not isinstance(meta.get("architecture"), str):
+        raise CheckpointError(
+            f"{path / ck.META_FILE} names no architecture.", "Use another checkpoint."
+        )
     chain = [str(x) for x in meta.get("lineage") or []]
     names, origin = lineage.split(chain)
     registry = ModelRegistry(ws)

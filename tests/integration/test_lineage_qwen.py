@@ -287,6 +287,13 @@ def test_tokenizer_override_is_recorded_and_resizes_the_embedding(ws: Path, tmp_
     assert m["model"]["vocab_size"] == vocab
     gen = run_cli(ws, "generate", "ft", "--prompt", "The", "-n", "3", "--temperature", "0")
     assert gen.exit_code == 0, gen.output
+    # registered, the fine-tune keeps decoding with the override
+    assert run_cli(ws, "ckpt", "register", "ft", "--name", "ovr").exit_code == 0
+    from llmforge.loading import load_for_inference
+    from llmforge.workspace import Workspace
+
+    adapter, _ = load_for_inference(Workspace(root=ws), "ovr")
+    assert adapter.tokenizer.kind == "override" and adapter.tokenizer.vocab_size == vocab
 
     before = tree_digest(ws)
     bad = run_cli(ws, "train", cfg(ws), "--set", "tokenizer_override=nope", "--run-name", "other")

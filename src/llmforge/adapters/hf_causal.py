@@ -76,7 +76,13 @@ class HFCausalLMAdapter(ModelAdapter):
     def from_registry(
         cls, entry: ModelEntry, folder: Path, tokenizer: Tokenizer | None = None
     ) -> HFCausalLMAdapter:
-        tok = tokenizer or HFTokenizer(folder, "native", entry.model_id or entry.model_name)
+        if tokenizer is None:
+            # A registered fine-tune trained with an override keeps that tokenizer's files.
+            if entry.details.get("tokenizer_kind") == "override" and entry.tokenizer:
+                tokenizer = HFTokenizer(folder, "override", entry.tokenizer)
+            else:
+                tokenizer = HFTokenizer(folder, "native", entry.model_id or entry.model_name)
+        tok = tokenizer
         return cls(cls._load_model(folder), tok)
 
     @classmethod
