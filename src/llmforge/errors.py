@@ -153,3 +153,7 @@ class UnsafeWeightsError(LLMForgeError):
     """Pickled weights contain something other than tensors; they are never executed."""
 
     exit_code = EXIT_INTEGRITY
+
+
+class ExportError(LLMForgeError):
+    """A checkpoint could not be exported (destination not empty, unsafe, ...)."""

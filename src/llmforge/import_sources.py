@@ -2,7 +2,7 @@
 
 Both check the architecture, size and license before taking any weights, verify every file,
 convert pickled weights to safetensors, and return the entry to register. Registering (the
-atomic rename and the registry write) is :func:`llmforge.importer._commit`'s job.
+atomic rename and the registry write) is :func:`llmforge.importer.commit_staged`'s job.
 """
 
 from __future__ import annotations

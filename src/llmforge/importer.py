@@ -187,7 +187,7 @@ def import_model(
         staging = store.new_staging_dir(ws, name)
         try:
             result = gather(ws, source, req, name, staging, hooks)
-            result.replaced = _commit(ws, registry, result.entry, staging, req.force)
+            result.replaced = commit_staged(ws, registry, result.entry, staging, req.force)
             return result
         finally:
             store.discard(staging)
@@ -291,7 +291,7 @@ def checksum_error(file: str, expected: str, actual: str, kind: str) -> Checksum
     )
 
 
-def _commit(
+def commit_staged(
     ws: Workspace, registry: ModelRegistry, entry: ModelEntry, staging: Path, force: bool
 ) -> bool:
     """Rename ``staging`` to ``models/<name>`` and register ``entry``, all or nothing.

@@ -31,6 +31,7 @@ EXPECTED_CODES = {
     errors.AdapterNotFoundError: 1,
     errors.TrainingError: 1,
     errors.NotAvailableError: 1,
+    errors.ExportError: 1,
     errors.LLMForgeError: 1,
     errors.InvalidSourceError: 2,
     errors.HubError: 1,

@@ -174,5 +174,5 @@ def test_architecture_keys_are_ignored_with_a_warning(home: Path, tmp_path: Path
         str(_config(tmp_path, n_layers=12, max_steps=2, warmup_steps=0, save_interval=2)),
     )
     assert res.exit_code == 0, res.output
-    assert "n_layers are ignored" in res.stderr
+    assert "n_layers is ignored" in res.stderr
     assert "n_layers=2" in res.stdout  # the model's own config

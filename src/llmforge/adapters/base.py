@@ -90,6 +90,22 @@ class ModelAdapter(ABC):
     def describe(self) -> dict[str, Any]:
         """Architecture facts for logs and metadata (layers, width, heads, ...)."""
 
+    def resize_vocab(self, size: int) -> bool:
+        """Grow the token embedding (and output layer) to ``size`` rows if it is smaller.
+
+        Returns:
+            True when the embedding was resized, False when it already had room.
+
+        Raises:
+            ConfigError: If the architecture cannot resize its embedding.
+        """
+        from llmforge.errors import ConfigError
+
+        raise ConfigError(
+            f"A {self.architecture} model cannot change its vocabulary size.",
+            "Use a tokenizer with the same vocabulary, or no tokenizer_override.",
+        )
+
     # -- parameters ----------------------------------------------------------------------
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """Named parameters that training updates (unique: tied weights appear once)."""

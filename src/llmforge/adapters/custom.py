@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_model, save_model
@@ -14,7 +14,10 @@ from llmforge.config import TrainingConfig
 from llmforge.errors import CheckpointError
 from llmforge.fsutil import atomic_write_json
 from llmforge.modeling.transformer import Transformer, TransformerConfig
-from llmforge.tokenizers import Tokenizer
+from llmforge.tokenizers import Tokenizer, load_tokenizer
+
+if TYPE_CHECKING:
+    from llmforge.registry import ModelEntry
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -45,6 +48,17 @@ class CustomTransformerAdapter(ModelAdapter):
             dropout=cfg.dropout,
         )
         return cls(Transformer(tcfg), tokenizer)
+
+    @classmethod
+    def from_registry(
+        cls, entry: ModelEntry, folder: Path, tokenizer: Tokenizer | None = None
+    ) -> CustomTransformerAdapter:
+        """A registered custom Transformer (``llmforge ckpt register``) with its own tokenizer.
+
+        The folder holds ``model.safetensors``, ``config.json`` and the tokenizer files
+        (``char_vocab.json``, or a Hugging Face tokenizer the model was trained with).
+        """
+        return cls.load(folder, tokenizer or load_tokenizer(folder))
 
     @classmethod
     def load(cls, folder: Path, tokenizer: Tokenizer) -> CustomTransformerAdapter:

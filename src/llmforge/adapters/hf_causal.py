@@ -76,7 +76,13 @@ class HFCausalLMAdapter(ModelAdapter):
     def from_registry(
         cls, entry: ModelEntry, folder: Path, tokenizer: Tokenizer | None = None
     ) -> HFCausalLMAdapter:
-        tok = tokenizer or HFTokenizer(folder, "native", entry.model_id or entry.model_name)
+        if tokenizer is None:
+            # A registered fine-tune trained with an override keeps that tokenizer's files.
+            if entry.details.get("tokenizer_kind") == "override" and entry.tokenizer:
+                tokenizer = HFTokenizer(folder, "override", entry.tokenizer)
+            else:
+                tokenizer = HFTokenizer(folder, "native", entry.model_id or entry.model_name)
+        tok = tokenizer
         return cls(cls._load_model(folder), tok)
 
     @classmethod
@@ -115,6 +121,13 @@ class HFCausalLMAdapter(ModelAdapter):
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder), safe_serialization=True)
+
+    def resize_vocab(self, size: int) -> bool:
+        rows = self.model.get_input_embeddings().weight.shape[0]
+        if size <= rows:
+            return False
+        self.model.resize_token_embeddings(size)
+        return True
 
     def describe(self) -> dict[str, Any]:
         c = self.model.config

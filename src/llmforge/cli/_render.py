@@ -61,7 +61,11 @@ def key_values(title: str, pairs: Iterable[tuple[str, str]]) -> Table:
 
 
 def lineage_tree(
-    name: str, ancestors: Sequence[str], children: Sequence[str], origin: str | None
+    name: str,
+    ancestors: Sequence[str],
+    children: Sequence[str],
+    origin: str | None,
+    child_note: str = "child",
 ) -> Tree:
     """A tree from the oldest ancestor (or its hub id) down to ``name`` and its children.
 
@@ -69,7 +73,8 @@ def lineage_tree(
         name: The model in focus.
         ancestors: ``[parent, grandparent, ...]``.
         children: Models fine-tuned from ``name``.
-        origin: Where the oldest ancestor came from (e.g. ``hf:Qwen/Qwen2-0.5B``), or None.
+        origin: Where the oldest ancestor came from (e.g. ``Qwen/Qwen2-0.5B (hub)``), or None.
+        child_note: How children are labelled (``ft2 (child)``).
     """
     chain = list(reversed(ancestors))
     root_label = origin or (chain[0] if chain else name)
@@ -83,5 +88,5 @@ def lineage_tree(
     else:
         tree.label = f"[bold]{name}[/bold]"
     for c in children:
-        node.add(f"{c} (child)")
+        node.add(f"{c} ({child_note})")
     return tree

@@ -1,20 +1,194 @@
-"""``llmforge ckpt``: inspect, register and export checkpoints."""
+"""``llmforge ckpt``: list, inspect, register and export training checkpoints.
+
+A CKPT argument is a checkpoint directory, a run name (its latest checkpoint), ``RUN/step-N``
+(or ``RUN/N``) or ``RUN/latest``.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-from llmforge.errors import NotAvailableError
+from llmforge.cli import _render as r
+from llmforge.cli._context import workspace
+from llmforge.fsutil import human_bytes, human_count
 
-app = typer.Typer(
-    help="Inspect, register and export training checkpoints.", invoke_without_command=True
-)
+app = typer.Typer(help="Inspect, register and export training checkpoints.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+CkptArg = Annotated[
+    str,
+    typer.Argument(
+        help="A checkpoint: its directory, RUN (the run's latest), RUN/step-N or RUN/latest.",
+        show_default=False,
+    ),
+]
 
 
-@app.callback()
-def ckpt() -> None:
-    """Inspect, register and export checkpoints (not available in this build yet)."""
-    raise NotAvailableError(
-        "The checkpoint commands are not available in this build of llmforge yet.",
-        "Update llmforge; `llmforge --help` lists what this build can do.",
+def _loss(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, (int, float)) else "-"
+
+
+@app.command("list")
+def list_ckpts(
+    ctx: typer.Context,
+    run: Annotated[str | None, typer.Argument(help="Only this run's checkpoints.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List checkpoints: run, step, losses, model, fine_tuned_from, created, size."""
+    from llmforge.ckpt_ops import list_all
+
+    rows = list_all(workspace(ctx), run)
+    if as_json:
+        r.print_json(
+            [
+                {
+                    "path": str(s.path),
+                    "run": s.run,
+                    "step": s.step,
+                    "train_loss": s.meta.get("train_loss"),
+                    "val_loss": s.meta.get("val_loss"),
+                    "model_name": s.meta.get("model_name"),
+                    "architecture": s.meta.get("architecture"),
+                    "fine_tuned_from": s.meta.get("fine_tuned_from"),
+                    "lineage": s.meta.get("lineage"),
+                    "created": s.created.isoformat(),
+                    "size": s.size,
+                }
+                for s in rows
+            ]
+        )
+        return
+    if not rows:
+        r.stdout().print(
+            "No checkpoints yet. Train with `llmforge train CONFIG`; checkpoints are written "
+            "to runs/RUN/checkpoints/.",
+            markup=False,
+        )
+        return
+    table_rows = [
+        (
+            s.run,
+            str(s.step),
+            _loss(s.meta.get("train_loss")),
+            _loss(s.meta.get("val_loss")),
+            s.meta.get("model_name") or f"({s.meta.get('architecture', '?')}, scratch)",
+            s.meta.get("fine_tuned_from") or "-",
+            s.created.strftime("%Y-%m-%d %H:%M"),
+            human_bytes(s.size),
+        )
+        for s in rows
+    ]
+    cols = ("run", "step", "train loss", "val loss", "model", "fine_tuned_from", "created", "size")
+    r.stdout().print(r.table(f"{len(rows)} checkpoint(s)", cols, table_rows))
+
+
+@app.command("info")
+def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
+    """Show a checkpoint's metadata, config and lineage tree."""
+    from llmforge.ckpt_ops import checkpoint_info
+    from llmforge.training import lineage
+
+    ci = checkpoint_info(workspace(ctx), ckpt)
+    s, meta = ci.summary, ci.summary.meta
+    if as_json:
+        r.print_json(
+            {
+                "path": str(s.path),
+                "run": s.run,
+                "step": s.step,
+                "size": s.size,
+                "created": s.created.isoformat(),
+                "meta": meta,
+                "state": ci.state,
+                "registered_as": ci.registered_as,
+                "files": ci.files,
+            }
+        )
+        return
+    out = r.stdout()
+    tok = meta.get("tokenizer") or {}
+    fields = [
+        ("path", str(s.path)),
+        ("run / step", f"{s.run} / {s.step}"),
+        ("train_loss", _loss(meta.get("train_loss"))),
+        ("val_loss", _loss(meta.get("val_loss"))),
+        ("best_val_loss", _loss(ci.state.get("best_val_loss"))),
+        ("model_name", meta.get("model_name") or "- (trained from scratch)"),
+        ("model_id", meta.get("model_id") or "-"),
+        ("model_source", str(meta.get("model_source") or "-")),
+        ("architecture", str(meta.get("architecture"))),
+        ("parameters", human_count((meta.get("model") or {}).get("parameters"))),
+        ("fine_tuned_from", meta.get("fine_tuned_from") or "-"),
+        ("fine_tune_started_at", str(meta.get("fine_tune_started_at") or "-")),
+        ("tokenizer", f"{tok.get('identifier')} ({tok.get('kind')})"),
+        ("data", str((meta.get("data") or {}).get("source", "-"))),
+        ("registered_as", ", ".join(ci.registered_as) or "-"),
+        ("created", str(s.created)),
+        ("size", human_bytes(s.size)),
+    ]
+    if meta.get("branched_from"):
+        b = meta["branched_from"]
+        fields.append(
+            ("branched_from", f"{b.get('run')} step {b.get('step')} ({b.get('checkpoint')})")
+        )
+    out.print(r.key_values(f"Checkpoint {s.run}/step-{s.step}", fields))
+    out.print()
+    out.print("[bold]Lineage[/bold]")
+    names, origin = lineage.split(meta.get("lineage") or [])
+    label = f"run {s.run}, step {s.step} (this checkpoint)"
+    out.print(
+        r.lineage_tree(
+            label, names, ci.registered_as, lineage.origin_label(origin), child_note="registered"
+        )
     )
+    out.print()
+    cfg = meta.get("config") or {}
+    out.print(r.key_values("Config", [(k, str(v)) for k, v in cfg.items()]))
+
+
+@app.command("register")
+def register(
+    ctx: typer.Context,
+    ckpt: CkptArg,
+    name: Annotated[str, typer.Option("--name", help="The new model's name in the registry.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing model of that name.")
+    ] = False,
+) -> None:
+    """Register a checkpoint as a model (source fine-tune), usable as model_name in configs."""
+    from llmforge.ckpt_ops import register_checkpoint
+
+    entry = register_checkpoint(workspace(ctx), ckpt, name, force=force)
+    parent = entry.fine_tuned_from or "nothing (trained from scratch)"
+    r.stdout().print(
+        f"Registered {entry.model_name!r} ({entry.architecture}, "
+        f"{human_count(entry.num_parameters)} parameters, {len(entry.files)} files in "
+        f"models/{entry.local_path}, weights linked to the checkpoint where possible), "
+        f"fine-tuned from {parent}. Use it with `model_name: {entry.model_name}` in a config; "
+        f"`llmforge models info {entry.model_name}` shows its lineage.",
+        markup=False,
+    )
+
+
+@app.command("export")
+def export(
+    ctx: typer.Context,
+    ckpt: CkptArg,
+    dest: Annotated[Path, typer.Argument(help="The folder to write (new or empty).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the contents of a non-empty folder.")
+    ] = False,
+) -> None:
+    """Export a checkpoint as a standalone Hugging Face folder (or custom-model folder)."""
+    from llmforge.export import export_checkpoint
+
+    res = export_checkpoint(workspace(ctx), ckpt, dest, force=force)
+    out = r.stdout()
+    out.print(
+        f"Exported {res.checkpoint} ({res.architecture}) to {res.dest}: {', '.join(res.files)}.",
+        markup=False,
+    )
+    out.print(f"Load it with: {res.loads_with}", markup=False)

@@ -60,6 +60,7 @@ def info(
 ) -> None:
     """Show a model's metadata, files and lineage (parents and children)."""
     from llmforge.registry import ModelRegistry
+    from llmforge.training import lineage
 
     registry = ModelRegistry(workspace(ctx))
     entry = registry.get(name)
@@ -69,6 +70,7 @@ def info(
         data = entry.model_dump(mode="json")
         data["lineage"] = ancestors
         data["children"] = children
+        data["origin"] = lineage.split(lineage.registry_lineage(registry, name))[1]
         r.print_json(data)
         return
     out = r.stdout()
@@ -91,11 +93,8 @@ def info(
     out.print(r.key_values(f"Model {entry.model_name}", fields))
     out.print()
     out.print("[bold]Lineage[/bold]")
-    origin = None
-    oldest = registry.get(ancestors[-1]) if ancestors and registry.exists(ancestors[-1]) else entry
-    if oldest.model_id and oldest.source == "huggingface":
-        origin = f"{oldest.model_id} (hub)"
-    out.print(r.lineage_tree(name, ancestors, children, origin))
+    names, origin = lineage.split(lineage.registry_lineage(registry, name))
+    out.print(r.lineage_tree(name, names[1:], children, lineage.origin_label(origin)))
     out.print()
     files = [(n, human_bytes(f.size), f.sha256[:16] + "…") for n, f in sorted(entry.files.items())]
     out.print(r.table(f"{len(files)} file(s)", ("file", "size", "sha256"), files))

@@ -17,11 +17,22 @@ from llmforge.fsutil import human_bytes, human_count
 
 def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[str]:
     """The start-up log: what is trained, from where, on what."""
+    from llmforge.training.lineage import chain_text
+
     lines = []
     run = info["run_name"]
     if resumed:
         what = f"fine-tune run {run!r}" if info["model_name"] else f"run {run!r}"
         lines.append(f"Continuing {what} from step {start_step} ({info['run_dir']}).")
+    elif info.get("branched_from"):
+        b = info["branched_from"]
+        parent = f"a fine-tune of {b['model_name']!r}" if b.get("model_name") else "from scratch"
+        lines.append(
+            f"Starting new fine-tune branch {info['model_name']!r} from checkpoint "
+            f"{b['checkpoint']} (run {b['run']!r}, step {b['step']}, {parent}) as run {run!r} "
+            f"({info['run_dir']}); registered the branch point as model "
+            f"{info['model_name']!r}."
+        )
     elif info["model_name"]:
         lines.append(
             f"Starting new fine-tune of {info['model_name']!r} as run {run!r} ({info['run_dir']})."
@@ -47,10 +58,11 @@ def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[s
             f"Model name: {info['model_name']}, model_id: {info['model_id'] or '-'}, "
             f"source: {info['model_source']}, disk: {human_bytes(info['disk_bytes'])}."
         )
-        chain = " <- ".join(
-            [f"run {run}", *info["lineage"]] + ([info["model_id"]] if info["model_id"] else [])
+        chain = chain_text(f"run {run}", info["lineage"])
+        lines.append(
+            f"Lineage: {chain}; fine_tuned_from: {info['fine_tuned_from']} "
+            f"(fine-tune started {info['fine_tune_started_at']})."
         )
-        lines.append(f"Lineage: {chain} (fine-tune started {info['fine_tune_started_at']}).")
     else:
         lines.append("Lineage: trained from scratch (no parent model).")
     tok = info["tokenizer"] or {}
@@ -89,6 +101,22 @@ def train(
             "--resume", help="Continue a run: 'latest' (this config's run) or a checkpoint / run."
         ),
     ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            "--init-from",
+            help="Start a new lineage branch from this checkpoint's weights (RUN, RUN/step-N or "
+            "a path): fresh optimizer, step 0. Needs --name.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name",
+            help="With --init-from: the branch's new model name; the checkpoint is registered "
+            "under it and the run (default run name: NAME) fine-tunes it.",
+        ),
+    ] = None,
     stop_at: Annotated[
         int | None,
         typer.Option(
@@ -106,11 +134,23 @@ def train(
         overrides["max_steps"] = max_steps
     if run_name is not None:
         overrides["run_name"] = run_name
+    elif name is not None and init_from is not None:
+        from llmforge.registry import check_model_name
+
+        overrides["run_name"] = check_model_name(
+            name
+        )  # a branch gets its own run folder by default
     cfg = load_config(config, overrides)
     ws = workspace(ctx)
     reporter = plain_or_live_reporter()
     run = prepare_run(
-        ws, cfg, resume=resume, explicit_keys=set(cfg.model_fields_set), callbacks=[reporter]
+        ws,
+        cfg,
+        resume=resume,
+        explicit_keys=set(cfg.model_fields_set),
+        callbacks=[reporter],
+        init_from=init_from,
+        branch_name=name,
     )
     out = r.stdout()
     for w in run.warnings:
@@ -147,8 +187,8 @@ def train(
     where = result.last_checkpoint
     if result.stopped_early:
         again = f"llmforge train {config or ''} --resume latest".replace("  ", " ")
-        if run_name:
-            again += f" --run-name {run_name}"
+        if run_name or (name and init_from):
+            again += f" --run-name {run.info['run_name']}"
         stopped_by = "Interrupted" if stop_requested else "Stopped"
         out.print(
             f"{stopped_by} at step {result.step} of {run.trainer.cfg.max_steps}; checkpoint saved "

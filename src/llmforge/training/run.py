@@ -19,18 +19,28 @@ from llmforge.adapters.base import ModelAdapter
 from llmforge.adapters.custom import CustomTransformerAdapter
 from llmforge.config import ARCHITECTURE_KEYS, RESUMABLE_KEYS, TrainingConfig
 from llmforge.data import Corpus, WindowSampler, read_corpus, split_tokens
-from llmforge.errors import CheckpointError, TrainingError
+from llmforge.errors import CheckpointError, ConfigError, ModelExistsError, TrainingError
 from llmforge.fsutil import atomic_write_text
 from llmforge.modelops import require_model_files
-from llmforge.registry import ModelEntry, ModelRegistry, utc_now
-from llmforge.tokenizers import CharTokenizer
+from llmforge.registry import (
+    ModelEntry,
+    ModelRegistry,
+    check_model_name,
+    utc_now,
+)
+from llmforge.tokenizers import CharTokenizer, Tokenizer
 from llmforge.training import checkpoint as ck
+from llmforge.training import lineage
 from llmforge.training.metrics import MetricsWriter, truncate_metrics
 from llmforge.training.optim import build_optimizer
+from llmforge.training.override import apply_override, override_tokenizer
 from llmforge.training.trainer import Callback, Trainer
 from llmforge.workspace import Workspace
 
 DEFAULT_RUN_NAME = "default"
+# Architecture keys a registry model or checkpoint overrides; block_size still sets the
+# training sequence length (capped at the model's context), so it is not among them.
+_IGNORED_KEYS = tuple(k for k in ARCHITECTURE_KEYS if k != "block_size")
 
 
 @dataclass
@@ -112,29 +122,34 @@ def _encode(
 
 def _registry_model(
     workspace: Workspace, cfg: TrainingConfig
-) -> tuple[ModelAdapter, ModelEntry, list[str]]:
+) -> tuple[ModelAdapter, ModelEntry, list[str], list[str]]:
     registry = ModelRegistry(workspace)
     entry = registry.get(cfg.model_name)  # unknown name: fails first, listing names
     folder = require_model_files(workspace, entry)
+    override = (
+        override_tokenizer(workspace, cfg.tokenizer_override) if cfg.tokenizer_override else None
+    )
     adapter = get_adapter(entry.architecture).from_registry(entry, folder)
-    return adapter, entry, registry.lineage(entry.model_name)
+    warnings = [apply_override(adapter, entry, override)] if override else []
+    return adapter, entry, lineage.registry_lineage(registry, entry.model_name), warnings
 
 
 def _new_run(
     workspace: Workspace, cfg: TrainingConfig, run_dir: Path
-) -> tuple[Trainer, dict[str, Any], list[str]]:
+) -> tuple[tuple[Trainer, dict[str, Any]], list[str]]:
     warnings: list[str] = []
-    if ck.list_checkpoints(run_dir):
-        latest = ck.latest_checkpoint(run_dir)
-        raise TrainingError(
-            f"The run {run_dir.name!r} already has checkpoints (latest: {latest.name}) in "
-            f"{run_dir}.",
-            "Continue it with --resume latest, or start a new run with --run-name NEW_NAME.",
-        )
+    _refuse_existing_run(run_dir)
     torch.manual_seed(cfg.seed)  # model initialisation is reproducible from the seed
     if cfg.model_name is None:
         corpus = read_corpus(cfg.data_path)
-        tokenizer = CharTokenizer.from_text(corpus.text)
+        tokenizer: Tokenizer = CharTokenizer.from_text(corpus.text)
+        if cfg.tokenizer_override:
+            tokenizer = override_tokenizer(workspace, cfg.tokenizer_override)
+            warnings.append(
+                f"tokenizer_override: the from-scratch Transformer uses {tokenizer.identifier!r} "
+                f"({tokenizer.vocab_size} ids) instead of the char-level tokenizer; its "
+                "embedding is sized to that vocabulary."
+            )
         adapter: ModelAdapter = CustomTransformerAdapter.from_config(cfg, tokenizer)
         meta_model: dict[str, Any] = {
             "model_name": None,
@@ -144,12 +159,13 @@ def _new_run(
             "lineage": [],
         }
     else:
-        adapter, entry, ancestors = _registry_model(workspace, cfg)
-        set_keys = [k for k in ARCHITECTURE_KEYS if k in cfg.model_fields_set]
+        adapter, entry, chain, override_warnings = _registry_model(workspace, cfg)
+        warnings += override_warnings
+        set_keys = [k for k in _IGNORED_KEYS if k in cfg.model_fields_set]
         if set_keys:
             warnings.append(
-                f"{', '.join(set_keys)} are ignored: model {entry.model_name!r} brings its own "
-                "architecture config."
+                f"{', '.join(set_keys)} {'is' if len(set_keys) == 1 else 'are'} ignored: "
+                f"model {entry.model_name!r} brings its own architecture config."
             )
         corpus = read_corpus(cfg.data_path)
         meta_model = {
@@ -157,9 +173,21 @@ def _new_run(
             "model_id": entry.model_id,
             "model_source": entry.source,
             "model_disk_bytes": entry.disk_bytes,
+            "license": entry.license,
             "fine_tuned_from": entry.model_name,
-            "lineage": [entry.model_name, *ancestors],
+            "lineage": chain,
         }
+    return _fresh_trainer(cfg, adapter, corpus, run_dir, meta_model), warnings
+
+
+def _fresh_trainer(
+    cfg: TrainingConfig,
+    adapter: ModelAdapter,
+    corpus: Corpus,
+    run_dir: Path,
+    meta_model: dict[str, Any],
+) -> tuple[Trainer, dict[str, Any]]:
+    """A trainer at step 0 with a fresh optimizer, and the run's ``meta.json`` content."""
     block = min(cfg.block_size, adapter.max_context or cfg.block_size)
     train, val, prompt = _encode(adapter.tokenizer, corpus, cfg, block)
     optimizer = build_optimizer(adapter, cfg)
@@ -177,7 +205,71 @@ def _new_run(
     trainer = Trainer(
         cfg, adapter, optimizer, train, val, run_dir, meta, {"step": 0}, sample_prompt=prompt
     )
-    return trainer, meta, warnings
+    return trainer, meta
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if ck.list_checkpoints(run_dir):
+        latest = ck.latest_checkpoint(run_dir)
+        raise TrainingError(
+            f"The run {run_dir.name!r} already has checkpoints (latest: {latest.name}) in "
+            f"{run_dir}.",
+            "Continue it with --resume latest, or start a new run with --run-name NEW_NAME.",
+        )
+
+
+def _branch(
+    workspace: Workspace, cfg: TrainingConfig, run_dir: Path, source: Path, name: str
+) -> tuple[tuple[Trainer, dict[str, Any]], list[str]]:
+    """A new run from a checkpoint's weights, fine-tuning the branch model ``name``.
+
+    ``name`` is registered (by :func:`prepare_run`, once every check passed) as a copy of
+    the checkpoint (hard links), with ``fine_tuned_from`` = the checkpoint's model; the run
+    then fine-tunes ``name`` like any registry model: fresh optimizer, step 0.
+    """
+    warnings: list[str] = []
+    check_model_name(name)
+    registry = ModelRegistry(workspace)
+    if registry.exists(name):
+        raise ModelExistsError(
+            f"A model named {name!r} is already in the registry; a branch needs a new name.",
+            "Choose another --name for the branch; `llmforge models list` shows the taken ones.",
+        )
+    if cfg.tokenizer_override:
+        raise ConfigError(
+            "tokenizer_override cannot be combined with --init-from: a branch keeps the "
+            "tokenizer of the checkpoint it starts from.",
+            "Remove tokenizer_override (or --set tokenizer_override=null).",
+        )
+    _refuse_existing_run(run_dir)
+    torch.manual_seed(cfg.seed)
+    adapter, src = ck.load_checkpoint_adapter(source)
+    set_keys = [k for k in _IGNORED_KEYS if k in cfg.model_fields_set]
+    if set_keys:
+        warnings.append(
+            f"{', '.join(set_keys)} {'is' if len(set_keys) == 1 else 'are'} ignored: "
+            f"the checkpoint {source} brings its own architecture config."
+        )
+    corpus = read_corpus(cfg.data_path)
+    run_cfg = TrainingConfig.from_dict({**cfg.to_dict(), "model_name": name}, source="branch")
+    meta_model = {
+        "model_name": name,
+        "model_id": src.get("model_id"),
+        "model_source": "fine-tune",
+        "model_disk_bytes": sum(
+            p.stat().st_size for p in source.iterdir() if p.is_file() and p.suffix != ".pt"
+        ),
+        "license": src.get("license"),
+        "fine_tuned_from": name,
+        "lineage": [name, *src.get("lineage", [])],
+        "branched_from": {
+            "checkpoint": str(source),
+            "run": src.get("run_name"),
+            "step": src.get("step"),
+            "model_name": src.get("model_name"),
+        },
+    }
+    return _fresh_trainer(run_cfg, adapter, corpus, run_dir, meta_model), warnings
 
 
 def _resume(
@@ -241,6 +333,8 @@ def prepare_run(
     resume: str | None = None,
     explicit_keys: set[str] | None = None,
     callbacks: list[Callback] | None = None,
+    init_from: str | None = None,
+    branch_name: str | None = None,
 ) -> PreparedRun:
     """Build everything a run needs, resuming from a checkpoint when asked.
 
@@ -252,15 +346,36 @@ def prepare_run(
         explicit_keys: Keys the user set (file or command line); on resume only these can
             override the run's saved config, and only the resumable ones do.
         callbacks: Reporters; a metrics-file writer is always added.
+        init_from: Start a new lineage branch from this checkpoint reference: the weights
+            are registered as the model ``branch_name`` (``fine_tuned_from`` = the
+            checkpoint's model) and a new run fine-tunes it from step 0.
+        branch_name: The branch's registry name; required with ``init_from``.
 
     Raises:
         ConfigError, ModelNotFoundError, ModelFilesMissingError, DataError, CheckpointError,
         TrainingError: Before anything is written.
     """
     explicit = explicit_keys if explicit_keys is not None else set(cfg.model_fields_set)
-    if resume is None:
+    branch_source: Path | None = None
+    if (init_from is None) != (branch_name is None):
+        raise ConfigError(
+            "--init-from and --name go together: a branch starts from a checkpoint's weights "
+            "and needs a new model name.",
+            "Pass both (llmforge train CONFIG --init-from RUN/step-N --name NEW), or neither.",
+        )
+    if init_from is not None and resume is not None:
+        raise ConfigError(
+            "--init-from starts a new run; --resume continues an existing one.",
+            "Use one of them.",
+        )
+    if init_from is not None and branch_name is not None:
         run_dir = run_dir_for(workspace, cfg)
-        trainer, meta, warnings = _new_run(workspace, cfg, run_dir)
+        branch_source = resolve_checkpoint(workspace, init_from, run_dir.parent)
+        (trainer, meta), warnings = _branch(workspace, cfg, run_dir, branch_source, branch_name)
+        resumed_from = None
+    elif resume is None:
+        run_dir = run_dir_for(workspace, cfg)
+        (trainer, meta), warnings = _new_run(workspace, cfg, run_dir)
         resumed_from = None
     else:
         if resume == "latest":
@@ -277,6 +392,10 @@ def prepare_run(
         trainer, meta, warnings = _resume(resumed_from, cfg, explicit)
         run_dir = trainer.run_dir
     # Nothing was written so far; from here on the run exists on disk.
+    if branch_source is not None and branch_name is not None:
+        from llmforge.ckpt_ops import register_checkpoint
+
+        register_checkpoint(workspace, str(branch_source), branch_name)
     run_dir.mkdir(parents=True, exist_ok=True)
     ck.clean_temporaries(run_dir)
     start = int(trainer.state.get("step", 0))
@@ -298,6 +417,8 @@ def prepare_run(
         "disk_bytes": meta.get("model_disk_bytes"),
         "trainable_parameters": adapter.num_parameters(trainable_only=True),
         "lineage": meta.get("lineage", []),
+        "fine_tuned_from": meta.get("fine_tuned_from"),
+        "branched_from": meta.get("branched_from") if resumed_from is None else None,
         "fine_tune_started_at": meta.get("fine_tune_started_at"),
         "tokenizer": meta.get("tokenizer"),
         "data": meta.get("data"),

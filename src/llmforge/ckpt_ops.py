@@ -1,0 +1,241 @@
+"""Operations on checkpoints: list them, describe one, register one as a registry model.
+
+Registering turns a checkpoint into a self-contained model folder ``models/<name>/``: the
+model files (a Hugging Face folder, or ``model.safetensors`` + ``config.json`` for the
+custom Transformer) with the tokenizer files beside them. Files are hard-linked to the
+checkpoint's where the filesystem allows (checkpoints are never written in place: a new
+save goes to a fresh directory), so registering costs no disk. The folder is staged under
+``models/.staging/`` and renamed into place in the registry transaction that adds the entry
+(:func:`llmforge.importer.commit_staged`), so a failure leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from llmforge import store
+from llmforge.errors import CheckpointError, ModelExistsError
+from llmforge.importer import commit_staged
+from llmforge.modelops import build_manifest
+from llmforge.registry import ModelEntry, ModelRegistry, check_model_name, name_taken_error
+from llmforge.training import checkpoint as ck
+from llmforge.training import lineage
+from llmforge.training.run import resolve_checkpoint
+from llmforge.workspace import Workspace
+
+# Files of a checkpoint that are training state, not the model.
+_NOT_MODEL = {ck.META_FILE, ck.STATE_FILE, ck.OPTIMIZER_FILE, ck.TOKENIZER_DIR}
+
+
+@dataclass
+class CheckpointSummary:
+    """One row of ``llmforge ckpt list``.
+
+    Attributes:
+        path: The checkpoint directory.
+        run: The run it belongs to.
+        step: Optimizer steps done.
+        meta: Its ``meta.json`` (empty when unreadable).
+        created: When it was written (the mtime of ``meta.json``, which is written last).
+        size: Bytes on disk.
+    """
+
+    path: Path
+    run: str
+    step: int
+    meta: dict[str, Any]
+    created: datetime
+    size: int
+
+
+@dataclass
+class CheckpointInfo:
+    """What ``llmforge ckpt info`` shows.
+
+    Attributes:
+        summary: The list row.
+        state: ``trainer_state.json`` facts (step, best validation loss, losses recorded).
+        registered_as: Registry models made from this checkpoint.
+        files: Relative file names with sizes.
+    """
+
+    summary: CheckpointSummary
+    state: dict[str, Any]
+    registered_as: list[str] = field(default_factory=list)
+    files: dict[str, int] = field(default_factory=dict)
+
+
+def _summary(path: Path) -> CheckpointSummary:
+    try:
+        meta = ck.load_meta(path)
+    except CheckpointError:
+        meta = {}
+    mtime = (path / ck.META_FILE).stat().st_mtime if (path / ck.META_FILE).exists() else 0.0
+    return CheckpointSummary(
+        path=path,
+        run=path.parent.parent.name,
+        step=int(path.name.split("-")[1]),
+        meta=meta,
+        created=datetime.fromtimestamp(mtime, timezone.utc).replace(microsecond=0),
+        size=ck.checkpoint_bytes(path),
+    )
+
+
+def list_all(ws: Workspace, run: str | None = None) -> list[CheckpointSummary]:
+    """Every complete checkpoint under ``runs/`` (or of one run), by run then step.
+
+    Raises:
+        CheckpointError: If ``run`` is given and no such run exists.
+    """
+    runs_dir = ws.runs_dir
+    runs = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    if run is not None:
+        if not (runs_dir / run / ck.CHECKPOINTS).is_dir():
+            names = ", ".join(p.name for p in runs) or "none"
+            raise CheckpointError(
+                f"No run named {run!r} in {runs_dir}.", f"Runs in this workspace: {names}."
+            )
+        runs = [runs_dir / run]
+    return [_summary(p) for r in runs for p in ck.list_checkpoints(r)]
+
+
+def checkpoint_info(ws: Workspace, ref: str) -> CheckpointInfo:
+    """Metadata, trainer state, files and registrations of one checkpoint.
+
+    Raises:
+        CheckpointError: If ``ref`` matches no complete checkpoint.
+    """
+    path = resolve_checkpoint(ws, ref)
+    ck.check_complete(path)
+    summary = _summary(path)
+    if not summary.meta:
+        ck.load_meta(path)  # raises the precise error
+    raw = ck.read_json(path / ck.STATE_FILE)
+    state = {
+        "step": raw.get("step"),
+        "best_val_loss": raw.get("best_val_loss"),
+        "losses_recorded": len(raw.get("losses", [])),
+        "elapsed_s": round(float(raw.get("elapsed", 0.0)), 1),
+    }
+    registered = [
+        e.model_name
+        for e in ModelRegistry(ws).list()
+        if e.details.get("checkpoint") in (str(path), _rel(ws, path))
+    ]
+    files = {
+        p.relative_to(path).as_posix(): p.stat().st_size
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+    return CheckpointInfo(summary, state, registered, files)
+
+
+def _rel(ws: Workspace, path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return path.resolve().relative_to(ws.root.resolve()).as_posix()
+    return str(path)
+
+
+def model_files(path: Path) -> dict[str, Path]:
+    """The files that make a checkpoint a standalone model folder: ``{name: source}``.
+
+    The adapter's files keep their names; the tokenizer's files move from ``tokenizer/``
+    to the top level, where ``from_pretrained`` and the registry adapters look for them.
+
+    Raises:
+        CheckpointError: If a tokenizer file would clash with a model file.
+    """
+    out = {
+        p.relative_to(path).as_posix(): p
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.relative_to(path).parts[0] not in _NOT_MODEL
+    }
+    tok_dir = path / ck.TOKENIZER_DIR
+    for p in sorted(tok_dir.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(tok_dir).as_posix()
+            if rel in out:
+                raise CheckpointError(
+                    f"The tokenizer file {rel} of {path} has the name of a model file.",
+                    "This checkpoint cannot be turned into a single model folder.",
+                )
+            out[rel] = p
+    return out
+
+
+def register_checkpoint(ws: Workspace, ref: str, name: str, *, force: bool = False) -> ModelEntry:
+    """Register a checkpoint as the model ``name`` (source ``fine-tune``).
+
+    Args:
+        ws: The workspace.
+        ref: A checkpoint reference (path, ``RUN``, ``RUN/step-N``).
+        name: The new model name.
+        force: Replace an existing model of that name (never one of the checkpoint's own
+            ancestors).
+
+    Returns:
+        The registered entry.
+
+    Raises:
+        InvalidModelNameError, ModelExistsError, CheckpointError: Before anything is written.
+    """
+    check_model_name(name)
+    path = resolve_checkpoint(ws, ref)
+    ck.check_complete(path)
+    meta = ck.load_meta(path)
+    if not isinstance(meta.get("architecture"), str):
+        raise CheckpointError(
+            f"{path / ck.META_FILE} names no architecture.", "Use another checkpoint."
+        )
+    chain = [str(x) for x in meta.get("lineage") or []]
+    names, origin = lineage.split(chain)
+    registry = ModelRegistry(ws)
+    if name in names:
+        raise ModelExistsError(
+            f"{name!r} is in the lineage of {path}; registering the checkpoint under that name "
+            "would make the model its own ancestor.",
+            "Choose a new name with --name.",
+        )
+    if registry.exists(name) and not force:
+        raise name_taken_error(name)
+    parent = meta.get("model_name")
+    license_label = meta.get("license")
+    if license_label is None and parent and registry.exists(parent):
+        license_label = registry.get(parent).license
+    staging = store.new_staging_dir(ws, name)
+    try:
+        for rel, src in model_files(path).items():
+            store.link_or_copy(src, staging / rel)
+        manifest = build_manifest(staging)
+        tok = meta.get("tokenizer") or {}
+        entry = ModelEntry(
+            model_name=name,
+            model_id=meta.get("model_id"),
+            source="fine-tune",
+            architecture=str(meta.get("architecture")),
+            local_path=name,
+            files=manifest,
+            num_parameters=(meta.get("model") or {}).get("parameters"),
+            disk_bytes=sum(f.size for f in manifest.values()),
+            license=license_label,
+            fine_tuned_from=parent,
+            tokenizer=tok.get("identifier"),
+            details={
+                "checkpoint": _rel(ws, path),
+                "run": meta.get("run_name") or path.parent.parent.name,
+                "step": meta.get("step"),
+                "train_loss": meta.get("train_loss"),
+                "val_loss": meta.get("val_loss"),
+                "tokenizer_kind": tok.get("kind"),
+                "fine_tune_started_at": meta.get("fine_tune_started_at"),
+                "origin": origin,
+            },
+        )
+        commit_staged(ws, registry, entry, staging, force)
+    finally:
+        store.discard(staging)
+    return entry

@@ -1,0 +1,200 @@
+"""Export a checkpoint as a self-contained folder that needs no llmforge to load.
+
+For a ``transformers`` architecture (Qwen), the folder is what ``save_pretrained`` writes
+(``config.json``, ``model.safetensors``), the tokenizer files, ``generation_config.json`` with
+the end-of-sequence ids, and a ``README.md`` model card naming the base model, its license and
+the lineage: plain ``AutoModelForCausalLM.from_pretrained(DIR)`` and
+``AutoTokenizer.from_pretrained(DIR)`` load it. For the custom Transformer it is
+``model.safetensors`` + ``config.json`` + the tokenizer JSON + ``README.md``.
+
+Files are copied, never hard-linked: an exported folder is meant to be edited, uploaded or
+moved, and must never share bytes with a checkpoint or a registry model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmforge import store
+from llmforge.ckpt_ops import model_files
+from llmforge.errors import ExportError
+from llmforge.fsutil import atomic_write_json, atomic_write_text
+from llmforge.registry import ModelRegistry
+from llmforge.training import checkpoint as ck
+from llmforge.training import lineage
+from llmforge.training.run import resolve_checkpoint
+from llmforge.workspace import Workspace
+
+CARD = "README.md"
+GENERATION_CONFIG = "generation_config.json"
+_CARD_KEYS = (
+    "learning_rate",
+    "min_lr",
+    "warmup_steps",
+    "weight_decay",
+    "batch_size",
+    "grad_accum_steps",
+    "block_size",
+    "max_steps",
+    "precision",
+    "seed",
+    "data_path",
+)
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote.
+
+    Attributes:
+        checkpoint: The exported checkpoint.
+        dest: The folder written.
+        files: Names of the files in it.
+        architecture: The model's architecture.
+        loads_with: How to load it (one line of Python).
+    """
+
+    checkpoint: Path
+    dest: Path
+    files: list[str]
+    architecture: str
+    loads_with: str
+
+
+def _check_dest(ws: Workspace, ckpt: Path, dest: Path, force: bool) -> None:
+    if dest.exists() and not dest.is_dir():
+        raise ExportError(f"{dest} exists and is not a folder.", "Choose another destination.")
+    protected = [ckpt.resolve(), ws.models_dir.resolve(), ws.runs_dir.resolve()]
+    if any(dest == p or dest in p.parents or p in dest.parents for p in protected):
+        raise ExportError(
+            f"Cannot export into {dest}: it overlaps the workspace's models/ or runs/ folder.",
+            "Export to a folder outside models/ and runs/ (e.g. ./export/my-model).",
+        )
+    if dest.is_dir() and any(dest.iterdir()) and not force:
+        raise ExportError(
+            f"The destination {dest} is not empty.",
+            "Choose a new or empty folder, or pass --force to replace its contents.",
+        )
+
+
+def _generation_config(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's generation config with the tokenizer's EOS among its stop ids."""
+    path = ckpt / GENERATION_CONFIG
+    gen: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    eos = gen.get("eos_token_id")
+    ids = set([eos] if isinstance(eos, int) else (eos or []))
+    tok_eos = ck.load_checkpoint_tokenizer(ckpt, meta).eos_token_id
+    if tok_eos is not None:
+        ids.add(tok_eos)
+    if ids:
+        gen["eos_token_id"] = sorted(ids)[0] if len(ids) == 1 else sorted(ids)
+        gen.setdefault("pad_token_id", sorted(ids)[0])
+    return gen
+
+
+def _license(ws: Workspace, meta: dict[str, Any]) -> str | None:
+    if meta.get("license"):
+        return str(meta["license"])
+    registry = ModelRegistry(ws)
+    names, _ = lineage.split(meta.get("lineage") or [])
+    for name in names:
+        if registry.exists(name) and registry.get(name).license:
+            return registry.get(name).license
+    return None
+
+
+def model_card(ckpt: Path, meta: dict[str, Any], license_label: str | None, hf: bool) -> str:
+    """The ``README.md`` of an export: base model, license, lineage, training summary."""
+    chain = [str(x) for x in meta.get("lineage") or []]
+    _, origin = lineage.split(chain)
+    base = origin.removeprefix("hf:") if hf and origin and origin.startswith("hf:") else None
+    front = ["---", f"license: {license_label or 'other'}"]
+    if base:
+        front.append(f"base_model: {base}")
+    if hf:
+        front += ["library_name: transformers", "pipeline_tag: text-generation"]
+    front += ["tags:", "- llmforge", "- fine-tuned" if chain else "- from-scratch", "---", ""]
+    run, step = meta.get("run_name") or ckpt.parent.parent.name, meta.get("step")
+    title = f"# {run} (step {step})"
+    if chain:
+        about = f"Fine-tuned with llmforge from `{meta.get('fine_tuned_from')}`" + (
+            f", whose base model is [{base}](https://huggingface.co/{base})." if base else "."
+        )
+    else:
+        about = "A custom decoder-only Transformer trained from scratch with llmforge."
+    lic = license_label or "unknown: check the base model's license before sharing"
+    lines = [
+        *front,
+        title,
+        "",
+        about,
+        "",
+        f"- License: {lic}",
+        f"- Architecture: {meta.get('architecture')}",
+        f"- Tokenizer: {(meta.get('tokenizer') or {}).get('identifier')}"
+        f" ({(meta.get('tokenizer') or {}).get('kind')})",
+        "",
+        "## Lineage",
+        "",
+    ]
+    lines += [f"- {lineage.chain_text(f'run {run} step {step}', chain)}", ""]
+    cfg = meta.get("config") or {}
+    lines += ["## Training", "", "| setting | value |", "| --- | --- |"]
+    lines += [f"| {k} | {cfg.get(k)} |" for k in _CARD_KEYS if k in cfg]
+    lines += [f"| fine_tune_started_at | {meta.get('fine_tune_started_at')} |"]
+    lines += [
+        f"| train_loss | {meta.get('train_loss')} |",
+        f"| val_loss | {meta.get('val_loss')} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def export_checkpoint(ws: Workspace, ref: str, dest: Path, *, force: bool = False) -> ExportResult:
+    """Write a checkpoint's model as a standalone folder at ``dest``.
+
+    The folder is assembled next to ``dest`` and renamed into place, so a failure leaves
+    ``dest`` as it was.
+
+    Raises:
+        CheckpointError: If ``ref`` matches no complete checkpoint.
+        ExportError: If ``dest`` is a non-empty folder (without ``force``), a file, or
+            overlaps the workspace's ``models/`` or ``runs/``.
+    """
+    ckpt = resolve_checkpoint(ws, ref)
+    ck.check_complete(ckpt)
+    meta = ck.load_meta(ckpt)
+    dest = dest.expanduser().resolve()
+    _check_dest(ws, ckpt, dest, force)
+    arch = str(meta.get("architecture"))
+    hf = arch != "custom-transformer"
+    files = model_files(ckpt)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.export-{os.getpid()}"
+    store.discard(tmp)
+    try:
+        tmp.mkdir()
+        for rel, src in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
+        if hf:
+            atomic_write_json(tmp / GENERATION_CONFIG, _generation_config(ckpt, meta))
+        atomic_write_text(tmp / CARD, model_card(ckpt, meta, _license(ws, meta), hf))
+        trash = dest.parent / f".{dest.name}.old-{os.getpid()}"
+        if dest.exists():
+            os.replace(dest, trash)
+        os.replace(tmp, dest)
+        store.discard(trash)
+    finally:
+        store.discard(tmp)
+    loads = (
+        f"transformers.AutoModelForCausalLM.from_pretrained({str(dest)!r})"
+        if hf
+        else "safetensors model.safetensors + config.json (llmforge custom-transformer)"
+    )
+    names = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    return ExportResult(ckpt, dest, names, arch, loads)
