@@ -183,14 +183,15 @@ def import_model(
         from llmforge.import_sources import gather_from_folder
 
         gather = gather_from_folder
-    with store.tidy_on_failure(ws):
+    with store.tidy_on_failure(ws), store.cache_in_use(ws):
         staging = store.new_staging_dir(ws, name)
         try:
             result = gather(ws, source, req, name, staging, hooks)
             result.replaced = commit_staged(ws, registry, result.entry, staging, req.force)
-            return result
         finally:
             store.discard(staging)
+    store.prune_cache(ws)  # now that this import no longer holds the cache
+    return result
 
 
 def _derive_name(origin: str) -> str:

@@ -155,8 +155,52 @@ def unshared_bytes(folder: Path) -> int:
     return total
 
 
+_USE_LOCK = ".in-use.lock"
+
+
+@contextlib.contextmanager
+def _flock(ws: Workspace, exclusive: bool) -> Iterator[bool]:
+    """Hold ``models/.cache/.in-use.lock`` shared, or try to take it exclusively at once.
+
+    Yields:
+        Whether the lock is held (a non-blocking exclusive attempt can fail).
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no coordination, pruning proceeds
+        yield True
+        return
+    path = ws.models_dir / CACHE / _USE_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextlib.contextmanager
+def cache_in_use(ws: Workspace) -> Iterator[None]:
+    """Mark the cache as in use by an import (shared with other imports) while the block runs.
+
+    Blobs an import has downloaded or chosen to reuse are not linked into a model folder until
+    it commits; until then they look unused. :func:`prune_cache` therefore does nothing while
+    any import holds this, instead of deleting a blob from under it.
+    """
+    with _flock(ws, exclusive=False):
+        yield
+
+
 def prune_cache(ws: Workspace) -> int:
     """Delete cached blobs that no model folder links to any more.
+
+    Skipped (returns 0) while an import is running in any process (:func:`cache_in_use`);
+    the next delete or import prunes what is still unused then.
 
     A blob whose link count is 1 is held only by the cache. Snapshot symlinks left dangling
     are removed too, so huggingface_hub downloads such a file again when it is needed.
@@ -164,6 +208,11 @@ def prune_cache(ws: Workspace) -> int:
     Returns:
         The bytes freed.
     """
+    with _flock(ws, exclusive=True) as held:
+        return _prune(ws) if held else 0
+
+
+def _prune(ws: Workspace) -> int:
     freed = 0
     candidates = list(blob_dir(ws).glob("*")) + list(hub_cache_dir(ws).glob("*/blobs/*"))
     for blob in candidates:
@@ -230,6 +279,8 @@ def tidy_on_failure(ws: Workspace) -> Iterator[None]:
             locks = hub_dir / ".locks"
             if locks not in repos_before and locks.is_dir() and not any(locks.rglob("*.lock")):
                 shutil.rmtree(locks, ignore_errors=True)
+        if hub_dir.parent not in existed:
+            (hub_dir.parent / _USE_LOCK).unlink(missing_ok=True)
         for d in watched:
             if d not in existed:
                 with contextlib.suppress(OSError):
