@@ -21,10 +21,15 @@ from tiny_models import build_tiny_qwen
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the developer's LLMFORGE_HOME, LLMFORGE_DEBUG or terminal width."""
-    for var in ("LLMFORGE_HOME", "LLMFORGE_DEBUG", "COLUMNS", "LINES"):
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No test sees the developer's LLMFORGE_HOME, LLMFORGE_DEBUG, terminal width or HF token,
+    and none can reach the real Hugging Face Hub: the endpoint defaults to a closed local port
+    (tests that need a hub point it at tests/hubserver.py) and the HF cache to a temp folder."""
+    for var in ("LLMFORGE_HOME", "LLMFORGE_DEBUG", "COLUMNS", "LINES", "HF_TOKEN"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
 @pytest.fixture
