@@ -153,3 +153,7 @@ class UnsafeWeightsError(LLMForgeError):
     """Pickled weights contain something other than tensors; they are never executed."""
 
     exit_code = EXIT_INTEGRITY
+
+
+class BadRecordError(DataError):
+    """A record of a data file (JSONL line, CSV row) is malformed; names the file and line."""

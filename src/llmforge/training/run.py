@@ -18,13 +18,13 @@ from llmforge.adapters import get_adapter
 from llmforge.adapters.base import ModelAdapter
 from llmforge.adapters.custom import CustomTransformerAdapter
 from llmforge.config import ARCHITECTURE_KEYS, RESUMABLE_KEYS, TrainingConfig
-from llmforge.data import Corpus, WindowSampler, read_corpus, split_tokens
 from llmforge.errors import CheckpointError, TrainingError
 from llmforge.fsutil import atomic_write_text
 from llmforge.modelops import require_model_files
 from llmforge.registry import ModelEntry, ModelRegistry, utc_now
 from llmforge.tokenizers import CharTokenizer
 from llmforge.training import checkpoint as ck
+from llmforge.training.batches import build_batches, load_data
 from llmforge.training.metrics import MetricsWriter, truncate_metrics
 from llmforge.training.optim import build_optimizer
 from llmforge.training.trainer import Callback, Trainer
@@ -99,17 +99,6 @@ def resolve_checkpoint(workspace: Workspace, ref: str, runs_dir: Path | None = N
     )
 
 
-def _encode(
-    adapter_tokenizer: Any, corpus: Corpus, cfg: TrainingConfig, block: int
-) -> tuple[WindowSampler, WindowSampler, list[int]]:
-    ids = adapter_tokenizer.encode(corpus.text)
-    split = split_tokens(ids, cfg.val_fraction, block)
-    train = WindowSampler(split.train, block, cfg.batch_size, cfg.seed)
-    val = WindowSampler(split.val, block, cfg.batch_size, cfg.seed)
-    prompt = split.val[: min(16, block // 2)].tolist()
-    return train, val, prompt
-
-
 def _registry_model(
     workspace: Workspace, cfg: TrainingConfig
 ) -> tuple[ModelAdapter, ModelEntry, list[str]]:
@@ -133,8 +122,8 @@ def _new_run(
         )
     torch.manual_seed(cfg.seed)  # model initialisation is reproducible from the seed
     if cfg.model_name is None:
-        corpus = read_corpus(cfg.data_path)
-        tokenizer = CharTokenizer.from_text(corpus.text)
+        corpus = load_data(cfg)
+        tokenizer = CharTokenizer.from_text(corpus.char_text())
         adapter: ModelAdapter = CustomTransformerAdapter.from_config(cfg, tokenizer)
         meta_model: dict[str, Any] = {
             "model_name": None,
@@ -151,7 +140,7 @@ def _new_run(
                 f"{', '.join(set_keys)} are ignored: model {entry.model_name!r} brings its own "
                 "architecture config."
             )
-        corpus = read_corpus(cfg.data_path)
+        corpus = load_data(cfg)
         meta_model = {
             "model_name": entry.model_name,
             "model_id": entry.model_id,
@@ -161,7 +150,9 @@ def _new_run(
             "lineage": [entry.model_name, *ancestors],
         }
     block = min(cfg.block_size, adapter.max_context or cfg.block_size)
-    train, val, prompt = _encode(adapter.tokenizer, corpus, cfg, block)
+    batches = build_batches(corpus, adapter, cfg, block)
+    train, val, prompt = batches.train, batches.val, batches.sample_prompt
+    warnings += batches.warnings
     optimizer = build_optimizer(adapter, cfg)
     meta = {
         "llmforge_version": __version__,
@@ -171,7 +162,8 @@ def _new_run(
         "fine_tune_started_at": utc_now().isoformat(),
         "tokenizer": {"kind": adapter.tokenizer.kind, "identifier": adapter.tokenizer.identifier},
         "model": adapter.describe(),
-        "data": {"source": corpus.source, "sha256": corpus.sha256},
+        "data": batches.meta,
+        **({"chat": batches.chat} if batches.chat else {}),
         "config": cfg.to_dict(),
     }
     trainer = Trainer(
@@ -199,14 +191,16 @@ def _resume(
         )
     updates = {k: getattr(cfg, k) for k in RESUMABLE_KEYS if k in explicit}
     run_cfg = TrainingConfig.from_dict({**saved.to_dict(), **updates}, source="resumed config")
-    corpus = read_corpus(run_cfg.data_path)
+    corpus = load_data(run_cfg)
     if corpus.sha256 != meta.get("data", {}).get("sha256"):
         warnings.append(
             f"The training data ({corpus.source}) changed since the run started; the resumed "
             "run will not match an uninterrupted one."
         )
     block = min(run_cfg.block_size, adapter.max_context or run_cfg.block_size)
-    train, val, prompt = _encode(adapter.tokenizer, corpus, run_cfg, block)
+    batches = build_batches(corpus, adapter, run_cfg, block, meta.get("chat"))
+    train, val, prompt = batches.train, batches.val, batches.sample_prompt
+    warnings += batches.warnings
     optimizer = build_optimizer(adapter, run_cfg)
     try:
         optimizer.load_state_dict(ck.load_optimizer_state(ckpt))
