@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -30,6 +30,21 @@ def generate(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Seed for reproducible samples.")
     ] = None,
+    chat: Annotated[
+        bool,
+        typer.Option(
+            "--chat",
+            help="Chat with the model's chat template (the one it was fine-tuned with); "
+            "without --message: an interactive chat on a terminal, else one message from stdin.",
+        ),
+    ] = False,
+    message: Annotated[
+        str | None,
+        typer.Option("--message", "-m", help="One user message: print the reply (implies --chat)."),
+    ] = None,
+    system: Annotated[
+        str | None, typer.Option("--system", help="System message for --chat.")
+    ] = None,
 ) -> None:
     """Generate text, decoding with the tokenizer the model was trained with."""
     from llmforge.generate import SamplingOptions, stream_ids
@@ -39,6 +54,9 @@ def generate(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
     opts.check()
+    if chat or message is not None or system is not None:
+        _chat(ctx, source, message if message is not None else prompt or None, system, opts)
+        return
     adapter, _ = load_for_inference(workspace(ctx), source)
     tok = adapter.tokenizer
     prompt_ids = tok.encode(prompt)
@@ -57,3 +75,40 @@ def generate(
             shown = text
     out.write(tok.decode(ids)[len(shown) :] + "\n")
     out.flush()
+
+
+def _chat(
+    ctx: typer.Context, source: str, message: str | None, system: str | None, opts: Any
+) -> None:
+    """One reply to ``message``, or (no message) a chat loop on a terminal / stdin's message."""
+    from llmforge.generate import ChatSession
+    from llmforge.loading import load_for_inference
+
+    interactive = message is None and sys.stdin.isatty()
+    if message is None and not interactive:
+        message = sys.stdin.read().strip()
+        if not message:
+            raise typer.BadParameter("no message: pass --message TEXT or pipe one on stdin.")
+    adapter, meta = load_for_inference(workspace(ctx), source)
+    session = ChatSession(adapter, meta, system)
+    out = sys.stdout
+    if not interactive:
+        for piece in session.reply(message, opts):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        return
+    out.write("Chat with the model: an empty line, Ctrl-D or /exit ends it.\n")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            out.write("\n")
+            return
+        if not text or text == "/exit":
+            return
+        out.write("model> ")
+        for piece in session.reply(text, opts):
+            out.write(piece)
+            out.flush()
+        out.write("\n")

@@ -295,6 +295,7 @@ def prepare_run(
         "fine_tune_started_at": meta.get("fine_tune_started_at"),
         "tokenizer": meta.get("tokenizer"),
         "data": meta.get("data"),
+        "chat": meta.get("chat"),
         "tokens_per_step": trainer.cfg.batch_size
         * trainer.cfg.grad_accum_steps
         * trainer.train_sampler.block_size,
