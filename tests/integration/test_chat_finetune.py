@@ -188,3 +188,55 @@ def test_custom_transformer_trains_on_jsonl_text_but_not_on_chat(tmp_path: Path)
     res = run_cli(home, "train", str(write_config(tmp_path / "c.yaml", data_path=str(chat))))
     assert res.exit_code == 1 and "set model_name" in res.stderr.lower()
     assert tree_digest(home) == before
+
+
+def test_chat_run_resumes_bit_exact_with_its_template(home: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    rows = [json.dumps(_chat_row(f"say {w}", f"{w} {w}")) for w in "abcdefghij"]
+    data = tmp_path / "c.jsonl"
+    data.write_text("\n".join(rows), encoding="utf-8")
+    cfg = _config(
+        tmp_path,
+        data,
+        name="resume",
+        max_steps=6,
+        warmup_steps=1,
+        batch_size=3,
+        grad_accum_steps=2,
+        save_interval=6,
+        eval_interval=3,
+        chat_template="chatml",
+    )
+    assert run_cli(home, "train", str(cfg), "--run-name", "straight").exit_code == 0
+    res = run_cli(home, "train", str(cfg), "--run-name", "split", "--stop-at", "3")
+    assert res.exit_code == 0, res.output
+    res = run_cli(home, "train", str(cfg), "--run-name", "split", "--resume", "latest")
+    assert res.exit_code == 0, res.output
+    a = home / "runs/straight/checkpoints/step-000006"
+    b = home / "runs/split/checkpoints/step-000006"
+    la = json.loads((a / "trainer_state.json").read_text())
+    lb = json.loads((b / "trainer_state.json").read_text())
+    assert la["losses"] == lb["losses"] and lb["sampler"]["kind"] == "random-example"
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    meta = json.loads((b / "meta.json").read_text())
+    assert meta["chat"]["source"] == "config"
+
+
+def test_chat_reads_stdin_or_runs_an_interactive_loop(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from llmforge.cli import app
+    from llmforge.cli import generate as gen_cli
+
+    args = ["--home", str(home), "generate", "tiny-base", "--chat", "-n", "3", "--seed", "1"]
+    res = CliRunner().invoke(app, args, input="hello there\n")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.endswith("\n") and "you>" not in res.stdout
+    monkeypatch.setattr(gen_cli, "_stdin_is_terminal", lambda: True)
+    res = CliRunner().invoke(app, args, input="hello\nand again\n/exit\n")
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("you> ") == 3 and res.stdout.count("model> ") == 2

@@ -77,6 +77,10 @@ def generate(
     out.flush()
 
 
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
 def _chat(
     ctx: typer.Context, source: str, message: str | None, system: str | None, opts: Any
 ) -> None:
@@ -84,7 +88,7 @@ def _chat(
     from llmforge.generate import ChatSession
     from llmforge.loading import load_for_inference
 
-    interactive = message is None and sys.stdin.isatty()
+    interactive = message is None and _stdin_is_terminal()
     if message is None and not interactive:
         message = sys.stdin.read().strip()
         if not message:
