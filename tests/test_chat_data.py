@@ -248,3 +248,9 @@ def test_validation_file_and_format_mismatch(tmp_path: Path, tiny_qwen_repo: Pat
     cfg = TrainingConfig(data_path=str(chat))
     with pytest.raises(DataError, match="at least 2 are needed"):
         build_batches(load_data(cfg), adapter, cfg, 64)
+
+
+def test_shipped_example_chat_file_reads() -> None:
+    root = Path(__file__).resolve().parents[1]
+    data = read_data_file(str(root / "examples/chat-sample.jsonl"), "auto", False)
+    assert data.format == "chat" and len(data.records) == 7

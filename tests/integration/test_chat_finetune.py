@@ -128,11 +128,14 @@ def test_base_model_without_template_gets_chatml_recorded(
         warmup_steps=0,
         save_interval=3,
         eval_interval=3,
+        sample_interval=3,
+        sample_tokens=6,
         skip_bad_lines=True,
     )
     res = run_cli(home, "train", str(cfg))
     assert res.exit_code == 0, res.output
     assert "Skipped 2 bad line(s)" in res.stderr and "line 7: bad JSON" in res.stderr
+    assert "<|im_start|>assistant\n" in res.stdout  # the sample answers a validation prompt
     ckpt = home / "runs/plain-chat/checkpoints/step-000003"
     meta = json.loads((ckpt / "meta.json").read_text())
     assert meta["chat"]["source"] == "chatml-default"
