@@ -68,7 +68,7 @@ def test_loss_mask_token_by_token(tok: HFTokenizer) -> None:
     assert all(all_trained)
 
 
-def test_model_without_template_gets_chatml(tok: HFTokenizer) -> None:
+def test_model_without_template_gets_chatml(tok: HFTokenizer, tmp_path: Path) -> None:
     tok.hf.chat_template = None
     fmt = resolve_chat_format(tok)
     assert fmt.source == "chatml-default" and fmt.template == CHATML_TEMPLATE
@@ -77,6 +77,12 @@ def test_model_without_template_gets_chatml(tok: HFTokenizer) -> None:
     assert tok.decode(ids).endswith("<|im_start|>assistant\nhi<|im_end|>\n")
     recorded = resolve_chat_format(tok, None, {"chat_template": "{{ 'x' }}", "source": "config"})
     assert recorded.source == "config" and tok.hf.chat_template == "{{ 'x' }}"
+
+    jinja = tmp_path / "t.jinja"
+    jinja.write_text(CHATML_TEMPLATE, encoding="utf-8")
+    assert resolve_chat_format(tok, str(jinja)).template == CHATML_TEMPLATE
+    with pytest.raises(DataError, match="Cannot read the chat template file"):
+        resolve_chat_format(tok, str(tmp_path / "missing.jinja"))
 
 
 @pytest.mark.parametrize(

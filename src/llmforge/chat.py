@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from llmforge.errors import DataError
@@ -57,6 +58,20 @@ class ChatFormat:
         }
 
 
+def _template_text(configured: str) -> str:
+    """``configured`` itself, or the content of the ``.jinja`` file it names."""
+    if "{" in configured or not configured.endswith((".jinja", ".j2")):
+        return configured
+    path = Path(configured).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(
+            f"Cannot read the chat template file {path} ({type(e).__name__}).",
+            "Set chat_template to an existing UTF-8 .jinja file, a Jinja string, or 'chatml'.",
+        ) from e
+
+
 def _hf(tokenizer: Any) -> Any:
     hf = getattr(tokenizer, "hf", None)
     if hf is None:
@@ -92,7 +107,7 @@ def resolve_chat_format(
     if recorded and recorded.get("chat_template"):
         template, source = recorded["chat_template"], str(recorded.get("source", "model"))
     elif configured and configured != "chatml":
-        template, source = configured, "config"
+        template, source = _template_text(configured), "config"
     elif configured == "chatml" or not getattr(hf, "chat_template", None):
         template, source = CHATML_TEMPLATE, "config" if configured else "chatml-default"
     else:

@@ -74,7 +74,8 @@ class TrainingConfig(BaseModel):
     )
     chat_template: str | None = Field(
         default=None,
-        description="None = the model's own, else ChatML; 'chatml'; or a Jinja template.",
+        description="None = the model's own, else ChatML; 'chatml'; a Jinja template or "
+        "a .jinja file.",
     )
 
     # -- optimisation -----------------------------------------------------------------
