@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 from llmforge.adapters.base import ModelAdapter
-from llmforge.errors import ConfigError
+from llmforge.chat import prompt_ids, resolve_chat_format, stop_token_ids
+from llmforge.errors import ConfigError, DataError
 
 
 @dataclass
@@ -140,9 +141,6 @@ class ChatSession:
     """
 
     def __init__(self, adapter: ModelAdapter, meta: dict[str, Any], system: str | None) -> None:
-        from llmforge.chat import resolve_chat_format, stop_token_ids
-        from llmforge.errors import DataError
-
         self.adapter = adapter
         try:
             self.format = resolve_chat_format(adapter.tokenizer, None, meta.get("chat"))
@@ -158,8 +156,6 @@ class ChatSession:
 
     def reply(self, message: str, opts: SamplingOptions) -> Iterator[str]:
         """Stream the reply to ``message`` as text pieces; the turn is kept in the history."""
-        from llmforge.chat import prompt_ids
-
         self.messages.append({"role": "user", "content": message})
         ids = prompt_ids(self.adapter.tokenizer, self.messages)
         pieces: list[str] = []

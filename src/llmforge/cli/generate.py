@@ -47,7 +47,7 @@ def generate(
     ] = None,
 ) -> None:
     """Generate text, decoding with the tokenizer the model was trained with."""
-    from llmforge.generate import SamplingOptions, stream_ids
+    from llmforge.generate import SamplingOptions, iter_text, stream_ids
     from llmforge.loading import load_for_inference
 
     opts = SamplingOptions(
@@ -63,17 +63,10 @@ def generate(
     out = sys.stdout
     out.write(prompt)
     out.flush()
-    ids: list[int] = []
-    shown = ""
-    for nxt in stream_ids(adapter, prompt_ids, opts):
-        ids.append(nxt)
-        # Decode the whole completion each time: multi-byte tokens only become text together.
-        text = tok.decode(ids)
-        if not text.endswith("\ufffd"):
-            out.write(text[len(shown) :])
-            out.flush()
-            shown = text
-    out.write(tok.decode(ids)[len(shown) :] + "\n")
+    for piece in iter_text(tok, stream_ids(adapter, prompt_ids, opts)):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
     out.flush()
 
 
