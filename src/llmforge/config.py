@@ -55,9 +55,28 @@ class TrainingConfig(BaseModel):
 
     # -- data -------------------------------------------------------------------------
     data_path: str | None = Field(
-        default=None, description="UTF-8 text file; None = the built-in corpus."
+        default=None,
+        description="Text file (.txt) or records (.jsonl, .json, .csv, .parquet); "
+        "None = the built-in corpus.",
+    )
+    data_format: Literal["auto", "text", "jsonl-text", "prompt-completion", "chat"] = Field(
+        default="auto", description="auto: from the file's extension and first record."
+    )
+    val_data_path: str | None = Field(
+        default=None, description="Validation file (same format); None = val_fraction of data."
     )
     val_fraction: float = Field(default=0.1, gt=0.0, le=0.5)
+    train_on_prompt: bool = Field(
+        default=False, description="Also train on prompt / user tokens (default: answers only)."
+    )
+    skip_bad_lines: bool = Field(
+        default=False, description="Skip malformed records (counted) instead of failing."
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="None = the model's own, else ChatML; 'chatml'; a Jinja template or "
+        "a .jinja file.",
+    )
 
     # -- optimisation -----------------------------------------------------------------
     learning_rate: float = Field(default=2e-3, gt=0.0, le=1000.0)

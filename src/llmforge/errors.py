@@ -157,3 +157,7 @@ class UnsafeWeightsError(LLMForgeError):
 
 class ExportError(LLMForgeError):
     """A checkpoint could not be exported (destination not empty, unsafe, ...)."""
+
+
+class BadRecordError(DataError):
+    """A record of a data file (JSONL line, CSV row) is malformed; names the file and line."""

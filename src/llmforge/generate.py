@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from llmforge.adapters.base import ModelAdapter
-from llmforge.errors import CheckpointError, ConfigError
+from llmforge.chat import prompt_ids, resolve_chat_format, stop_token_ids
+from llmforge.errors import CheckpointError, ConfigError, DataError
 
 
 @dataclass
@@ -115,3 +117,59 @@ def generate_text(adapter: ModelAdapter, prompt: str, opts: SamplingOptions) -> 
     """The completion of ``prompt`` (without the prompt itself)."""
     ids = list(stream_ids(adapter, adapter.tokenizer.encode(prompt), opts))
     return adapter.tokenizer.decode(ids)
+
+
+def iter_text(tokenizer: Any, ids: Iterable[int]) -> Iterator[str]:
+    """Decode streamed ids into text pieces, holding back incomplete multi-byte characters."""
+    got: list[int] = []
+    shown = ""
+    for nxt in ids:
+        got.append(nxt)
+        # Decode the whole completion each time: multi-byte tokens only become text together.
+        text = tokenizer.decode(got)
+        if not text.endswith("\ufffd"):
+            yield text[len(shown) :]
+            shown = text
+    rest = tokenizer.decode(got)[len(shown) :]
+    if rest:
+        yield rest
+
+
+class ChatSession:
+    """A conversation with a model, rendered with the template it was trained with.
+
+    The template is the one recorded in a checkpoint's ``meta.json`` (``chat``), else the
+    tokenizer's own, else ChatML; its end-of-turn token ends every reply.
+
+    Args:
+        adapter: The model.
+        meta: The checkpoint's ``meta.json`` or the registry entry (as a dict).
+        system: An optional system message.
+
+    Raises:
+        ConfigError: If the model's tokenizer cannot render a chat (char-level models).
+    """
+
+    def __init__(self, adapter: ModelAdapter, meta: dict[str, Any], system: str | None) -> None:
+        self.adapter = adapter
+        try:
+            self.format = resolve_chat_format(adapter.tokenizer, None, meta.get("chat"))
+        except DataError as e:
+            raise ConfigError(
+                f"--chat needs a chat-capable model: {e.message}",
+                "Generate with --prompt instead, or use a fine-tuned registry model.",
+            ) from None
+        adapter.add_stop_token_ids(stop_token_ids(adapter.tokenizer, self.format))
+        self.messages: list[dict[str, str]] = []
+        if system:
+            self.messages.append({"role": "system", "content": system})
+
+    def reply(self, message: str, opts: SamplingOptions) -> Iterator[str]:
+        """Stream the reply to ``message`` as text pieces; the turn is kept in the history."""
+        self.messages.append({"role": "user", "content": message})
+        ids = prompt_ids(self.adapter.tokenizer, self.messages)
+        pieces: list[str] = []
+        for piece in iter_text(self.adapter.tokenizer, stream_ids(self.adapter, ids, opts)):
+            pieces.append(piece)
+            yield piece
+        self.messages.append({"role": "assistant", "content": "".join(pieces)})

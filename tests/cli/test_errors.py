@@ -27,6 +27,7 @@ EXPECTED_CODES = {
     errors.WorkspaceError: 1,
     errors.RegistryError: 1,
     errors.DataError: 1,
+    errors.BadRecordError: 1,
     errors.CheckpointError: 1,
     errors.AdapterNotFoundError: 1,
     errors.TrainingError: 1,

@@ -75,7 +75,16 @@ class ModelAdapter(ABC):
     def stop_token_ids(self) -> list[int]:
         """Ids that end generation (the tokenizer's EOS, and the model's own stop tokens)."""
         eos = self.tokenizer.eos_token_id
-        return [] if eos is None else [eos]
+        extra = list(getattr(self, "extra_stop_ids", ()))
+        return sorted(set(([] if eos is None else [eos]) + extra))
+
+    def add_stop_token_ids(self, ids: list[int]) -> None:
+        """Make ``ids`` end generation too (e.g. a chat model's end-of-turn token).
+
+        Adapters whose :meth:`save` writes a generation config record them there, so a
+        checkpoint or export remembers them.
+        """
+        self.extra_stop_ids = sorted(set(getattr(self, "extra_stop_ids", ())) | set(ids))
 
     @property
     @abstractmethod

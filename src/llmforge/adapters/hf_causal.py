@@ -118,6 +118,16 @@ class HFCausalLMAdapter(ModelAdapter):
         ids.update([eos] if isinstance(eos, int) else (eos or []))
         return sorted(ids)
 
+    def add_stop_token_ids(self, ids: list[int]) -> None:
+        super().add_stop_token_ids(ids)
+        # save_pretrained writes generation_config.json: it then names these stop tokens too.
+        gc = self.model.generation_config
+        eos = gc.eos_token_id
+        have = [eos] if isinstance(eos, int) else list(eos or [])
+        gc.eos_token_id = have + [i for i in ids if i not in have]
+        if gc.pad_token_id is None and self.tokenizer.eos_token_id is not None:
+            gc.pad_token_id = self.tokenizer.eos_token_id
+
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder), safe_serialization=True)

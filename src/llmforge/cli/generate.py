@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -30,30 +30,82 @@ def generate(
     seed: Annotated[
         int | None, typer.Option("--seed", help="Seed for reproducible samples.")
     ] = None,
+    chat: Annotated[
+        bool,
+        typer.Option(
+            "--chat",
+            help="Chat with the model's chat template (the one it was fine-tuned with); "
+            "without --message: an interactive chat on a terminal, else one message from stdin.",
+        ),
+    ] = False,
+    message: Annotated[
+        str | None,
+        typer.Option("--message", "-m", help="One user message: print the reply (implies --chat)."),
+    ] = None,
+    system: Annotated[
+        str | None, typer.Option("--system", help="System message for --chat.")
+    ] = None,
 ) -> None:
     """Generate text, decoding with the tokenizer the model was trained with."""
-    from llmforge.generate import SamplingOptions, stream_ids
+    from llmforge.generate import SamplingOptions, iter_text, stream_ids
     from llmforge.loading import load_for_inference
 
     opts = SamplingOptions(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
     opts.check()
+    if chat or message is not None or system is not None:
+        _chat(ctx, source, message if message is not None else prompt or None, system, opts)
+        return
     adapter, _ = load_for_inference(workspace(ctx), source)
     tok = adapter.tokenizer
     prompt_ids = tok.encode(prompt)
     out = sys.stdout
     out.write(prompt)
     out.flush()
-    ids: list[int] = []
-    shown = ""
-    for nxt in stream_ids(adapter, prompt_ids, opts):
-        ids.append(nxt)
-        # Decode the whole completion each time: multi-byte tokens only become text together.
-        text = tok.decode(ids)
-        if not text.endswith("\ufffd"):
-            out.write(text[len(shown) :])
-            out.flush()
-            shown = text
-    out.write(tok.decode(ids)[len(shown) :] + "\n")
+    for piece in iter_text(tok, stream_ids(adapter, prompt_ids, opts)):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
     out.flush()
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _chat(
+    ctx: typer.Context, source: str, message: str | None, system: str | None, opts: Any
+) -> None:
+    """One reply to ``message``, or (no message) a chat loop on a terminal / stdin's message."""
+    from llmforge.generate import ChatSession
+    from llmforge.loading import load_for_inference
+
+    interactive = message is None and _stdin_is_terminal()
+    if message is None and not interactive:
+        message = sys.stdin.read().strip()
+        if not message:
+            raise typer.BadParameter("no message: pass --message TEXT or pipe one on stdin.")
+    adapter, meta = load_for_inference(workspace(ctx), source)
+    session = ChatSession(adapter, meta, system)
+    out = sys.stdout
+    if not interactive:
+        for piece in session.reply(message, opts):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        return
+    out.write("Chat with the model: an empty line, Ctrl-D or /exit ends it.\n")
+    while True:
+        try:
+            text = input("you> ").strip()
+        except EOFError:
+            out.write("\n")
+            return
+        if not text or text == "/exit":
+            return
+        out.write("model> ")
+        for piece in session.reply(text, opts):
+            out.write(piece)
+            out.flush()
+        out.write("\n")

@@ -67,10 +67,22 @@ def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[s
         lines.append("Lineage: trained from scratch (no parent model).")
     tok = info["tokenizer"] or {}
     lines.append(f"Tokenizer: {tok.get('identifier')} ({tok.get('kind')}).")
-    lines.append(
-        f"Data: {info['data']['source']}. {info['tokens_per_step']:,} tokens per step, "
-        f"{info['max_steps']} steps, precision {info['precision']}."
+    data = info["data"]
+    examples = data.get("examples")
+    what = (
+        f"{data.get('format')}, {examples['train']} training / {examples['val']} validation "
+        f"examples, up to {info['tokens_per_step']:,} tokens per step (padded)"
+        if examples
+        else f"{info['tokens_per_step']:,} tokens per step"
     )
+    lines.append(
+        f"Data: {data['source']} ({what}), {info['max_steps']} steps, precision "
+        f"{info['precision']}."
+    )
+    chat = info.get("chat")
+    if chat:
+        stops = ", ".join(chat.get("stop_tokens", []))
+        lines.append(f"Chat template: {chat.get('source')}; a reply ends at {stops}.")
     return lines
 
 
@@ -209,4 +221,5 @@ def train(
             f"{val}. Checkpoint: {where}",
             markup=False,
         )
-        out.print(f'Try it: llmforge generate {run.info["run_name"]} --prompt "..."', markup=False)
+        how = '--chat -m "..."' if run.info.get("chat") else '--prompt "..."'
+        out.print(f"Try it: llmforge generate {run.info['run_name']} {how}", markup=False)

@@ -132,11 +132,17 @@ def save_checkpoint(
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the ``keep_last`` newest checkpoints; return the deleted paths."""
+    """Delete all but the ``keep_last`` newest checkpoints; return the deleted paths.
+
+    Each one is first renamed to a hidden ``.old-`` name (atomic), then deleted: a crash
+    half-way through deleting it must not leave a ``step-*`` directory that looks complete.
+    """
     ckpts = list_checkpoints(run_dir)
     doomed = ckpts[:-keep_last] if keep_last > 0 else []
     for p in doomed:
-        shutil.rmtree(p, ignore_errors=True)
+        trash = p.with_name(f".old-{p.name}-{os.getpid()}")
+        p.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
     return doomed
 
 

@@ -18,7 +18,6 @@ from llmforge.adapters import get_adapter
 from llmforge.adapters.base import ModelAdapter
 from llmforge.adapters.custom import CustomTransformerAdapter
 from llmforge.config import ARCHITECTURE_KEYS, RESUMABLE_KEYS, TrainingConfig
-from llmforge.data import Corpus, WindowSampler, read_corpus, split_tokens
 from llmforge.errors import CheckpointError, ConfigError, ModelExistsError, TrainingError
 from llmforge.fsutil import atomic_write_text
 from llmforge.modelops import require_model_files
@@ -31,6 +30,7 @@ from llmforge.registry import (
 from llmforge.tokenizers import CharTokenizer, Tokenizer
 from llmforge.training import checkpoint as ck
 from llmforge.training import lineage
+from llmforge.training.batches import LoadedData, build_batches, load_data
 from llmforge.training.metrics import MetricsWriter, truncate_metrics
 from llmforge.training.optim import build_optimizer
 from llmforge.training.override import apply_override, override_tokenizer
@@ -109,17 +109,6 @@ def resolve_checkpoint(workspace: Workspace, ref: str, runs_dir: Path | None = N
     )
 
 
-def _encode(
-    adapter_tokenizer: Any, corpus: Corpus, cfg: TrainingConfig, block: int
-) -> tuple[WindowSampler, WindowSampler, list[int]]:
-    ids = adapter_tokenizer.encode(corpus.text)
-    split = split_tokens(ids, cfg.val_fraction, block)
-    train = WindowSampler(split.train, block, cfg.batch_size, cfg.seed)
-    val = WindowSampler(split.val, block, cfg.batch_size, cfg.seed)
-    prompt = split.val[: min(16, block // 2)].tolist()
-    return train, val, prompt
-
-
 def _registry_model(
     workspace: Workspace, cfg: TrainingConfig
 ) -> tuple[ModelAdapter, ModelEntry, list[str], list[str]]:
@@ -141,8 +130,8 @@ def _new_run(
     _refuse_existing_run(run_dir)
     torch.manual_seed(cfg.seed)  # model initialisation is reproducible from the seed
     if cfg.model_name is None:
-        corpus = read_corpus(cfg.data_path)
-        tokenizer: Tokenizer = CharTokenizer.from_text(corpus.text)
+        corpus = load_data(cfg)
+        tokenizer: Tokenizer = CharTokenizer.from_text(corpus.char_text())
         if cfg.tokenizer_override:
             tokenizer = override_tokenizer(workspace, cfg.tokenizer_override)
             warnings.append(
@@ -167,7 +156,7 @@ def _new_run(
                 f"{', '.join(set_keys)} {'is' if len(set_keys) == 1 else 'are'} ignored: "
                 f"model {entry.model_name!r} brings its own architecture config."
             )
-        corpus = read_corpus(cfg.data_path)
+        corpus = load_data(cfg)
         meta_model = {
             "model_name": entry.model_name,
             "model_id": entry.model_id,
@@ -177,19 +166,25 @@ def _new_run(
             "fine_tuned_from": entry.model_name,
             "lineage": chain,
         }
-    return _fresh_trainer(cfg, adapter, corpus, run_dir, meta_model), warnings
+    return _fresh_trainer(cfg, adapter, corpus, run_dir, meta_model, warnings), warnings
 
 
 def _fresh_trainer(
     cfg: TrainingConfig,
     adapter: ModelAdapter,
-    corpus: Corpus,
+    corpus: LoadedData,
     run_dir: Path,
     meta_model: dict[str, Any],
+    warnings: list[str],
 ) -> tuple[Trainer, dict[str, Any]]:
-    """A trainer at step 0 with a fresh optimizer, and the run's ``meta.json`` content."""
+    """A trainer at step 0 with a fresh optimizer, and the run's ``meta.json`` content.
+
+    Warnings about the data (truncated or skipped examples) are appended to ``warnings``.
+    """
     block = min(cfg.block_size, adapter.max_context or cfg.block_size)
-    train, val, prompt = _encode(adapter.tokenizer, corpus, cfg, block)
+    batches = build_batches(corpus, adapter, cfg, block)
+    train, val, prompt = batches.train, batches.val, batches.sample_prompt
+    warnings += batches.warnings
     optimizer = build_optimizer(adapter, cfg)
     meta = {
         "llmforge_version": __version__,
@@ -199,7 +194,8 @@ def _fresh_trainer(
         "fine_tune_started_at": utc_now().isoformat(),
         "tokenizer": {"kind": adapter.tokenizer.kind, "identifier": adapter.tokenizer.identifier},
         "model": adapter.describe(),
-        "data": {"source": corpus.source, "sha256": corpus.sha256},
+        "data": batches.meta,
+        **({"chat": batches.chat} if batches.chat else {}),
         "config": cfg.to_dict(),
     }
     trainer = Trainer(
@@ -250,7 +246,7 @@ def _branch(
             f"{', '.join(set_keys)} {'is' if len(set_keys) == 1 else 'are'} ignored: "
             f"the checkpoint {source} brings its own architecture config."
         )
-    corpus = read_corpus(cfg.data_path)
+    corpus = load_data(cfg)
     run_cfg = TrainingConfig.from_dict({**cfg.to_dict(), "model_name": name}, source="branch")
     meta_model = {
         "model_name": name,
@@ -269,7 +265,7 @@ def _branch(
             "model_name": src.get("model_name"),
         },
     }
-    return _fresh_trainer(run_cfg, adapter, corpus, run_dir, meta_model), warnings
+    return _fresh_trainer(run_cfg, adapter, corpus, run_dir, meta_model, warnings), warnings
 
 
 def _resume(
@@ -291,14 +287,16 @@ def _resume(
         )
     updates = {k: getattr(cfg, k) for k in RESUMABLE_KEYS if k in explicit}
     run_cfg = TrainingConfig.from_dict({**saved.to_dict(), **updates}, source="resumed config")
-    corpus = read_corpus(run_cfg.data_path)
+    corpus = load_data(run_cfg)
     if corpus.sha256 != meta.get("data", {}).get("sha256"):
         warnings.append(
             f"The training data ({corpus.source}) changed since the run started; the resumed "
             "run will not match an uninterrupted one."
         )
     block = min(run_cfg.block_size, adapter.max_context or run_cfg.block_size)
-    train, val, prompt = _encode(adapter.tokenizer, corpus, run_cfg, block)
+    batches = build_batches(corpus, adapter, run_cfg, block, meta.get("chat"))
+    train, val, prompt = batches.train, batches.val, batches.sample_prompt
+    warnings += batches.warnings
     optimizer = build_optimizer(adapter, run_cfg)
     try:
         optimizer.load_state_dict(ck.load_optimizer_state(ckpt))
@@ -422,6 +420,7 @@ def prepare_run(
         "fine_tune_started_at": meta.get("fine_tune_started_at"),
         "tokenizer": meta.get("tokenizer"),
         "data": meta.get("data"),
+        "chat": meta.get("chat"),
         "tokens_per_step": trainer.cfg.batch_size
         * trainer.cfg.grad_accum_steps
         * trainer.train_sampler.block_size,

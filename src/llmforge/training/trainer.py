@@ -19,7 +19,7 @@ import torch
 
 from llmforge.adapters.base import ModelAdapter
 from llmforge.config import TrainingConfig
-from llmforge.data import WindowSampler
+from llmforge.data import Sampler
 from llmforge.errors import CheckpointError, TrainingError
 from llmforge.generate import SamplingOptions, generate_text
 from llmforge.training.checkpoint import (
@@ -86,8 +86,8 @@ class Trainer:
     cfg: TrainingConfig
     adapter: ModelAdapter
     optimizer: torch.optim.Optimizer
-    train_sampler: WindowSampler
-    val_sampler: WindowSampler
+    train_sampler: Sampler
+    val_sampler: Sampler
     run_dir: Path
     meta: dict[str, Any]
     state: dict[str, Any] = field(default_factory=dict)
@@ -133,7 +133,8 @@ class Trainer:
         """Write a checkpoint of the state after ``step`` steps and prune old ones."""
         self.state["step"] = step
         self.state["rng"] = rng_state()
-        self.state["sampler"] = {"kind": "random-window", "seed": self.cfg.seed, "position": step}
+        kind = getattr(self.train_sampler, "kind", "random-window")
+        self.state["sampler"] = {"kind": kind, "seed": self.cfg.seed, "position": step}
         meta = {
             **self.meta,
             "step": step,
