@@ -213,7 +213,8 @@ def check_architecture(config: dict[str, Any], where: str) -> str:
             f"{where} has architecture {shown}, which llmforge cannot import.",
             "Supported architectures (config.json model_type): "
             + ", ".join(supported_architectures())
-            + " (Qwen2, Qwen2.5 and Qwen3 models). Custom code is never run.",
+            + " (qwen2 covers Qwen2 and Qwen2.5). Another architecture needs an adapter package "
+            "(see docs/adapters.md); custom code is never run.",
         )
     return model_type
 

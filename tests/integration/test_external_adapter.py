@@ -127,7 +127,7 @@ def test_external_adapter_imports_trains_and_generates(tmp_path: Path) -> None:
     assert res.returncode != 0
     err = " ".join(res.stderr.split())
     assert "'llama'" in err and "cannot import" in err, res.stderr
-    assert "qwen2" in err and "qwen3" in err
+    assert "qwen2" in err and "qwen3" in err and "docs/adapters.md" in err
     assert not (home / "models" / "tiny-llama").exists()
 
     # With it, llama is supported and the whole normal flow works.
