@@ -153,6 +153,7 @@ def test_lora_run_trains_and_saves_only_the_adapter(trained: Path) -> None:
     assert sum(t.numel() for t in weights.values()) == m["lora"]["parameters"]
     opt = torch.load(path / "optimizer.pt", weights_only=True)
     assert len(opt["state"]) == len(weights)
+    assert sum(len(g["params"]) for g in opt["param_groups"]) == len(weights)
     assert m["lora"]["parameters"] < m["model"]["parameters"] / 5
     losses = [x for _, x in json.loads((path / STATE_FILE).read_text())["losses"]]
     assert losses[-1] < losses[0]
@@ -325,3 +326,27 @@ def test_bad_lora_input_changes_nothing(done: Path, overrides: list[str], needle
         *overrides,
         needle=needle,
     )
+
+
+def test_chat_lora_keeps_its_stop_tokens_through_load_and_merge(imported: Path, tmp_path: Path):
+    from llmforge.loading import load_for_inference
+
+    shutil.copytree(imported / "ws", tmp_path / "ws")
+    home = tmp_path / "ws"
+    rows = [
+        {"messages": [{"role": "user", "content": f"{i}"}, {"role": "assistant", "content": "ok"}]}
+        for i in range(40)
+    ]
+    data = tmp_path / "chat.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = tmp_path / "chat-lora.yaml"
+    cfg.write_text(yaml.safe_dump({**LORA, "data_path": str(data), "max_steps": 2}))
+    res = run_cli(home, "train", str(cfg))
+    assert res.exit_code == 0, res.output
+    ws = Workspace(home.resolve())
+    adapter, _ = load_for_inference(ws, "chat-lora")
+    end = adapter.tokenizer.encode("<|im_end|>")
+    assert len(end) == 1 and end[0] in adapter.stop_token_ids()
+    assert run_cli(home, "ckpt", "register", "chat-lora", "--name", "m", "--merge").exit_code == 0
+    merged, _ = load_for_inference(ws, "m")
+    assert end[0] in merged.stop_token_ids()

@@ -151,7 +151,10 @@ def load_weights(adapter: ModelAdapter, folder: Path) -> None:
     if gen.is_file() and adapter.architecture != "custom-transformer":
         from transformers import GenerationConfig
 
-        adapter.model.generation_config = GenerationConfig.from_pretrained(str(folder))
+        # On the base model: generation and merge_and_unload read it there.
+        adapter.model.get_base_model().generation_config = GenerationConfig.from_pretrained(
+            str(folder)
+        )
 
 
 def merge(adapter: ModelAdapter) -> None:

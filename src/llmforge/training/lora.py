@@ -38,10 +38,6 @@ from llmforge.workspace import Workspace
 ALLOW_FLAG = "--allow-base-mismatch"
 
 
-class BaseMismatchError(CheckpointError):
-    """A LoRA adapter would be attached to another base than the one it was trained on."""
-
-
 def manifest_sha256(entry: ModelEntry) -> str:
     """sha256 of the entry's manifest: the JSON list of ``[name, size, sha256]`` sorted by name.
 
@@ -84,7 +80,8 @@ def check_base(
     Raises:
         CheckpointError: If the identity is missing or the base is not registered.
         ModelFilesMissingError: If the base's files are missing or resized.
-        BaseMismatchError: If the manifest hash differs and ``allow_mismatch`` is False.
+            Also (with a hint naming ``--allow-base-mismatch``) if the manifest hash differs
+            and ``allow_mismatch`` is False.
     """
     name, expected = base.get("model_name"), base.get("manifest_sha256")
     if not isinstance(name, str) or not isinstance(expected, str):
@@ -116,7 +113,7 @@ def check_base(
         "another revision, or replaced with --force)."
     )
     if not allow_mismatch:
-        raise BaseMismatchError(
+        raise CheckpointError(
             message + " Attaching the adapter to another base gives a model nobody trained.",
             f"Re-import the original base under {name!r}; or, if you know the two bases are "
             f"compatible, pass {ALLOW_FLAG} to use it anyway.",
