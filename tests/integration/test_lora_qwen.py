@@ -236,6 +236,8 @@ def test_register_adapter_entry_references_its_base(done: Path) -> None:
     assert "model.safetensors" not in entry["files"]
     info = wide(home, "models", "info", "my-adapter")
     assert "adapter lora" in info and "base qwen-base" in info
+    assert "LoRA adapter r=4, alpha=8.0, targets down_proj" in info
+    assert "loads onto base 'qwen-base'" in info
     assert torch.equal(logits_of(home, "my-adapter"), logits_of(home, "lora"))
     gen = run_cli(home, "generate", "my-adapter", "-p", "The", "-n", "4", "--seed", "1")
     assert gen.exit_code == 0 and gen.stdout.startswith("The")
