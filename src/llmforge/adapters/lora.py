@@ -103,23 +103,7 @@ def attach(adapter: ModelAdapter, settings: dict[str, Any]) -> None:
             f"{adapter.architecture} model ({e}).",
             f"Its linear layers are named: {', '.join(linear)}.",
         ) from e
-    _keep_input_dtype(adapter.model)
     adapter.lora = {**settings, "parameters": adapter.num_parameters(trainable_only=True)}
-
-
-def _keep_input_dtype(model: Any) -> None:
-    """Stop ``peft`` from casting each LoRA layer's input to the adapter's dtype (fp32).
-
-    Under ``precision: bf16`` (autocast) the cast copied every adapted layer's bf16 input to
-    fp32, and kept the copy for backward, although autocast runs the LoRA matmuls in bf16
-    anyway: about 1 GiB more peak memory on Qwen2-0.5B at sequence length 512. In fp32 the
-    input already has the adapter's dtype, so nothing changes there.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
 
 
 def save(adapter: ModelAdapter, folder: Path) -> None:
