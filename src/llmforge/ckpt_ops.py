@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from llmforge import store
+from llmforge.adapters import lora as peft_lora
 from llmforge.errors import CheckpointError, ModelExistsError
 from llmforge.importer import commit_staged
 from llmforge.modelops import build_manifest
 from llmforge.registry import ModelEntry, ModelRegistry, check_model_name, name_taken_error
 from llmforge.training import checkpoint as ck
 from llmforge.training import lineage
+from llmforge.training import lora as lora_run
 from llmforge.training.run import resolve_checkpoint
 from llmforge.workspace import Workspace
 
@@ -167,8 +169,21 @@ def model_files(path: Path) -> dict[str, Path]:
     return out
 
 
-def register_checkpoint(ws: Workspace, ref: str, name: str, *, force: bool = False) -> ModelEntry:
+def register_checkpoint(
+    ws: Workspace,
+    ref: str,
+    name: str,
+    *,
+    force: bool = False,
+    merge: bool = False,
+    allow_base_mismatch: bool = False,
+    warnings: list[str] | None = None,
+) -> ModelEntry:
     """Register a checkpoint as the model ``name`` (source ``fine-tune``).
+
+    A LoRA checkpoint becomes an *adapter entry* (the adapter and tokenizer files;
+    ``fine_tuned_from`` and ``details["base"]`` name the base, whose identity is checked), or
+    with ``merge`` a full model whose weights are the base's with the adapter folded in.
 
     Args:
         ws: The workspace.
@@ -176,6 +191,9 @@ def register_checkpoint(ws: Workspace, ref: str, name: str, *, force: bool = Fal
         name: The new model name.
         force: Replace an existing model of that name (never one of the checkpoint's own
             ancestors).
+        merge: For a LoRA checkpoint: register the merged full model instead of the adapter.
+        allow_base_mismatch: Accept a LoRA checkpoint whose base model's files changed.
+        warnings: Receives the warning about an accepted base mismatch.
 
     Returns:
         The registered entry.
@@ -202,15 +220,57 @@ def register_checkpoint(ws: Workspace, ref: str, name: str, *, force: bool = Fal
         )
     if registry.exists(name) and not force:
         raise name_taken_error(name)
+    is_lora = meta.get("finetune") == "lora"
+    if merge and not is_lora:
+        raise CheckpointError(
+            f"--merge folds a LoRA adapter into its base, but {path} holds full weights.",
+            "Register it without --merge.",
+        )
+    merged = None
+    lora_details: dict[str, Any] = {}
+    if is_lora:
+        what = f"The LoRA checkpoint {path}"
+        base = meta.get("base") or {}
+        if merge:
+            merged, notes = lora_run.load_checkpoint(
+                ws, path, meta, allow_mismatch=allow_base_mismatch
+            )
+            peft_lora.merge(merged)
+        else:
+            _, _, notes = lora_run.check_base(ws, base, what, allow_mismatch=allow_base_mismatch)
+        if warnings is not None:
+            warnings.extend(notes)
+        settings = meta.get("lora") or {}
+        lora_details = {
+            "adapter": "lora",
+            "base": base.get("model_name"),
+            "r": settings.get("r"),
+            "alpha": settings.get("alpha"),
+            "dropout": settings.get("dropout"),
+            "target_modules": settings.get("target_modules"),
+            "base_manifest_sha256": base.get("manifest_sha256"),
+        }
     parent = meta.get("model_name")
     license_label = meta.get("license")
     if license_label is None and parent and registry.exists(parent):
         license_label = registry.get(parent).license
     staging = store.new_staging_dir(ws, name)
     try:
-        for rel, src in model_files(path).items():
-            store.link_or_copy(src, staging / rel)
+        if merged is not None:
+            merged.save(staging)
+            for rel, src in model_files(path).items():
+                if src.is_relative_to(path / ck.TOKENIZER_DIR):
+                    store.link_or_copy(src, staging / rel)
+        else:
+            for rel, src in model_files(path).items():
+                store.link_or_copy(src, staging / rel)
         manifest = build_manifest(staging)
+        num_parameters = (meta.get("model") or {}).get("parameters")
+        if merged is not None:
+            num_parameters = merged.num_parameters()
+            lora_details = {"merged_lora": lora_details}
+        elif is_lora:
+            num_parameters = (meta.get("lora") or {}).get("parameters")
         tok = meta.get("tokenizer") or {}
         entry = ModelEntry(
             model_name=name,
@@ -219,7 +279,7 @@ def register_checkpoint(ws: Workspace, ref: str, name: str, *, force: bool = Fal
             architecture=str(meta.get("architecture")),
             local_path=name,
             files=manifest,
-            num_parameters=(meta.get("model") or {}).get("parameters"),
+            num_parameters=num_parameters,
             disk_bytes=sum(f.size for f in manifest.values()),
             license=license_label,
             fine_tuned_from=parent,
@@ -233,6 +293,7 @@ def register_checkpoint(ws: Workspace, ref: str, name: str, *, force: bool = Fal
                 "tokenizer_kind": tok.get("kind"),
                 "fine_tune_started_at": meta.get("fine_tune_started_at"),
                 "origin": origin,
+                **lora_details,
             },
         )
         commit_staged(ws, registry, entry, staging, force)

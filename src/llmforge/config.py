@@ -33,6 +33,30 @@ RESUMABLE_KEYS = (
 )
 
 
+class LoraSettings(BaseModel):
+    """The ``lora:`` section: the low-rank adapters that ``finetune: lora`` trains."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    r: int = Field(default=8, ge=1, le=4096, description="Rank of the update matrices.")
+    alpha: float = Field(default=16.0, gt=0.0, description="Scale: updates are x alpha / r.")
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on LoRA inputs.")
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="Module names to adapt; None = the architecture's default (for Qwen the "
+        "attention and MLP projections).",
+    )
+
+    @model_validator(mode="after")
+    def _targets(self) -> LoraSettings:
+        if self.target_modules is not None and (
+            not self.target_modules
+            or not all(isinstance(t, str) and t for t in self.target_modules)
+        ):
+            raise ValueError("target_modules must be a non-empty list of module names, or null")
+        return self
+
+
 class TrainingConfig(BaseModel):
     """The resolved configuration of one training run."""
 
@@ -45,6 +69,13 @@ class TrainingConfig(BaseModel):
     tokenizer_override: str | None = Field(
         default=None, description="Registry model name or tokenizer folder to use instead."
     )
+
+    finetune: Literal["full", "lora"] = Field(
+        default="full",
+        description="full: train every weight; lora: train low-rank adapters on a frozen base "
+        "(registry models only).",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings)
 
     # -- the from-scratch Transformer (ignored for registry models) -------------------
     n_layers: int = Field(default=4, ge=1, le=128)
@@ -135,6 +166,11 @@ class TrainingConfig(BaseModel):
         if self.model_name is None and self.d_model % self.n_heads:
             raise ValueError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if self.finetune == "lora" and self.model_name is None:
+            raise ValueError(
+                "finetune: lora needs a registry model to attach to (model_name); the "
+                "from-scratch Transformer is trained with finetune: full"
             )
         if self.run_name is not None and not _safe_name(self.run_name):
             raise ValueError(
@@ -270,6 +306,10 @@ def load_config(
     if overrides:
         source += " with command-line overrides"
         data = {**data, **overrides}
+        for key in [k for k in data if "." in k]:  # --set lora.r=16 sets a nested key
+            section, _, sub = key.partition(".")
+            if isinstance(data.get(section, {}), dict):
+                data[section] = {**data.get(section, {}), sub: data.pop(key)}
     if data.get("run_name") is None and path is not None:
         data["run_name"] = path.stem
     return TrainingConfig.from_dict(data, source=source)

@@ -9,6 +9,11 @@ the lineage: plain ``AutoModelForCausalLM.from_pretrained(DIR)`` and
 
 Files are copied, never hard-linked: an exported folder is meant to be edited, uploaded or
 moved, and must never share bytes with a checkpoint or a registry model.
+
+A LoRA checkpoint exports as a PEFT adapter folder (``adapter_model.safetensors``,
+``adapter_config.json`` naming the base's hub id, tokenizer, card) that
+``peft.PeftModel.from_pretrained(base_model, DIR)`` loads; with ``merge`` as a plain Hugging
+Face folder whose weights have the adapter folded in.
 """
 
 from __future__ import annotations
@@ -108,8 +113,17 @@ def _license(ws: Workspace, meta: dict[str, Any]) -> str | None:
     return None
 
 
-def model_card(ckpt: Path, meta: dict[str, Any], license_label: str | None, hf: bool) -> str:
-    """The ``README.md`` of an export: base model, license, lineage, training summary."""
+def model_card(
+    ckpt: Path,
+    meta: dict[str, Any],
+    license_label: str | None,
+    hf: bool,
+    lora: str | None = None,
+) -> str:
+    """The ``README.md`` of an export: base model, license, lineage, training summary.
+
+    ``lora`` is ``"adapter"`` for a PEFT adapter folder, ``"merged"`` for merged weights.
+    """
     chain = [str(x) for x in meta.get("lineage") or []]
     _, origin = lineage.split(chain)
     base = origin.removeprefix("hf:") if hf and origin and origin.startswith("hf:") else None
@@ -117,7 +131,8 @@ def model_card(ckpt: Path, meta: dict[str, Any], license_label: str | None, hf: 
     if base:
         front.append(f"base_model: {base}")
     if hf:
-        front += ["library_name: transformers", "pipeline_tag: text-generation"]
+        library = "peft" if lora == "adapter" else "transformers"
+        front += [f"library_name: {library}", "pipeline_tag: text-generation"]
     front += ["tags:", "- llmforge", "- fine-tuned" if chain else "- from-scratch", "---", ""]
     run, step = meta.get("run_name") or ckpt.parent.parent.name, meta.get("step")
     title = f"# {run} (step {step})"
@@ -127,6 +142,14 @@ def model_card(ckpt: Path, meta: dict[str, Any], license_label: str | None, hf: 
         )
     else:
         about = "A custom decoder-only Transformer trained from scratch with llmforge."
+    settings, base_entry = meta.get("lora") or {}, (meta.get("base") or {}).get("model_name")
+    if lora and settings:
+        how = "This folder holds only the" if lora == "adapter" else "The weights merge the"
+        about += (
+            f" {how} LoRA adapter (r={settings.get('r')}, alpha={settings.get('alpha')}, "
+            f"target modules {', '.join(settings.get('target_modules') or [])}) trained on "
+            f"the base `{base_entry}`."
+        )
     lic = license_label or "unknown: check the base model's license before sharing"
     lines = [
         *front,
@@ -154,8 +177,21 @@ def model_card(ckpt: Path, meta: dict[str, Any], license_label: str | None, hf: 
     return "\n".join(lines) + "\n"
 
 
-def export_checkpoint(ws: Workspace, ref: str, dest: Path, *, force: bool = False) -> ExportResult:
+def export_checkpoint(
+    ws: Workspace,
+    ref: str,
+    dest: Path,
+    *,
+    force: bool = False,
+    merge: bool = False,
+    allow_base_mismatch: bool = False,
+    warnings: list[str] | None = None,
+) -> ExportResult:
     """Write a checkpoint's model as a standalone folder at ``dest``.
+
+    A LoRA checkpoint is written as a PEFT adapter folder, or with ``merge`` as the base
+    with the adapter folded in (the base is checked like on every load; an accepted
+    mismatch is reported in ``warnings``).
 
     The folder is assembled next to ``dest`` and renamed into place, so a failure leaves
     ``dest`` as it was.
@@ -163,7 +199,8 @@ def export_checkpoint(ws: Workspace, ref: str, dest: Path, *, force: bool = Fals
     Raises:
         CheckpointError: If ``ref`` matches no complete checkpoint.
         ExportError: If ``dest`` is a non-empty folder (without ``force``), a file, or
-            overlaps the workspace's ``models/`` or ``runs/``.
+            overlaps the workspace's ``models/`` or ``runs/``, or ``merge`` is given for a
+            checkpoint that is not LoRA.
     """
     ckpt = resolve_checkpoint(ws, ref)
     ck.check_complete(ckpt)
@@ -172,18 +209,43 @@ def export_checkpoint(ws: Workspace, ref: str, dest: Path, *, force: bool = Fals
     _check_dest(ws, ckpt, dest, force)
     arch = str(meta.get("architecture"))
     hf = arch != "custom-transformer"
+    is_lora = meta.get("finetune") == "lora"
+    if merge and not is_lora:
+        raise ExportError(
+            f"--merge folds a LoRA adapter into its base, but {ckpt} holds full weights.",
+            "Export it without --merge.",
+        )
     files = model_files(ckpt)
+    merged = None
+    if merge:
+        from llmforge.adapters import lora as peft_lora
+        from llmforge.training import lora as lora_run
+
+        merged, notes = lora_run.load_checkpoint(ws, ckpt, meta, allow_mismatch=allow_base_mismatch)
+        peft_lora.merge(merged)
+        if warnings is not None:
+            warnings.extend(notes)
+        files = {r: p for r, p in files.items() if p.is_relative_to(ckpt / ck.TOKENIZER_DIR)}
+    base = meta.get("base") or {}
+    base_ref = str(base.get("model_id") or base.get("model_name"))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.export-{os.getpid()}"
     store.discard(tmp)
     try:
         tmp.mkdir()
+        if merged is not None:
+            merged.save(tmp)
         for rel, src in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / rel)
+        if is_lora and not merge:
+            from llmforge.adapters import lora as peft_lora
+
+            peft_lora.set_base_reference(tmp, base_ref)
         if hf:
             atomic_write_json(tmp / GENERATION_CONFIG, _generation_config(ckpt, meta))
-        atomic_write_text(tmp / CARD, model_card(ckpt, meta, _license(ws, meta), hf))
+        kind = ("merged" if merge else "adapter") if is_lora else None
+        atomic_write_text(tmp / CARD, model_card(ckpt, meta, _license(ws, meta), hf, kind))
         trash = dest.parent / f".{dest.name}.old-{os.getpid()}"
         if dest.exists():
             os.replace(dest, trash)
@@ -196,5 +258,12 @@ def export_checkpoint(ws: Workspace, ref: str, dest: Path, *, force: bool = Fals
         if hf
         else "safetensors model.safetensors + config.json (llmforge custom-transformer)"
     )
+    if is_lora and not merge:
+        loads = (
+            "peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM."
+            f"from_pretrained({base_ref!r}), {str(dest)!r})"
+            if hf
+            else f"peft.PeftModel.from_pretrained(<the {base_ref} model>, {str(dest)!r})"
+        )
     names = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     return ExportResult(ckpt, dest, names, arch, loads)

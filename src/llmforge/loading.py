@@ -9,13 +9,24 @@ from llmforge.adapters.base import ModelAdapter
 from llmforge.errors import CheckpointError
 from llmforge.modelops import require_model_files
 from llmforge.registry import ModelRegistry
+from llmforge.training import lora
 from llmforge.training.checkpoint import load_checkpoint_adapter
 from llmforge.training.run import resolve_checkpoint
 from llmforge.workspace import Workspace
 
 
-def load_for_inference(workspace: Workspace, source: str) -> tuple[ModelAdapter, dict[str, Any]]:
+def load_for_inference(
+    workspace: Workspace,
+    source: str,
+    *,
+    allow_base_mismatch: bool = False,
+    warnings: list[str] | None = None,
+) -> tuple[ModelAdapter, dict[str, Any]]:
     """The adapter for ``source``: a checkpoint reference, else a registry model name.
+
+    A LoRA checkpoint or adapter entry loads its base from the registry with the adapter
+    attached, after the base identity check (``allow_base_mismatch`` turns a refusal into a
+    warning appended to ``warnings``).
 
     Returns:
         ``(adapter, metadata)``: the checkpoint's ``meta.json`` or the registry entry as a dict.
@@ -34,7 +45,16 @@ def load_for_inference(workspace: Workspace, source: str) -> tuple[ModelAdapter,
                 f"{ckpt_error.hint} Registered models: {', '.join(names) or 'none'}.",
             ) from None
         entry = registry.get(source)
+        if lora.is_adapter_entry(entry):
+            adapter, notes = lora.load_adapter_entry(
+                workspace, entry, allow_mismatch=allow_base_mismatch
+            )
+            if warnings is not None:
+                warnings.extend(notes)
+            return adapter, entry.model_dump(mode="json")
         folder = require_model_files(workspace, entry)
         adapter = get_adapter(entry.architecture).from_registry(entry, folder)
         return adapter, entry.model_dump(mode="json")
-    return load_checkpoint_adapter(path)
+    return load_checkpoint_adapter(
+        path, workspace, allow_base_mismatch=allow_base_mismatch, warnings=warnings
+    )

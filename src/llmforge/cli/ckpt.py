@@ -18,6 +18,19 @@ from llmforge.fsutil import human_bytes, human_count
 app = typer.Typer(help="Inspect, register and export training checkpoints.", no_args_is_help=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+AllowMismatchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-base-mismatch",
+        help="Use a LoRA checkpoint even though its base model's files changed (experts only).",
+    ),
+]
+MergeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--merge", help="LoRA checkpoints: fold the adapter into the base and write full weights."
+    ),
+]
 CkptArg = Annotated[
     str,
     typer.Argument(
@@ -53,6 +66,7 @@ def list_ckpts(
                     "model_name": s.meta.get("model_name"),
                     "architecture": s.meta.get("architecture"),
                     "fine_tuned_from": s.meta.get("fine_tuned_from"),
+                    "finetune": s.meta.get("finetune", "full"),
                     "lineage": s.meta.get("lineage"),
                     "created": s.created.isoformat(),
                     "size": s.size,
@@ -74,7 +88,8 @@ def list_ckpts(
             str(s.step),
             _loss(s.meta.get("train_loss")),
             _loss(s.meta.get("val_loss")),
-            s.meta.get("model_name") or f"({s.meta.get('architecture', '?')}, scratch)",
+            (s.meta.get("model_name") or f"({s.meta.get('architecture', '?')}, scratch)")
+            + (" + LoRA" if s.meta.get("finetune") == "lora" else ""),
             s.meta.get("fine_tuned_from") or "-",
             s.created.strftime("%Y-%m-%d %H:%M"),
             human_bytes(s.size),
@@ -129,6 +144,17 @@ def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
         ("created", str(s.created)),
         ("size", human_bytes(s.size)),
     ]
+    if meta.get("finetune") == "lora":
+        lora, base = meta.get("lora") or {}, meta.get("base") or {}
+        fields[1:1] = [
+            ("finetune", "lora (the checkpoint holds only the adapter)"),
+            ("base", f"{base.get('model_name')} ({base.get('model_id') or '-'})"),
+            ("base manifest sha256", str(base.get("manifest_sha256"))),
+            ("lora rank / alpha", f"r={lora.get('r')}, alpha={lora.get('alpha', 0):g}"),
+            ("lora dropout", str(lora.get("dropout"))),
+            ("target modules", ", ".join(lora.get("target_modules") or [])),
+            ("adapter parameters", human_count(lora.get("parameters"))),
+        ]
     if meta.get("branched_from"):
         b = meta["branched_from"]
         fields.append(
@@ -157,12 +183,41 @@ def register(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing model of that name.")
     ] = False,
+    merge: MergeOpt = False,
+    allow_base_mismatch: AllowMismatchOpt = False,
 ) -> None:
-    """Register a checkpoint as a model (source fine-tune), usable as model_name in configs."""
+    """Register a checkpoint as a model (source fine-tune), usable as model_name in configs.
+
+    A LoRA checkpoint becomes an adapter entry that references its base, or with --merge a
+    full model with the adapter folded into the base weights.
+    """
     from llmforge.ckpt_ops import register_checkpoint
 
-    entry = register_checkpoint(workspace(ctx), ckpt, name, force=force)
+    notes: list[str] = []
+    entry = register_checkpoint(
+        workspace(ctx),
+        ckpt,
+        name,
+        force=force,
+        merge=merge,
+        allow_base_mismatch=allow_base_mismatch,
+        warnings=notes,
+    )
+    for note in notes:
+        r.print_warning(note)
     parent = entry.fine_tuned_from or "nothing (trained from scratch)"
+    if entry.details.get("adapter") == "lora":
+        d = entry.details
+        r.stdout().print(
+            f"Registered {entry.model_name!r}: a LoRA adapter (r={d['r']}, "
+            f"{human_count(entry.num_parameters)} parameters, targets "
+            f"{', '.join(d['target_modules'])}) of the base {d['base']!r}, whose identity "
+            f"(manifest sha256 {str(d['base_manifest_sha256'])[:16]}…) is checked on every "
+            f"load. `llmforge generate {entry.model_name}` loads base + adapter; register with "
+            "--merge for a model you can fine-tune further.",
+            markup=False,
+        )
+        return
     r.stdout().print(
         f"Registered {entry.model_name!r} ({entry.architecture}, "
         f"{human_count(entry.num_parameters)} parameters, {len(entry.files)} files in "
@@ -181,11 +236,28 @@ def export(
     force: Annotated[
         bool, typer.Option("--force", help="Replace the contents of a non-empty folder.")
     ] = False,
+    merge: MergeOpt = False,
+    allow_base_mismatch: AllowMismatchOpt = False,
 ) -> None:
-    """Export a checkpoint as a standalone Hugging Face folder (or custom-model folder)."""
+    """Export a checkpoint as a standalone Hugging Face folder (or custom-model folder).
+
+    A LoRA checkpoint exports as a PEFT adapter folder, or with --merge as a plain Hugging
+    Face folder with the adapter folded into the base weights.
+    """
     from llmforge.export import export_checkpoint
 
-    res = export_checkpoint(workspace(ctx), ckpt, dest, force=force)
+    notes: list[str] = []
+    res = export_checkpoint(
+        workspace(ctx),
+        ckpt,
+        dest,
+        force=force,
+        merge=merge,
+        allow_base_mismatch=allow_base_mismatch,
+        warnings=notes,
+    )
+    for note in notes:
+        r.print_warning(note)
     out = r.stdout()
     out.print(
         f"Exported {res.checkpoint} ({res.architecture}) to {res.dest}: {', '.join(res.files)}.",

@@ -45,19 +45,32 @@ def generate(
     system: Annotated[
         str | None, typer.Option("--system", help="System message for --chat.")
     ] = None,
+    allow_base_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-base-mismatch",
+            help="Use a LoRA adapter even though its base model's files changed (experts only).",
+        ),
+    ] = False,
 ) -> None:
     """Generate text, decoding with the tokenizer the model was trained with."""
     from llmforge.generate import SamplingOptions, iter_text, stream_ids
-    from llmforge.loading import load_for_inference
 
     opts = SamplingOptions(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
     opts.check()
     if chat or message is not None or system is not None:
-        _chat(ctx, source, message if message is not None else prompt or None, system, opts)
+        _chat(
+            ctx,
+            source,
+            message if message is not None else prompt or None,
+            system,
+            opts,
+            allow_base_mismatch,
+        )
         return
-    adapter, _ = load_for_inference(workspace(ctx), source)
+    adapter, _ = _load(ctx, source, allow_base_mismatch)
     tok = adapter.tokenizer
     prompt_ids = tok.encode(prompt)
     out = sys.stdout
@@ -74,19 +87,37 @@ def _stdin_is_terminal() -> bool:
     return sys.stdin.isatty()
 
 
+def _load(ctx: typer.Context, source: str, allow_base_mismatch: bool) -> tuple[Any, Any]:
+    """The model for ``source``, printing any warning about a LoRA adapter's base."""
+    from llmforge.cli import _render as r
+    from llmforge.loading import load_for_inference
+
+    notes: list[str] = []
+    loaded = load_for_inference(
+        workspace(ctx), source, allow_base_mismatch=allow_base_mismatch, warnings=notes
+    )
+    for note in notes:
+        r.print_warning(note)
+    return loaded
+
+
 def _chat(
-    ctx: typer.Context, source: str, message: str | None, system: str | None, opts: Any
+    ctx: typer.Context,
+    source: str,
+    message: str | None,
+    system: str | None,
+    opts: Any,
+    allow_base_mismatch: bool = False,
 ) -> None:
     """One reply to ``message``, or (no message) a chat loop on a terminal / stdin's message."""
     from llmforge.generate import ChatSession
-    from llmforge.loading import load_for_inference
 
     interactive = message is None and _stdin_is_terminal()
     if message is None and not interactive:
         message = sys.stdin.read().strip()
         if not message:
             raise typer.BadParameter("no message: pass --message TEXT or pipe one on stdin.")
-    adapter, meta = load_for_inference(workspace(ctx), source)
+    adapter, meta = _load(ctx, source, allow_base_mismatch)
     session = ChatSession(adapter, meta, system)
     out = sys.stdout
     if not interactive:

@@ -89,7 +89,18 @@ def info(
         ("fine_tuned_from", entry.fine_tuned_from or "-"),
         ("created_at", str(entry.created_at)),
     ]
-    fields += [(k, str(v)) for k, v in entry.details.items()]
+    d = entry.details
+    if d.get("adapter") == "lora":
+        fields.insert(
+            1,
+            (
+                "LoRA adapter",
+                f"r={d.get('r')}, alpha={d.get('alpha')}, targets "
+                f"{', '.join(d.get('target_modules') or [])}; loads onto base {d.get('base')!r} "
+                f"(manifest sha256 {str(d.get('base_manifest_sha256'))[:16]}…, checked)",
+            ),
+        )
+    fields += [(k, str(v)) for k, v in d.items()]
     out.print(r.key_values(f"Model {entry.model_name}", fields))
     out.print()
     out.print("[bold]Lineage[/bold]")

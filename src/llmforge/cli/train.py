@@ -53,6 +53,16 @@ def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[s
         )
         + "."
     )
+    lora = info.get("lora")
+    if lora:
+        base = info.get("base") or {}
+        lines.append(
+            f"LoRA: r={lora['r']}, alpha={lora['alpha']:g}, dropout={lora['dropout']:g} on "
+            f"{', '.join(lora['target_modules'])}; only the adapter "
+            f"({human_count(lora.get('parameters'))} parameters) is trained and saved; base "
+            f"{base.get('model_name')!r} (manifest sha256 "
+            f"{str(base.get('manifest_sha256'))[:16]}…) stays frozen."
+        )
     if info["model_name"]:
         lines.append(
             f"Model name: {info['model_name']}, model_id: {info['model_id'] or '-'}, "
@@ -129,6 +139,13 @@ def train(
             "under it and the run (default run name: NAME) fine-tunes it.",
         ),
     ] = None,
+    allow_base_mismatch: Annotated[
+        bool,
+        typer.Option(
+            "--allow-base-mismatch",
+            help="Resume a LoRA run even though its base model's files changed (experts only).",
+        ),
+    ] = False,
     stop_at: Annotated[
         int | None,
         typer.Option(
@@ -163,6 +180,7 @@ def train(
         callbacks=[reporter],
         init_from=init_from,
         branch_name=name,
+        allow_base_mismatch=allow_base_mismatch,
     )
     out = r.stdout()
     for w in run.warnings:

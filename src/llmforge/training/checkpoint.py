@@ -2,7 +2,9 @@
 
 A checkpoint is a directory ``runs/<run>/checkpoints/step-NNNNNN/`` holding:
 
-- the adapter's files (``model.safetensors`` + ``config.json`` or a Hugging Face folder),
+- the adapter's files (``model.safetensors`` + ``config.json`` or a Hugging Face folder); for a
+  LoRA run only the adapter (``adapter_model.safetensors`` + ``adapter_config.json``, see
+  ``training/lora.py``),
 - ``tokenizer/`` (the exact tokenizer used),
 - ``optimizer.pt`` (tensors only; loaded with ``weights_only=True``),
 - ``trainer_state.json`` (step, RNG states, sampler position, losses so far),
@@ -26,10 +28,12 @@ from typing import Any
 import torch
 
 from llmforge.adapters import get_adapter
+from llmforge.adapters import lora as peft_lora
 from llmforge.adapters.base import ModelAdapter
 from llmforge.errors import CheckpointError
 from llmforge.fsutil import atomic_write_json, fsync_dir, iter_files
 from llmforge.tokenizers import Tokenizer, load_tokenizer
+from llmforge.workspace import Workspace
 
 CHECKPOINTS = "checkpoints"
 META_FILE = "meta.json"
@@ -111,7 +115,10 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        adapter.save(tmp)
+        if peft_lora.is_lora(adapter):
+            peft_lora.save(adapter, tmp)  # the adapter only; the base stays in the registry
+        else:
+            adapter.save(tmp)
         adapter.tokenizer.save(tmp / TOKENIZER_DIR)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         atomic_write_json(tmp / STATE_FILE, trainer_state)
@@ -220,8 +227,18 @@ def load_checkpoint_tokenizer(path: Path, meta: dict[str, Any]) -> Tokenizer:
     return load_tokenizer(path / TOKENIZER_DIR, tok.get("kind"), tok.get("identifier"))
 
 
-def load_checkpoint_adapter(path: Path) -> tuple[ModelAdapter, dict[str, Any]]:
+def load_checkpoint_adapter(
+    path: Path,
+    workspace: Workspace | None = None,
+    *,
+    allow_base_mismatch: bool = False,
+    warnings: list[str] | None = None,
+) -> tuple[ModelAdapter, dict[str, Any]]:
     """The model and tokenizer of a checkpoint, with its metadata.
+
+    A LoRA checkpoint needs ``workspace``: its base model comes from the registry, and is
+    checked against the recorded manifest hash (see ``training/lora.py``); warnings (a
+    mismatch accepted with ``allow_base_mismatch``) are appended to ``warnings``.
 
     Raises:
         CheckpointError: If the checkpoint is incomplete or its files do not fit.
@@ -234,6 +251,20 @@ def load_checkpoint_adapter(path: Path) -> tuple[ModelAdapter, dict[str, Any]]:
         raise CheckpointError(
             f"{path / META_FILE} names no architecture.", "Use another checkpoint."
         )
+    if meta.get("finetune") == "lora":
+        from llmforge.training import lora
+
+        if workspace is None:
+            raise CheckpointError(
+                f"{path} is a LoRA checkpoint; its base model must come from a workspace.",
+                "Load it through llmforge's commands (they know the workspace).",
+            )
+        adapter, notes = lora.load_checkpoint(
+            workspace, path, meta, allow_mismatch=allow_base_mismatch
+        )
+        if warnings is not None:
+            warnings.extend(notes)
+        return adapter, meta
     tokenizer = load_checkpoint_tokenizer(path, meta)
     adapter = get_adapter(arch).load(path, tokenizer)
     return adapter, meta

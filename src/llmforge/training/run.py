@@ -30,6 +30,7 @@ from llmforge.registry import (
 from llmforge.tokenizers import CharTokenizer, Tokenizer
 from llmforge.training import checkpoint as ck
 from llmforge.training import lineage
+from llmforge.training import lora as lora_run
 from llmforge.training.batches import LoadedData, build_batches, load_data
 from llmforge.training.metrics import MetricsWriter, truncate_metrics
 from llmforge.training.optim import build_optimizer
@@ -114,6 +115,7 @@ def _registry_model(
 ) -> tuple[ModelAdapter, ModelEntry, list[str], list[str]]:
     registry = ModelRegistry(workspace)
     entry = registry.get(cfg.model_name)  # unknown name: fails first, listing names
+    lora_run.refuse_adapter_entry(entry)
     folder = require_model_files(workspace, entry)
     override = (
         override_tokenizer(workspace, cfg.tokenizer_override) if cfg.tokenizer_override else None
@@ -148,6 +150,12 @@ def _new_run(
             "lineage": [],
         }
     else:
+        if cfg.finetune == "lora" and cfg.tokenizer_override:
+            raise ConfigError(
+                "tokenizer_override cannot be combined with finetune: lora: a LoRA checkpoint "
+                "stores only the adapter, never a changed embedding.",
+                "Remove tokenizer_override, or use finetune: full.",
+            )
         adapter, entry, chain, override_warnings = _registry_model(workspace, cfg)
         warnings += override_warnings
         set_keys = [k for k in _IGNORED_KEYS if k in cfg.model_fields_set]
@@ -166,6 +174,12 @@ def _new_run(
             "fine_tuned_from": entry.model_name,
             "lineage": chain,
         }
+        if cfg.finetune == "lora":
+            settings = lora_run.peft_lora.resolve_settings(entry.architecture, cfg.lora)
+            lora_run.peft_lora.attach(adapter, settings)  # seeded above: reproducible init
+            meta_model.update(
+                finetune="lora", lora=adapter.lora, base=lora_run.base_identity(entry)
+            )
     return _fresh_trainer(cfg, adapter, corpus, run_dir, meta_model, warnings), warnings
 
 
@@ -237,6 +251,13 @@ def _branch(
             "tokenizer of the checkpoint it starts from.",
             "Remove tokenizer_override (or --set tokenizer_override=null).",
         )
+    if cfg.finetune == "lora" or ck.load_meta(source).get("finetune") == "lora":
+        raise ConfigError(
+            "--init-from does not work with LoRA yet (neither from a LoRA checkpoint nor "
+            "into a LoRA run).",
+            "Register the checkpoint as a model (`llmforge ckpt register CKPT --name NEW`, "
+            "with --merge for a LoRA checkpoint) and fine-tune that model instead.",
+        )
     _refuse_existing_run(run_dir)
     torch.manual_seed(cfg.seed)
     adapter, src = ck.load_checkpoint_adapter(source)
@@ -269,12 +290,18 @@ def _branch(
 
 
 def _resume(
-    ckpt: Path, cfg: TrainingConfig, explicit: set[str]
+    ckpt: Path,
+    cfg: TrainingConfig,
+    explicit: set[str],
+    workspace: Workspace,
+    allow_base_mismatch: bool = False,
 ) -> tuple[Trainer, dict[str, Any], list[str]]:
     warnings: list[str] = []
     ck.check_complete(ckpt)
     run_dir = ckpt.parent.parent
-    adapter, meta = ck.load_checkpoint_adapter(ckpt)
+    adapter, meta = ck.load_checkpoint_adapter(
+        ckpt, workspace, allow_base_mismatch=allow_base_mismatch, warnings=warnings
+    )
     saved = TrainingConfig.from_dict(meta.get("config", {}), source=str(ckpt / ck.META_FILE))
     changed = sorted(
         k
@@ -333,6 +360,7 @@ def prepare_run(
     callbacks: list[Callback] | None = None,
     init_from: str | None = None,
     branch_name: str | None = None,
+    allow_base_mismatch: bool = False,
 ) -> PreparedRun:
     """Build everything a run needs, resuming from a checkpoint when asked.
 
@@ -348,6 +376,7 @@ def prepare_run(
             are registered as the model ``branch_name`` (``fine_tuned_from`` = the
             checkpoint's model) and a new run fine-tunes it from step 0.
         branch_name: The branch's registry name; required with ``init_from``.
+        allow_base_mismatch: Resume a LoRA run even if its base model's files changed.
 
     Raises:
         ConfigError, ModelNotFoundError, ModelFilesMissingError, DataError, CheckpointError,
@@ -387,7 +416,9 @@ def prepare_run(
                 )
         else:
             resumed_from = resolve_checkpoint(workspace, resume, run_dir_for(workspace, cfg).parent)
-        trainer, meta, warnings = _resume(resumed_from, cfg, explicit)
+        trainer, meta, warnings = _resume(
+            resumed_from, cfg, explicit, workspace, allow_base_mismatch
+        )
         run_dir = trainer.run_dir
     # Nothing was written so far; from here on the run exists on disk.
     if branch_source is not None and branch_name is not None:
@@ -421,6 +452,8 @@ def prepare_run(
         "tokenizer": meta.get("tokenizer"),
         "data": meta.get("data"),
         "chat": meta.get("chat"),
+        "lora": meta.get("lora"),
+        "base": meta.get("base"),
         "tokens_per_step": trainer.cfg.batch_size
         * trainer.cfg.grad_accum_steps
         * trainer.train_sampler.block_size,
