@@ -31,6 +31,7 @@ from llmforge.tokenizers import CharTokenizer, Tokenizer
 from llmforge.training import checkpoint as ck
 from llmforge.training import lineage
 from llmforge.training.batches import LoadedData, build_batches, load_data
+from llmforge.training.memory import MemoryEstimate, check_memory, estimate_memory
 from llmforge.training.metrics import MetricsWriter, truncate_metrics
 from llmforge.training.optim import build_optimizer
 from llmforge.training.override import apply_override, override_tokenizer
@@ -62,6 +63,7 @@ class PreparedRun:
     start_step: int
     info: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    memory: MemoryEstimate | None = None
 
 
 def run_dir_for(workspace: Workspace, cfg: TrainingConfig) -> Path:
@@ -333,6 +335,7 @@ def prepare_run(
     callbacks: list[Callback] | None = None,
     init_from: str | None = None,
     branch_name: str | None = None,
+    dry_run: bool = False,
 ) -> PreparedRun:
     """Build everything a run needs, resuming from a checkpoint when asked.
 
@@ -348,6 +351,7 @@ def prepare_run(
             are registered as the model ``branch_name`` (``fine_tuned_from`` = the
             checkpoint's model) and a new run fine-tunes it from step 0.
         branch_name: The branch's registry name; required with ``init_from``.
+        dry_run: Build everything and estimate memory, but write nothing (``info`` empty).
 
     Raises:
         ConfigError, ModelNotFoundError, ModelFilesMissingError, DataError, CheckpointError,
@@ -389,6 +393,12 @@ def prepare_run(
             resumed_from = resolve_checkpoint(workspace, resume, run_dir_for(workspace, cfg).parent)
         trainer, meta, warnings = _resume(resumed_from, cfg, explicit)
         run_dir = trainer.run_dir
+    memory = run_memory_estimate(trainer)
+    if dry_run:
+        return PreparedRun(
+            trainer, run_dir, resumed_from, int(trainer.state.get("step", 0)), {}, warnings, memory
+        )
+    check_memory(memory, trainer.cfg)  # refuse a run that cannot fit, before it exists
     # Nothing was written so far; from here on the run exists on disk.
     if branch_source is not None and branch_name is not None:
         from llmforge.ckpt_ops import register_checkpoint
@@ -427,4 +437,16 @@ def prepare_run(
         "max_steps": trainer.cfg.max_steps,
         "precision": trainer.cfg.precision,
     }
-    return PreparedRun(trainer, run_dir, resumed_from, start, info, warnings)
+    return PreparedRun(trainer, run_dir, resumed_from, start, info, warnings, memory)
+
+
+def run_memory_estimate(trainer: Trainer) -> MemoryEstimate:
+    """The memory estimate of ``trainer``'s run (its model, micro-batch and settings)."""
+    adapter = trainer.adapter
+    return estimate_memory(
+        trainer.cfg,
+        parameters=adapter.num_parameters(),
+        trainable=adapter.num_parameters(trainable_only=True),
+        describe=adapter.describe(),
+        block_size=trainer.train_sampler.block_size,
+    )
