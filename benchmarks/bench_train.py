@@ -107,8 +107,8 @@ def custom_setup(
 
 
 def qwen_setup(
-    cfg: TrainingConfig, bare_cfg: TrainingConfig, home: str, shape: str
-) -> tuple[Trainer, object]:
+    cfg: TrainingConfig, bare_cfg: TrainingConfig, home: str, shape: str, only: str | None
+) -> tuple[Trainer | None, object]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from llmforge.adapters.qwen import Qwen2Adapter
@@ -127,10 +127,17 @@ def qwen_setup(
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(qcfg).train()
-    bare_model = copy.deepcopy(model)  # before build_optimizer may cast ``model`` to bf16
-    adapter = Qwen2Adapter(model, CharTokenizer(["a"]))  # batches are random ids: no text
     data = torch.randint(0, vocab, (200_000,))
     sampler = WindowSampler(data, cfg.block_size, cfg.batch_size, cfg.seed)
+
+    def hf_loss(m, x, y):  # the usual transformers call: labels = inputs, shifted inside
+        return m(input_ids=x, labels=x).loss
+
+    if only == "bare":  # alone, for its peak RSS: no llmforge copy in memory
+        return None, make_bare_step(model, hf_loss, sampler, bare_cfg)
+    # The copy is taken before build_optimizer may cast ``model`` to bf16.
+    bare_model = copy.deepcopy(model) if only is None else None
+    adapter = Qwen2Adapter(model, CharTokenizer(["a"]))  # batches are random ids: no text
     trainer = Trainer(
         cfg,
         adapter,
@@ -140,11 +147,8 @@ def qwen_setup(
         Path(home) / "runs" / "bench",
         {},
     )
-
-    def hf_loss(m, x, y):  # the usual transformers call: labels = inputs, shifted inside
-        return m(input_ids=x, labels=x).loss
-
-    return trainer, make_bare_step(bare_model, hf_loss, sampler, bare_cfg)
+    bare = make_bare_step(bare_model, hf_loss, sampler, bare_cfg) if bare_model else None
+    return trainer, bare
 
 
 def main() -> None:
@@ -193,10 +197,10 @@ def main() -> None:
             trainer, bare = custom_setup(cfg, bare_cfg, home)
             label = "custom Transformer (configs/custom-transformer.yaml)"
         else:
-            trainer, bare = qwen_setup(cfg, bare_cfg, home, args.qwen_shape)
+            trainer, bare = qwen_setup(cfg, bare_cfg, home, args.qwen_shape, args.only)
             label = f"Qwen2 shape {args.qwen_shape!r} vs bare transformers loop"
         tokens = cfg.batch_size * cfg.block_size
-        params = sum(p.numel() for p in trainer.adapter.model.parameters())
+        params = sum(p.numel() for p in trainer.adapter.model.parameters()) if trainer else 0
         print(
             f"{label}: {params / 1e6:.1f}M parameters, llmforge {cfg.precision} "
             f"(param_dtype {cfg.param_dtype}, fused_loss {cfg.fused_loss}, "

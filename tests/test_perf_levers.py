@@ -7,17 +7,19 @@ from __future__ import annotations
 
 import re
 import resource
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.train_helpers import run_cli, small_corpus, tree_digest, write_config
 
 from llmforge.config import TrainingConfig
 from llmforge.training.loss import fused_linear_cross_entropy
 from llmforge.training.master import MasterWeightOptimizer, to_low_precision
 from llmforge.training.memory import estimate_memory
+from train_helpers import run_cli, small_corpus, tree_digest, write_config
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -170,3 +172,19 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(tmp_path: P
     assert "needs about" in out and "memory_limit_gb" in out
     assert "batch_size=2" in out and "bf16" in out and "--dry-run" in out
     assert tree_digest(home) == before
+
+
+def test_the_architecture_check_of_an_import_loads_no_torch() -> None:
+    code = (
+        "import sys; from llmforge.architectures import is_supported; "
+        "assert is_supported('qwen2') and is_supported('qwen3'); "
+        "assert not is_supported('custom-transformer'); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_static_importable_list_matches_the_adapters() -> None:
+    from llmforge.adapters import BUILTIN, BUILTIN_IMPORTABLE, get_adapter
+
+    assert {a for a in BUILTIN if getattr(get_adapter(a), "importable", 0)} == BUILTIN_IMPORTABLE

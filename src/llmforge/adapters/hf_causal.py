@@ -127,7 +127,11 @@ class HFCausalLMAdapter(ModelAdapter):
     def generation_step(
         self, input_ids: torch.Tensor, cache: GenerationCache | None
     ) -> tuple[torch.Tensor, GenerationCache]:
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        # logits_to_keep=1: the prompt's prefill computes the LM head for the last position
+        # only (151k-vocab logits for every prompt token would dominate time to first token).
+        out = self.model(
+            input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
         return out.logits[:, -1, :], out.past_key_values  # (B, V), the DynamicCache
 
     @property
