@@ -39,34 +39,41 @@ class _FusedLinearCE(torch.autograd.Function):
     ) -> torch.Tensor:
         n = hidden.size(0)
         valid = labels != IGNORE_INDEX
-        count = int(valid.sum())
-        denom = max(count, 1)
+        denom = max(int(valid.sum()), 1)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        one_chunk = n <= chunk
         with torch.autocast("cpu", enabled=False):
             w = weight.to(cdtype)
-            h_all = hidden.to(cdtype)
             grad_h = torch.empty_like(hidden) if need_h else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32) if need_w else None
+            grad_w = None
+            if need_w and not one_chunk:
+                grad_w = torch.zeros(weight.shape, dtype=torch.float32)
             total = torch.zeros((), dtype=torch.float32)
             for s in range(0, n, chunk):
-                h = h_all[s : s + chunk]
-                y = labels[s : s + chunk]
+                h = hidden[s : s + chunk]
                 ok = valid[s : s + chunk]
-                logits = (h @ w.t()).float()  # (n_chunk, V)
-                lse = torch.logsumexp(logits, dim=-1)
-                safe_y = torch.where(ok, y, 0)
-                target = logits.gather(1, safe_y[:, None]).squeeze(1)
-                total += ((lse - target) * ok).sum()
-                if need_h or need_w:
-                    # d loss / d logits = (softmax - one_hot) / count, zero for ignored rows
-                    g = logits.sub_(lse[:, None]).exp_()
-                    g.scatter_add_(1, safe_y[:, None], -torch.ones_like(lse)[:, None])
-                    g.mul_((ok.float() / denom)[:, None])
-                    g = g.to(cdtype)
-                    if need_h:
-                        grad_h[s : s + chunk] = (g @ w).to(hidden.dtype)
-                    if need_w:
-                        grad_w += (g.t() @ h).float()
+                safe_y = torch.where(ok, labels[s : s + chunk], 0)[:, None]
+                # One pass from the (bf16) matmul output to fp32 log-probabilities.
+                logp = torch.log_softmax(h.to(cdtype) @ w.t(), dim=-1, dtype=torch.float32)
+                total -= (logp.gather(1, safe_y).squeeze(1) * ok).sum()
+                if not (need_h or need_w):
+                    continue
+                # d loss / d logits = (softmax - one_hot) / denom, zero for ignored rows;
+                # the 1/denom is applied to the small (tokens x C) operands, not to g.
+                g = logp.exp_()
+                g.scatter_add_(1, safe_y, torch.full_like(safe_y, -1.0, dtype=g.dtype))
+                if not bool(ok.all()):
+                    g[~ok] = 0.0
+                g = g.to(cdtype)
+                del logp
+                if need_h:
+                    grad_h[s : s + chunk] = ((g @ w).float() / denom).to(hidden.dtype)
+                if need_w:
+                    hs = (h.float() / denom).to(cdtype)
+                    if one_chunk:
+                        grad_w = (g.t() @ hs).to(weight.dtype)
+                    else:
+                        grad_w += (g.t() @ hs).float()
         ctx.save_for_backward(
             grad_h if grad_h is not None else torch.empty(0),
             grad_w.to(weight.dtype) if grad_w is not None else torch.empty(0),
