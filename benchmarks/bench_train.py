@@ -209,9 +209,16 @@ def main() -> None:
             flush=True,
         )
         if args.only == "bare":
+            times = []
             for i in range(1, args.steps + 4):
+                t = time.perf_counter()
                 bare(i)
-            print(f"  bare loop alone: loss after {args.steps + 3} steps {bare.losses[-1]:.4f}")
+                times.append(time.perf_counter() - t)
+            t_bare = statistics.median(times[3:])
+            print(
+                f"  bare loop alone:  {t_bare:.4f} s/step  {tokens / t_bare:,.1f} tok/s  "
+                f"(n={len(times[3:])}); loss after {len(times)} steps {bare.losses[-1]:.4f}"
+            )
             print(f"  peak RSS: {peak_rss_gb():.2f} GB")
             return
         alt = Alternator(None if args.only == "ours" else bare, args.steps + 3)
