@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from llmforge.config import TrainingConfig, load_config
+from llmforge.config import TrainingConfig, load_config, parse_overrides
 from llmforge.data import WindowSampler
 from llmforge.training.optim import build_optimizer
 from llmforge.training.run import prepare_run
@@ -50,6 +50,7 @@ class Alternator:
         self.bare_step, self.steps = bare_step, steps
         self.ours: list[float] = []
         self.bare: list[float] = []
+        self.losses: list[float] = []
         self.mark: float | None = None
         self.n = 0
 
@@ -57,9 +58,13 @@ class Alternator:
         now = time.perf_counter()
         if self.mark is not None:
             self.ours.append(now - self.mark)
+        self.losses.append(metrics["loss"])
         self.n += 1
         if self.n >= self.steps:
             raise Done
+        if self.bare_step is None:  # --only ours
+            self.mark = time.perf_counter()
+            return
         t = time.perf_counter()
         self.bare_step(self.n)
         self.bare.append(time.perf_counter() - t)
@@ -76,26 +81,34 @@ def make_bare_step(model, forward, sampler: WindowSampler, cfg: TrainingConfig):
         foreach=True,
     )
 
+    losses: list[float] = []
+
     def step(i: int) -> None:
-        x, y = sampler.batch(100_000 + i, 0)
+        x, y = sampler.batch(i - 1, 0)  # bare step i sees the batch of llmforge's step i
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             loss = forward(model, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        losses.append(float(loss.detach()))
 
+    step.losses = losses  # type: ignore[attr-defined]
     return step
 
 
-def custom_setup(cfg: TrainingConfig, home: str) -> tuple[Trainer, object]:
+def custom_setup(
+    cfg: TrainingConfig, bare_cfg: TrainingConfig, home: str
+) -> tuple[Trainer, object]:
     run = prepare_run(resolve_workspace(home), cfg)
-    model = copy.deepcopy(run.trainer.adapter.model).train()
-    bare = make_bare_step(model, lambda m, x, y: m(x, y)[1], run.trainer.train_sampler, cfg)
+    model = copy.deepcopy(run.trainer.adapter.model).float().train()  # fp32 even if ours is bf16
+    bare = make_bare_step(model, lambda m, x, y: m(x, y)[1], run.trainer.train_sampler, bare_cfg)
     return run.trainer, bare
 
 
-def qwen_setup(cfg: TrainingConfig, home: str, shape: str) -> tuple[Trainer, object]:
+def qwen_setup(
+    cfg: TrainingConfig, bare_cfg: TrainingConfig, home: str, shape: str, only: str | None
+) -> tuple[Trainer | None, object]:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from llmforge.adapters.qwen import Qwen2Adapter
@@ -114,10 +127,17 @@ def qwen_setup(cfg: TrainingConfig, home: str, shape: str) -> tuple[Trainer, obj
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(qcfg).train()
-    bare_model = copy.deepcopy(model)
-    adapter = Qwen2Adapter(model, CharTokenizer(["a"]))  # batches are random ids: no text
     data = torch.randint(0, vocab, (200_000,))
     sampler = WindowSampler(data, cfg.block_size, cfg.batch_size, cfg.seed)
+
+    def hf_loss(m, x, y):  # the usual transformers call: labels = inputs, shifted inside
+        return m(input_ids=x, labels=x).loss
+
+    if only == "bare":  # alone, for its peak RSS: no llmforge copy in memory
+        return None, make_bare_step(model, hf_loss, sampler, bare_cfg)
+    # The copy is taken before build_optimizer may cast ``model`` to bf16.
+    bare_model = copy.deepcopy(model) if only is None else None
+    adapter = Qwen2Adapter(model, CharTokenizer(["a"]))  # batches are random ids: no text
     trainer = Trainer(
         cfg,
         adapter,
@@ -127,11 +147,8 @@ def qwen_setup(cfg: TrainingConfig, home: str, shape: str) -> tuple[Trainer, obj
         Path(home) / "runs" / "bench",
         {},
     )
-
-    def hf_loss(m, x, y):  # the usual transformers call: labels = inputs, shifted inside
-        return m(input_ids=x, labels=x).loss
-
-    return trainer, make_bare_step(bare_model, hf_loss, sampler, cfg)
+    bare = make_bare_step(bare_model, hf_loss, sampler, bare_cfg) if bare_model else None
+    return trainer, bare
 
 
 def main() -> None:
@@ -142,6 +159,19 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default: config's)")
     ap.add_argument("--batch", type=int, default=None, help="micro-batch (default: config's)")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument(
+        "--bare-precision",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="the bare loop's precision (default: --precision)",
+    )
+    ap.add_argument("--set", action="append", default=[], help="llmforge config override key=value")
+    ap.add_argument(
+        "--only",
+        choices=["ours", "bare"],
+        default=None,
+        help="run one candidate alone (for its peak RSS)",
+    )
     args = ap.parse_args()
 
     overrides: dict = {
@@ -160,31 +190,64 @@ def main() -> None:
         overrides["block_size"] = args.seq
     if args.batch:
         overrides["batch_size"] = args.batch
-    cfg = load_config(CONFIG, overrides)
+    cfg = load_config(CONFIG, overrides | parse_overrides(args.set))
+    bare_cfg = cfg.model_copy(update={"precision": args.bare_precision or args.precision})
     with tempfile.TemporaryDirectory() as home:
         if args.model == "custom":
-            trainer, bare = custom_setup(cfg, home)
+            trainer, bare = custom_setup(cfg, bare_cfg, home)
             label = "custom Transformer (configs/custom-transformer.yaml)"
         else:
-            trainer, bare = qwen_setup(cfg, home, args.qwen_shape)
+            trainer, bare = qwen_setup(cfg, bare_cfg, home, args.qwen_shape, args.only)
             label = f"Qwen2 shape {args.qwen_shape!r} vs bare transformers loop"
-        alt = Alternator(bare, args.steps + 3)
+        tokens = cfg.batch_size * cfg.block_size
+        params = sum(p.numel() for p in trainer.adapter.model.parameters()) if trainer else 0
+        print(
+            f"{label}: {params / 1e6:.1f}M parameters, llmforge {cfg.precision} "
+            f"(param_dtype {cfg.param_dtype}, fused_loss {cfg.fused_loss}, "
+            f"optimizer {cfg.optimizer_impl}, compile {cfg.compile}) vs bare "
+            f"{bare_cfg.precision}; {torch.get_num_threads()} threads, {tokens} tokens/step",
+            flush=True,
+        )
+        if args.only == "bare":
+            times = []
+            for i in range(1, args.steps + 4):
+                t = time.perf_counter()
+                bare(i)
+                times.append(time.perf_counter() - t)
+            t_bare = statistics.median(times[3:])
+            print(
+                f"  bare loop alone:  {t_bare:.4f} s/step  {tokens / t_bare:,.1f} tok/s  "
+                f"(n={len(times[3:])}); loss after {len(times)} steps {bare.losses[-1]:.4f}"
+            )
+            print(f"  peak RSS: {peak_rss_gb():.2f} GB")
+            return
+        alt = Alternator(None if args.only == "ours" else bare, args.steps + 3)
         trainer.callbacks = [alt]
+        t0 = time.perf_counter()
         with contextlib.suppress(Done):
             trainer.fit()
-    ours, theirs = alt.ours[2:], alt.bare[3:]  # drop warm-up steps
-    tokens = cfg.batch_size * cfg.block_size
-    t_ours, t_bare = statistics.median(ours), statistics.median(theirs)
-    params = sum(p.numel() for p in trainer.adapter.model.parameters())
+    print(f"  wall time: {time.perf_counter() - t0:.0f} s; peak RSS {peak_rss_gb():.2f} GB")
+    ours = alt.ours[2:]  # drop warm-up steps
+    t_ours = statistics.median(ours)
+    n = len(alt.losses)
+    print(f"  llmforge trainer: {t_ours:.4f} s/step  {tokens / t_ours:,.1f} tok/s  (n={len(ours)})")
+    print(f"    loss after {n} steps: {alt.losses[-1]:.4f}  (first steps: {alt.losses[:3]})")
+    if args.only == "ours":
+        return
+    theirs = alt.bare[3:]
+    t_bare = statistics.median(theirs)
     print(
-        f"{label}: {params / 1e6:.1f}M parameters, {args.precision}, "
-        f"{torch.get_num_threads()} threads, {tokens} tokens/step"
+        f"  bare loop:        {t_bare:.4f} s/step  {tokens / t_bare:,.1f} tok/s  (n={len(theirs)})"
     )
-    print(f"  llmforge trainer: {t_ours:.4f} s/step  {tokens / t_ours:,.0f} tok/s  (n={len(ours)})")
-    print(
-        f"  bare loop:        {t_bare:.4f} s/step  {tokens / t_bare:,.0f} tok/s  (n={len(theirs)})"
-    )
+    print(f"    loss after {len(bare.losses)} steps: {bare.losses[-1]:.4f}")
     print(f"  ratio llmforge/bare: {t_bare / t_ours:.3f}")
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ RESUMABLE_KEYS = (
     "save_interval",
     "keep_last",
     "log_interval",
+    "threads",
+    "memory_limit_gb",
 )
 
 
@@ -129,6 +131,34 @@ class TrainingConfig(BaseModel):
     max_consecutive_skips: int = Field(default=10, ge=1)
     seed: int = Field(default=1337, ge=0)
 
+    # -- speed and memory (benchmarks/README.md has the measured effect of each) ------
+    fused_loss: bool = Field(
+        default=True,
+        description="LM head + cross-entropy in chunks, never the full fp32 logits.",
+    )
+    loss_chunk: int = Field(default=1024, ge=1, description="Tokens per fused-loss chunk.")
+    param_dtype: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="bf16: bf16 parameters with fp32 master weights in the optimizer; "
+        "auto = bf16 when precision is bf16.",
+    )
+    optimizer_impl: Literal["foreach", "fused"] = Field(
+        default="fused",
+        description="AdamW kernel: fused (one pass per tensor; ~6x faster on CPU) or foreach.",
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile the model (slow first step; opt-in)."
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in backward: less memory, slower."
+    )
+    threads: int = Field(default=0, ge=0, description="torch threads; 0 = torch's default.")
+    memory_limit_gb: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Memory the run may use; None = the machine's available memory.",
+    )
+
     # -- evaluation, samples, checkpoints ---------------------------------------------
     log_interval: int = Field(default=10, ge=1)
     eval_interval: int = Field(default=50, ge=1)
@@ -172,6 +202,8 @@ class TrainingConfig(BaseModel):
                 "finetune: lora needs a registry model to attach to (model_name); the "
                 "from-scratch Transformer is trained with finetune: full"
             )
+        if self.param_dtype == "bf16" and self.precision != "bf16":
+            raise ValueError("param_dtype bf16 needs precision: bf16")
         if self.run_name is not None and not _safe_name(self.run_name):
             raise ValueError(
                 f"run_name {self.run_name!r} must be a plain folder name (letters, digits, "
@@ -183,6 +215,13 @@ class TrainingConfig(BaseModel):
     def tokens_per_step(self) -> int:
         """Tokens that one optimizer step consumes."""
         return self.batch_size * self.grad_accum_steps * self.block_size
+
+    @property
+    def bf16_params(self) -> bool:
+        """Whether the model's parameters are bf16 (with fp32 master weights)."""
+        return self.param_dtype == "bf16" or (
+            self.param_dtype == "auto" and self.precision == "bf16"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as plain JSON/YAML types (``model_name`` included, None allowed)."""

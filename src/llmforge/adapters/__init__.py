@@ -19,6 +19,9 @@ BUILTIN = {
     "qwen2": "llmforge.adapters.qwen:Qwen2Adapter",
     "qwen3": "llmforge.adapters.qwen:Qwen3Adapter",
 }
+# The built-in adapters that load Hugging Face folders, known without importing them (and
+# so torch and transformers): `models import` checks the architecture in milliseconds.
+BUILTIN_IMPORTABLE = frozenset({"qwen2", "qwen3"})
 
 
 def _targets() -> dict[str, str]:
@@ -58,4 +61,11 @@ def get_adapter(architecture: str) -> type[ModelAdapter]:
 
 def importable_architectures() -> list[str]:
     """Architectures whose adapter loads Hugging Face folders (what ``models import`` takes)."""
-    return [a for a in known_architectures() if getattr(get_adapter(a), "importable", False)]
+    out = []
+    for arch, target in sorted(_targets().items()):
+        if BUILTIN.get(arch) == target:
+            if arch in BUILTIN_IMPORTABLE:
+                out.append(arch)
+        elif getattr(get_adapter(arch), "importable", False):  # a third-party adapter
+            out.append(arch)
+    return out

@@ -91,9 +91,19 @@ class HFCausalLMAdapter(ModelAdapter):
 
     def forward(
         self, input_ids: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         # Labels are already shifted (labels[:, t] is the target of position t), so the loss
         # is computed here rather than by transformers, which would shift them again.
+        chunk = getattr(self, "fused_loss_chunk", 0)  # set by the trainer (fused_loss)
+        fused = labels is not None and chunk and self.model.training
+        parts = self._fused_parts() if fused else None
+        if parts is not None:
+            from llmforge.training.loss import fused_linear_cross_entropy
+
+            # No logits at all: the LM head and the loss run fused, chunk by chunk.
+            body, head = parts
+            hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, C)
+            return None, fused_linear_cross_entropy(hidden, head, labels, chunk)
         logits = self.model(input_ids=input_ids, use_cache=False).logits  # (B, T, V)
         loss = None
         if labels is not None:
@@ -102,10 +112,29 @@ class HFCausalLMAdapter(ModelAdapter):
             )
         return logits, loss
 
+    def _fused_parts(self) -> tuple[Any, torch.Tensor] | None:
+        """(decoder body, LM-head weight) when the logits are a plain ``hidden @ W.T``."""
+        # A peft-wrapped model (LoRA) injects its layers in place: the wrapped transformers
+        # model's own decoder body runs them, so unwrap to find body and head.
+        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        body = getattr(inner, getattr(inner, "base_model_prefix", ""), None)
+        head = inner.get_output_embeddings() if body is not None else None
+        plain = (
+            isinstance(head, torch.nn.Linear)  # a LoRA-wrapped head is not: plain path then
+            and head.bias is None
+            and getattr(inner.config, "final_logit_softcapping", None) is None
+            and getattr(inner.config, "logit_scale", None) is None
+        )
+        return (body, head.weight) if plain else None
+
     def generation_step(
         self, input_ids: torch.Tensor, cache: GenerationCache | None
     ) -> tuple[torch.Tensor, GenerationCache]:
-        out = self.model(input_ids=input_ids, past_key_values=cache, use_cache=True)
+        # logits_to_keep=1: the prompt's prefill computes the LM head for the last position
+        # only (151k-vocab logits for every prompt token would dominate time to first token).
+        out = self.model(
+            input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
         return out.logits[:, -1, :], out.past_key_values  # (B, V), the DynamicCache
 
     @property

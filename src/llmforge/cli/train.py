@@ -153,6 +153,14 @@ def train(
             help="Pause at this step with a checkpoint (the schedule still targets max_steps).",
         ),
     ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the memory estimate and tokens per step, then exit without training "
+            "or writing anything.",
+        ),
+    ] = False,
 ) -> None:
     """Train a model: the from-scratch Transformer, or a registry model (model_name)."""
     from llmforge.config import load_config, parse_overrides
@@ -181,12 +189,35 @@ def train(
         init_from=init_from,
         branch_name=name,
         allow_base_mismatch=allow_base_mismatch,
+        dry_run=dry_run,
     )
     out = r.stdout()
+    if dry_run:
+        for w in run.warnings:
+            r.print_warning(w)
+        cfg_run = run.trainer.cfg
+        out.print(
+            f"Dry run: {run.trainer.adapter.architecture}, "
+            f"{human_count(run.trainer.adapter.num_parameters())} parameters, precision "
+            f"{cfg_run.precision} (bf16 weights: {cfg_run.bf16_params}), fused loss "
+            f"{cfg_run.fused_loss}, gradient checkpointing {cfg_run.gradient_checkpointing}.",
+            markup=False,
+        )
+        if run.memory is not None:
+            for line in run.memory.lines():
+                out.print(line, markup=False)
+        from llmforge.training.memory import available_memory
+
+        out.print(f"Available memory: {human_bytes(available_memory(cfg_run))}.", markup=False)
+        out.print("Nothing was written (--dry-run).", markup=False)
+        return
     for w in run.warnings:
         r.print_warning(w)
     for line in _start_lines(run.info, run.resumed_from is not None, run.start_step):
         out.print(line, markup=False)
+    if run.memory is not None:
+        for line in run.memory.lines():
+            out.print(line, markup=False)
     if run.start_step >= run.trainer.cfg.max_steps:
         out.print(
             f"The run already completed its {run.trainer.cfg.max_steps} steps; nothing to do. "

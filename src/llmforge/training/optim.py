@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -10,26 +11,43 @@ from llmforge.adapters.base import ModelAdapter
 from llmforge.config import TrainingConfig
 
 
-def build_optimizer(adapter: ModelAdapter, cfg: TrainingConfig) -> torch.optim.AdamW:
+def build_optimizer(adapter: ModelAdapter, cfg: TrainingConfig) -> Any:
     """AdamW over the adapter's trainable parameters.
 
     Weight decay applies to matrices only; norms, biases and embeddings are exempt
-    (decaying them hurts and buys no regularisation).
+    (decaying them hurts and buys no regularisation). With ``cfg.bf16_params`` the model's
+    parameters are cast to bf16 here and the optimizer works on fp32 master weights
+    (:class:`~llmforge.training.master.MasterWeightOptimizer`).
     """
+    named = list(adapter.trainable_parameters())
+    params = [p for _, p in named]
+    masters: list[torch.Tensor] | None = None
+    if cfg.bf16_params:
+        from llmforge.training.master import to_low_precision
+
+        masters = to_low_precision(params)
+    targets = masters if masters is not None else params
     decay, no_decay = [], []
-    for name, p in adapter.trainable_parameters():
-        (no_decay if adapter.no_weight_decay(name, p) else decay).append(p)
+    for (name, p), t in zip(named, targets, strict=True):
+        (no_decay if adapter.no_weight_decay(name, p) else decay).append(t)
     groups = [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(
+    # foreach batches the per-parameter updates into a few large kernels; fused does the
+    # whole update of a tensor in one pass.
+    impl = {"fused": True} if cfg.optimizer_impl == "fused" else {"foreach": True}
+    opt = torch.optim.AdamW(
         [g for g in groups if g["params"]],
         lr=cfg.learning_rate,
         betas=(cfg.beta1, cfg.beta2),
-        # foreach batches the per-parameter updates into a few large kernels.
-        foreach=True,
+        **impl,
     )
+    if masters is None:
+        return opt
+    from llmforge.training.master import MasterWeightOptimizer
+
+    return MasterWeightOptimizer(params, masters, opt)
 
 
 def lr_at(step: int, cfg: TrainingConfig) -> float:

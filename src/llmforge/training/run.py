@@ -32,6 +32,7 @@ from llmforge.training import checkpoint as ck
 from llmforge.training import lineage
 from llmforge.training import lora as lora_run
 from llmforge.training.batches import LoadedData, build_batches, load_data
+from llmforge.training.memory import MemoryEstimate, check_memory, estimate_memory
 from llmforge.training.metrics import MetricsWriter, truncate_metrics
 from llmforge.training.optim import build_optimizer
 from llmforge.training.override import apply_override, override_tokenizer
@@ -63,6 +64,7 @@ class PreparedRun:
     start_step: int
     info: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    memory: MemoryEstimate | None = None
 
 
 def run_dir_for(workspace: Workspace, cfg: TrainingConfig) -> Path:
@@ -361,6 +363,7 @@ def prepare_run(
     init_from: str | None = None,
     branch_name: str | None = None,
     allow_base_mismatch: bool = False,
+    dry_run: bool = False,
 ) -> PreparedRun:
     """Build everything a run needs, resuming from a checkpoint when asked.
 
@@ -377,6 +380,7 @@ def prepare_run(
             checkpoint's model) and a new run fine-tunes it from step 0.
         branch_name: The branch's registry name; required with ``init_from``.
         allow_base_mismatch: Resume a LoRA run even if its base model's files changed.
+        dry_run: Build everything and estimate memory, but write nothing (``info`` empty).
 
     Raises:
         ConfigError, ModelNotFoundError, ModelFilesMissingError, DataError, CheckpointError,
@@ -420,6 +424,12 @@ def prepare_run(
             resumed_from, cfg, explicit, workspace, allow_base_mismatch
         )
         run_dir = trainer.run_dir
+    memory = run_memory_estimate(trainer)
+    if dry_run:
+        return PreparedRun(
+            trainer, run_dir, resumed_from, int(trainer.state.get("step", 0)), {}, warnings, memory
+        )
+    check_memory(memory, trainer.cfg)  # refuse a run that cannot fit, before it exists
     # Nothing was written so far; from here on the run exists on disk.
     if branch_source is not None and branch_name is not None:
         from llmforge.ckpt_ops import register_checkpoint
@@ -460,4 +470,16 @@ def prepare_run(
         "max_steps": trainer.cfg.max_steps,
         "precision": trainer.cfg.precision,
     }
-    return PreparedRun(trainer, run_dir, resumed_from, start, info, warnings)
+    return PreparedRun(trainer, run_dir, resumed_from, start, info, warnings, memory)
+
+
+def run_memory_estimate(trainer: Trainer) -> MemoryEstimate:
+    """The memory estimate of ``trainer``'s run (its model, micro-batch and settings)."""
+    adapter = trainer.adapter
+    return estimate_memory(
+        trainer.cfg,
+        parameters=adapter.num_parameters(),
+        trainable=adapter.num_parameters(trainable_only=True),
+        describe=adapter.describe(),
+        block_size=trainer.train_sampler.block_size,
+    )

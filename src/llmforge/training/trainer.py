@@ -94,6 +94,11 @@ class Trainer:
     callbacks: list[Any] = field(default_factory=list)
     sample_prompt: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        from llmforge.training.speed import apply_speed_settings
+
+        apply_speed_settings(self.cfg, self.adapter)
+
     def _emit(self, name: str, *args: Any) -> None:
         for cb in self.callbacks:
             method = getattr(cb, name, None)  # callbacks may implement any subset

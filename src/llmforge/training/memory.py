@@ -1,0 +1,182 @@
+"""Estimate a run's peak memory before it starts, and refuse runs that cannot fit.
+
+The estimate adds up what full fine-tuning with AdamW holds at its peak (the end of the
+backward pass of a micro-batch):
+
+- weights: every parameter, in the model's dtype (bf16 with ``param_dtype: bf16``);
+- fp32 master weights (bf16 parameters only);
+- gradients of the trainable parameters, in the parameters' dtype;
+- AdamW's two fp32 moments per trainable parameter;
+- activations kept for backward at the configured micro-batch: per token and layer about
+  ``34 x d + 5 x heads x T`` bytes at 16 bits (Korthikanti et al., 2022), twice that in fp32;
+  with gradient checkpointing only each layer's input plus one layer's working set;
+- the logits: (tokens x vocab) in bf16 and fp32, their log-softmax and gradient; with the
+  fused loss only one chunk of them;
+- a fixed overhead for the interpreter, torch and the data (about 0.6 GB).
+
+It is deliberately a little pessimistic: refusing a run that would have fit by a few percent
+costs the user a flag; dying an hour into a run costs the hour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmforge.config import TrainingConfig
+from llmforge.errors import TrainingError
+from llmforge.fsutil import human_bytes
+
+OVERHEAD_BYTES = 600 * 2**20
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes of each part of a run's peak memory."""
+
+    weights: int
+    master_weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    overhead: int
+    tokens_per_step: int
+    tokens_per_micro_batch: int
+
+    @property
+    def total(self) -> int:
+        return (
+            self.weights
+            + self.master_weights
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.logits
+            + self.overhead
+        )
+
+    def lines(self) -> list[str]:
+        """The start-up log lines."""
+        h = human_bytes
+        parts = [
+            f"weights {h(self.weights)}",
+            *([f"fp32 master weights {h(self.master_weights)}"] if self.master_weights else []),
+            f"gradients {h(self.gradients)}",
+            f"optimizer state {h(self.optimizer)}",
+            f"activations {h(self.activations)}",
+            f"logits/loss {h(self.logits)}",
+            f"overhead {h(self.overhead)}",
+        ]
+        return [
+            f"Memory estimate: about {h(self.total)} at peak ({', '.join(parts)}); "
+            f"{self.tokens_per_micro_batch:,} tokens per micro-batch, "
+            f"{self.tokens_per_step:,} tokens per step."
+        ]
+
+
+def _shape(describe: dict[str, Any]) -> tuple[int, int, int, int]:
+    layers = int(describe.get("n_layers") or 1)
+    width = int(describe.get("hidden_size") or describe.get("d_model") or 1)
+    heads = int(describe.get("n_heads") or 1)
+    vocab = int(describe.get("vocab_size") or 1)
+    return layers, width, heads, vocab
+
+
+def estimate_memory(
+    cfg: TrainingConfig,
+    *,
+    parameters: int,
+    trainable: int,
+    describe: dict[str, Any],
+    block_size: int | None = None,
+) -> MemoryEstimate:
+    """The estimated peak memory of training ``cfg`` on a model of this size and shape.
+
+    Args:
+        cfg: The run's config (micro-batch, precision, param_dtype, fused_loss, ...).
+        parameters: All parameters of the model (tied weights once).
+        trainable: The trainable ones.
+        describe: The adapter's ``describe()`` (layers, width, heads, vocabulary).
+        block_size: The training sequence length (default: ``cfg.block_size``).
+    """
+    T = block_size or cfg.block_size
+    B = cfg.batch_size
+    layers, width, heads, vocab = _shape(describe)
+    p_bytes = 2 if cfg.bf16_params else 4
+    act_bytes = 2 if cfg.precision == "bf16" else 4
+    per_token_layer = (34 * width + 5 * heads * T) * act_bytes // 2
+    if cfg.gradient_checkpointing:
+        activations = B * T * (layers * width * act_bytes + per_token_layer)
+    else:
+        activations = B * T * layers * per_token_layer
+    if cfg.fused_loss:
+        rows = min(B * T, cfg.loss_chunk)
+        logits = rows * vocab * 4 * 3 + B * T * width * 4 * 2
+    else:
+        logits = B * T * vocab * (act_bytes + 4 + 4 + 4)
+    return MemoryEstimate(
+        weights=parameters * p_bytes,
+        master_weights=trainable * 4 if cfg.bf16_params else 0,
+        gradients=trainable * p_bytes,
+        optimizer=trainable * 8,
+        activations=activations,
+        logits=logits,
+        overhead=OVERHEAD_BYTES,
+        tokens_per_step=B * T * cfg.grad_accum_steps,
+        tokens_per_micro_batch=B * T,
+    )
+
+
+def available_memory(cfg: TrainingConfig) -> int:
+    """Bytes the run may use: ``memory_limit_gb``, else what the machine has available now.
+
+    ``MemAvailable`` excludes this process's own pages, so what the process already holds
+    (the loaded weights) is added back.
+    """
+    if cfg.memory_limit_gb is not None:
+        return int(cfg.memory_limit_gb * 2**30)
+    try:
+        info = Path("/proc/meminfo").read_text()
+        avail = next(
+            int(line.split()[1]) * 1024
+            for line in info.splitlines()
+            if line.startswith("MemAvailable:")
+        )
+        rss = int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0  # unknown: no check
+    return avail + rss
+
+
+def check_memory(est: MemoryEstimate, cfg: TrainingConfig) -> None:
+    """Refuse a run whose estimate exceeds the memory available to it.
+
+    Raises:
+        TrainingError: With what would help, most effective first.
+    """
+    avail = available_memory(cfg)
+    if not avail or est.total <= avail:
+        return
+    tips = []
+    if cfg.batch_size > 1:
+        half = max(1, cfg.batch_size // 2)
+        tips.append(
+            f"a smaller micro-batch with more accumulation (--set batch_size={half} "
+            f"--set grad_accum_steps={cfg.grad_accum_steps * 2}: the same tokens per step)"
+        )
+    if cfg.precision != "bf16":
+        tips.append("precision: bf16 (bf16 activations; with param_dtype auto, bf16 weights)")
+    if not cfg.gradient_checkpointing:
+        tips.append("gradient_checkpointing: true (recomputes activations in backward)")
+    if not cfg.fused_loss:
+        tips.append("fused_loss: true (no full logits)")
+    tips.append("a shorter block_size, or a smaller model")
+    where = "memory_limit_gb" if cfg.memory_limit_gb is not None else "available memory"
+    raise TrainingError(
+        f"This run needs about {human_bytes(est.total)} of memory at peak, but only "
+        f"{human_bytes(avail)} is available ({where}); it would die mid-run. Nothing was "
+        "written.",
+        "Try " + "; or ".join(tips) + ". `llmforge train CONFIG --dry-run` prints the estimate.",
+    )
