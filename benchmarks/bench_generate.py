@@ -18,35 +18,16 @@ import statistics
 import time
 
 import torch
+from _qwen_shapes import QWEN_SHAPES, qwen_model
 
 from llmforge.generate import SamplingOptions, stream_ids
 
-SHAPES = {
-    # hidden, layers, heads, kv heads, intermediate, vocab
-    "small": (256, 4, 4, 2, 1024, 151936),
-    "0.5b": (896, 24, 14, 2, 4864, 151936),
-}
-
 
 def build(shape: str):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from llmforge.adapters.qwen import Qwen2Adapter
     from llmforge.tokenizers import CharTokenizer
 
-    h, n, heads, kv, inter, vocab = SHAPES[shape]
-    cfg = Qwen2Config(
-        hidden_size=h,
-        num_hidden_layers=n,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        intermediate_size=inter,
-        vocab_size=vocab,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    )
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(cfg).eval()
+    model = qwen_model(shape).eval()
     model.generation_config.eos_token_id = None  # random weights: never stop early
     model.generation_config.pad_token_id = 0
     return model, Qwen2Adapter(model, CharTokenizer(["a"]))
@@ -93,7 +74,7 @@ def run_hf(model, prompt: list[int], new: int) -> tuple[float, float, list[int]]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="0.5b")
+    ap.add_argument("--shape", choices=sorted(QWEN_SHAPES), default="0.5b")
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     ap.add_argument("--new", type=int, default=32, help="new tokens")
     ap.add_argument("--runs", type=int, default=5, help="measured runs per candidate")

@@ -24,12 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-QWEN_SHAPES = {
-    # hidden, layers, heads, kv heads, intermediate, vocab
-    "tiny": (64, 2, 4, 2, 128, 1024),
-    "small": (256, 4, 4, 2, 1024, 151936),
-    "0.5b": (896, 24, 14, 2, 4864, 151936),
-}
+from _qwen_shapes import QWEN_SHAPES, qwen_model
 
 
 class Done(Exception):
@@ -64,7 +59,6 @@ def peak_rss_bytes() -> int:
 def worker(args: argparse.Namespace) -> None:
     """One candidate: build the model, train ``warmup + steps`` steps, print JSON."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from llmforge.adapters import lora
     from llmforge.adapters.qwen import Qwen2Adapter
@@ -90,19 +84,8 @@ def worker(args: argparse.Namespace) -> None:
         save_interval=100_000,
         sample_interval=0,
     )
-    h, n, heads, kv, inter, vocab = QWEN_SHAPES[args.shape]
-    qcfg = Qwen2Config(
-        hidden_size=h,
-        num_hidden_layers=n,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        intermediate_size=inter,
-        vocab_size=vocab,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    )
-    torch.manual_seed(0)
-    adapter = Qwen2Adapter(Qwen2ForCausalLM(qcfg), CharTokenizer(["a"]))  # random-id batches
+    vocab = QWEN_SHAPES[args.shape][5]
+    adapter = Qwen2Adapter(qwen_model(args.shape), CharTokenizer(["a"]))  # random-id batches
     if cfg.finetune == "lora":
         lora.attach(adapter, lora.resolve_settings("qwen2", cfg.lora))
     data = torch.randint(0, vocab, (200_000,))

@@ -17,16 +17,12 @@ import tempfile
 from pathlib import Path
 
 import torch
+from _qwen_shapes import QWEN_SHAPES, qwen_model
 
 from llmforge.config import TrainingConfig
 from llmforge.data import WindowSampler, builtin_corpus
 from llmforge.training.optim import build_optimizer
 from llmforge.training.trainer import Trainer
-
-SHAPES = {
-    "tiny": (64, 2, 4, 2, 128, 1024),
-    "small": (256, 4, 4, 2, 1024, 151936),
-}
 
 
 class Losses:
@@ -38,21 +34,9 @@ class Losses:
 
 
 def train(shape: str, steps: int, seq: int, overrides: dict) -> list[float]:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from llmforge.adapters.qwen import Qwen2Adapter
     from llmforge.tokenizers import CharTokenizer
 
-    h, n, heads, kv, inter, vocab = SHAPES[shape]
-    qcfg = Qwen2Config(
-        hidden_size=h,
-        num_hidden_layers=n,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        intermediate_size=inter,
-        vocab_size=vocab,
-        tie_word_embeddings=True,
-    )
     cfg = TrainingConfig(
         model_name="bench",
         block_size=seq,
@@ -67,8 +51,7 @@ def train(shape: str, steps: int, seq: int, overrides: dict) -> list[float]:
         sample_interval=0,
         **overrides,
     )
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(qcfg).train()
+    model = qwen_model(shape).train()
     adapter = Qwen2Adapter(model, CharTokenizer(["a"]))
     text = "".join(builtin_corpus().text for _ in range(1))[:400_000]
     data = torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
@@ -86,7 +69,7 @@ def train(shape: str, steps: int, seq: int, overrides: dict) -> list[float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    ap.add_argument("--shape", choices=sorted(QWEN_SHAPES), default="small")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--seq", type=int, default=256)
     args = ap.parse_args()

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from _qwen_shapes import QWEN_SHAPES, qwen_model
 
 from llmforge.config import TrainingConfig, load_config, parse_overrides
 from llmforge.data import WindowSampler
@@ -31,12 +32,6 @@ from llmforge.training.trainer import Trainer
 from llmforge.workspace import resolve_workspace
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "custom-transformer.yaml"
-QWEN_SHAPES = {
-    # hidden, layers, heads, kv heads, intermediate, vocab
-    "tiny": (64, 2, 4, 2, 128, 1024),
-    "small": (256, 4, 4, 2, 1024, 151936),
-    "0.5b": (896, 24, 14, 2, 4864, 151936),
-}
 
 
 class Done(Exception):
@@ -109,24 +104,11 @@ def custom_setup(
 def qwen_setup(
     cfg: TrainingConfig, bare_cfg: TrainingConfig, home: str, shape: str, only: str | None
 ) -> tuple[Trainer | None, object]:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from llmforge.adapters.qwen import Qwen2Adapter
     from llmforge.tokenizers import CharTokenizer
 
-    h, n, heads, kv, inter, vocab = QWEN_SHAPES[shape]
-    qcfg = Qwen2Config(
-        hidden_size=h,
-        num_hidden_layers=n,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        intermediate_size=inter,
-        vocab_size=vocab,
-        tie_word_embeddings=True,
-        max_position_embeddings=4096,
-    )
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(qcfg).train()
+    vocab = QWEN_SHAPES[shape][5]
+    model = qwen_model(shape).train()
     data = torch.randint(0, vocab, (200_000,))
     sampler = WindowSampler(data, cfg.block_size, cfg.batch_size, cfg.seed)
 
