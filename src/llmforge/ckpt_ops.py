@@ -26,7 +26,7 @@ from llmforge.registry import ModelEntry, ModelRegistry, check_model_name, name_
 from llmforge.training import checkpoint as ck
 from llmforge.training import lineage
 from llmforge.training import lora as lora_run
-from llmforge.training.run import resolve_checkpoint
+from llmforge.training.runs import resolve_checkpoint
 from llmforge.workspace import Workspace
 
 # Files of a checkpoint that are training state, not the model.

@@ -32,7 +32,7 @@ from llmforge.fsutil import atomic_write_json, atomic_write_text
 from llmforge.registry import ModelRegistry
 from llmforge.training import checkpoint as ck
 from llmforge.training import lineage
-from llmforge.training.run import resolve_checkpoint
+from llmforge.training.runs import resolve_checkpoint
 from llmforge.workspace import Workspace
 
 CARD = "README.md"

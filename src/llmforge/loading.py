@@ -11,7 +11,7 @@ from llmforge.modelops import require_model_files
 from llmforge.registry import ModelRegistry
 from llmforge.training import lora
 from llmforge.training.checkpoint import load_checkpoint_adapter
-from llmforge.training.run import resolve_checkpoint
+from llmforge.training.runs import resolve_checkpoint
 from llmforge.workspace import Workspace
 
 

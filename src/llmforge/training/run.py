@@ -36,10 +36,10 @@ from llmforge.training.memory import MemoryEstimate, check_memory, estimate_memo
 from llmforge.training.metrics import MetricsWriter, truncate_metrics
 from llmforge.training.optim import build_optimizer
 from llmforge.training.override import apply_override, override_tokenizer
+from llmforge.training.runs import resolve_checkpoint, run_dir_for
 from llmforge.training.trainer import Callback, Trainer
 from llmforge.workspace import Workspace
 
-DEFAULT_RUN_NAME = "default"
 # Architecture keys a registry model or checkpoint overrides; block_size still sets the
 # training sequence length (capped at the model's context), so it is not among them.
 _IGNORED_KEYS = tuple(k for k in ARCHITECTURE_KEYS if k != "block_size")
@@ -65,51 +65,6 @@ class PreparedRun:
     info: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     memory: MemoryEstimate | None = None
-
-
-def run_dir_for(workspace: Workspace, cfg: TrainingConfig) -> Path:
-    """``<workspace>/<output_dir>/<run_name>``."""
-    out = Path(cfg.output_dir).expanduser()
-    base = out if out.is_absolute() else workspace.root / out
-    return base / (cfg.run_name or DEFAULT_RUN_NAME)
-
-
-def resolve_checkpoint(workspace: Workspace, ref: str, runs_dir: Path | None = None) -> Path:
-    """Turn a checkpoint reference into a checkpoint directory.
-
-    ``ref`` may be a checkpoint directory, a run directory (its latest checkpoint), a run
-    name, ``RUN/step-200`` / ``RUN/200``, or ``RUN/latest``.
-
-    Raises:
-        CheckpointError: If nothing matches, or the run has no complete checkpoint.
-    """
-    runs = runs_dir or workspace.runs_dir
-    candidates = [Path(ref).expanduser()]
-    run, _, sub = ref.partition("/")
-    if not Path(ref).is_absolute():
-        candidates.append(runs / ref)
-        if sub:
-            digits = sub.removeprefix("step-")
-            name = ck.step_dirname(int(digits)) if digits.isdigit() else sub
-            candidates.append(runs / run / ck.CHECKPOINTS / name)
-    for c in candidates:
-        if c.name == "latest":
-            c = c.parent.parent if c.parent.name == ck.CHECKPOINTS else c.parent
-        if (c / ck.META_FILE).is_file():
-            return c
-        if (c / ck.CHECKPOINTS).is_dir():
-            latest = ck.latest_checkpoint(c)
-            if latest is None:
-                raise CheckpointError(
-                    f"The run {c} has no complete checkpoint.",
-                    "Train it first, or pick another run (`llmforge ckpt list`).",
-                )
-            return latest
-    raise CheckpointError(
-        f"No checkpoint matches {ref!r}.",
-        "Give a checkpoint directory, a run name (its latest checkpoint) or RUN/step-N; "
-        "`llmforge ckpt list` shows them.",
-    )
 
 
 def _registry_model(
