@@ -18,9 +18,9 @@ from llmforge.errors import ConfigError
 # (block_size is not among them: it is the training sequence length for every model.)
 ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "dropout")
 
-# Keys that may differ when a run is resumed without changing what it computes.
 DEFAULT_WARMUP = 30
 
+# Keys that may differ when a run is resumed without changing what it computes.
 RESUMABLE_KEYS = (
     "max_steps",
     "eval_interval",

@@ -40,10 +40,6 @@ from llmforge.training.runs import resolve_checkpoint, run_dir_for
 from llmforge.training.trainer import Callback, Trainer
 from llmforge.workspace import Workspace
 
-# Architecture keys a registry model or checkpoint overrides; block_size still sets the
-# training sequence length (capped at the model's context), so it is not among them.
-_IGNORED_KEYS = tuple(k for k in ARCHITECTURE_KEYS if k != "block_size")
-
 
 @dataclass
 class PreparedRun:
@@ -115,7 +111,7 @@ def _new_run(
             )
         adapter, entry, chain, override_warnings = _registry_model(workspace, cfg)
         warnings += override_warnings
-        set_keys = [k for k in _IGNORED_KEYS if k in cfg.model_fields_set]
+        set_keys = [k for k in ARCHITECTURE_KEYS if k in cfg.model_fields_set]
         if set_keys:
             warnings.append(
                 f"{', '.join(set_keys)} {'is' if len(set_keys) == 1 else 'are'} ignored: "
@@ -218,7 +214,7 @@ def _branch(
     _refuse_existing_run(run_dir)
     torch.manual_seed(cfg.seed)
     adapter, src = ck.load_checkpoint_adapter(source)
-    set_keys = [k for k in _IGNORED_KEYS if k in cfg.model_fields_set]
+    set_keys = [k for k in ARCHITECTURE_KEYS if k in cfg.model_fields_set]
     if set_keys:
         warnings.append(
             f"{', '.join(set_keys)} {'is' if len(set_keys) == 1 else 'are'} ignored: "
