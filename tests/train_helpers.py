@@ -57,3 +57,22 @@ def tree_digest(root: Path) -> dict[str, str]:
         rel = p.relative_to(root).as_posix()
         out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
     return out
+
+
+def import_from_local_hub(hub, repo_id: str, folder: Path, home: Path, name: str) -> None:
+    """Serve ``folder`` as ``repo_id`` on the local hub and import it into ``home`` as ``name``.
+
+    The hub environment (endpoint, an HF cache inside ``home``'s parent, no token) is set only
+    for the import, so module-scoped fixtures can use it too.
+    """
+    import pytest
+
+    hub.add_repo(repo_id, folder)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_ENDPOINT", hub.url)
+        mp.setenv("HF_HOME", str(home.parent / "hf-home"))
+        mp.delenv("HF_TOKEN", raising=False)
+        mp.delenv("HF_HUB_OFFLINE", raising=False)
+        home.mkdir(parents=True, exist_ok=True)
+        res = run_cli(home, "models", "import", repo_id, "--name", name, "--accept-license")
+        assert res.exit_code == 0, res.output

@@ -13,7 +13,7 @@ import torch
 from hubserver import LocalHub
 from llmforge.chat import prompt_ids
 from llmforge.training.checkpoint import load_checkpoint_adapter
-from train_helpers import run_cli, tree_digest, write_config
+from train_helpers import import_from_local_hub, run_cli, tree_digest, write_config
 
 REPO = "Qwen/Qwen2-Tiny"
 
@@ -21,11 +21,8 @@ REPO = "Qwen/Qwen2-Tiny"
 @pytest.fixture
 def home(tmp_path: Path, hub_env: LocalHub, tiny_qwen_repo: Path) -> Path:
     """A workspace with the tiny Qwen2 imported from the local hub as 'tiny-base'."""
-    hub_env.add_repo(REPO, tiny_qwen_repo)
     ws = tmp_path / "ws"
-    ws.mkdir()
-    res = run_cli(ws, "models", "import", REPO, "--name", "tiny-base", "--accept-license")
-    assert res.exit_code == 0, res.output
+    import_from_local_hub(hub_env, REPO, tiny_qwen_repo, ws, "tiny-base")
     return ws
 
 

@@ -15,7 +15,7 @@ from helpers import flat
 from hubserver import LocalHub
 from llmforge.training.checkpoint import STATE_FILE
 from tiny_models import build_tokenizer
-from train_helpers import run_cli, small_corpus, tree_digest
+from train_helpers import import_from_local_hub, run_cli, small_corpus, tree_digest
 
 HUB_ID = "Qwen/Qwen2-Tiny"
 ORIGIN = f"hf:{HUB_ID}"
@@ -42,16 +42,7 @@ FT = {
 def imported(tmp_path_factory: pytest.TempPathFactory, hub: LocalHub, tiny_qwen_repo: Path) -> Path:
     """``qwen-base`` imported from the local hub, a corpus and ``ft.yaml`` (built once)."""
     base = tmp_path_factory.mktemp("qwen-lineage")
-    hub.add_repo(HUB_ID, tiny_qwen_repo)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_ENDPOINT", hub.url)
-        mp.setenv("HF_HOME", str(base / "hf-home"))
-        mp.delenv("HF_TOKEN", raising=False)
-        mp.delenv("HF_HUB_OFFLINE", raising=False)
-        home = base / "ws"
-        home.mkdir()
-        res = run_cli(home, "models", "import", HUB_ID, "--name", "qwen-base", "--accept-license")
-        assert res.exit_code == 0, res.output
+    import_from_local_hub(hub, HUB_ID, tiny_qwen_repo, base / "ws", "qwen-base")
     data = small_corpus(base / "corpus.txt", chars=4000)
     (base / "ft.yaml").write_text(yaml.safe_dump({**FT, "data_path": str(data)}))
     return base
