@@ -188,3 +188,25 @@ def test_the_static_importable_list_matches_the_adapters() -> None:
     from llmforge.adapters import BUILTIN, BUILTIN_IMPORTABLE, get_adapter
 
     assert {a for a in BUILTIN if getattr(get_adapter(a), "importable", 0)} == BUILTIN_IMPORTABLE
+
+
+def test_bf16_lora_casts_the_frozen_base_without_masters() -> None:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from llmforge.adapters import lora
+    from llmforge.adapters.qwen import Qwen2Adapter
+    from llmforge.tokenizers import CharTokenizer
+    from llmforge.training.optim import build_optimizer
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, vocab_size=64)
+    model = Qwen2ForCausalLM(Qwen2Config(**shape, num_key_value_heads=2, intermediate_size=64))
+    adapter = Qwen2Adapter(model, CharTokenizer(["a"]))
+    cfg = TrainingConfig(model_name="m", finetune="lora", precision="bf16")
+    lora.attach(adapter, lora.resolve_settings("qwen2", cfg.lora))
+    opt = build_optimizer(adapter, cfg)
+    params = list(adapter.model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    assert {p.dtype for p in params} == {torch.bfloat16}
+    assert len(opt.masters) == len(trainable) < len(params)
+    assert all(m.dtype == torch.float32 for m in opt.masters)

@@ -94,15 +94,20 @@ class MasterWeightOptimizer:
 
 
 def to_low_precision(
-    params: list[torch.nn.Parameter], dtype: torch.dtype = torch.bfloat16
+    params: list[torch.nn.Parameter],
+    dtype: torch.dtype = torch.bfloat16,
+    *,
+    keep_masters: bool = True,
 ) -> list[torch.Tensor]:
     """Cast ``params`` in place to ``dtype``; return their fp32 masters (in order).
 
     Tied parameters are one ``Parameter`` object, so casting it once casts every use.
+    With ``keep_masters=False`` (frozen parameters) no masters are kept and ``[]`` is returned.
     """
     masters = []
     with torch.no_grad():
         for p in params:
-            masters.append(p.detach().to(torch.float32).clone())
+            if keep_masters:
+                masters.append(p.detach().to(torch.float32).clone())
             p.data = p.data.to(dtype)
     return masters
