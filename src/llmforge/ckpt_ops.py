@@ -24,7 +24,7 @@ from llmforge.importer import commit_staged
 from llmforge.modelops import build_manifest
 from llmforge.registry import ModelEntry, ModelRegistry, check_model_name, name_taken_error
 from llmforge.training import checkpoint as ck
-from llmforge.training import lineage
+from llmforge.training import lineage, sharded
 from llmforge.training import lora as lora_run
 from llmforge.training.runs import resolve_checkpoint
 from llmforge.workspace import Workspace
@@ -228,6 +228,9 @@ def register_checkpoint(
         )
     merged = None
     lora_details: dict[str, Any] = {}
+    rebuilt = None  # a sharded (FSDP) checkpoint's model, consolidated in memory
+    if sharded.is_sharded(path):
+        rebuilt = sharded.load_consolidated(path)[0]
     if is_lora:
         what = f"The LoRA checkpoint {path}"
         base = meta.get("base") or {}
@@ -256,8 +259,8 @@ def register_checkpoint(
         license_label = registry.get(parent).license
     staging = store.new_staging_dir(ws, name)
     try:
-        if merged is not None:
-            merged.save(staging)
+        if merged is not None or rebuilt is not None:
+            (merged or rebuilt).save(staging)
             for rel, src in model_files(path).items():
                 if src.is_relative_to(path / ck.TOKENIZER_DIR):
                     store.link_or_copy(src, staging / rel)

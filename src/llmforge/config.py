@@ -32,6 +32,8 @@ RESUMABLE_KEYS = (
     "log_interval",
     "threads",
     "memory_limit_gb",
+    "device",
+    "dist_timeout",
 )
 
 
@@ -157,6 +159,23 @@ class TrainingConfig(BaseModel):
         default=None,
         gt=0.0,
         description="Memory the run may use; None = the machine's available memory.",
+    )
+
+    # -- devices and processes (docs/distributed.md) ---------------------------------
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: a CUDA GPU when one is available, else the CPU."
+    )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="With several processes (torchrun, or train --nproc N): ddp keeps a "
+        "whole copy of the model per process and averages gradients; fsdp (FSDP2) shards "
+        "parameters, gradients and optimizer state across processes.",
+    )
+    dist_timeout: float = Field(
+        default=300.0,
+        gt=0.0,
+        description="Seconds a process waits for the others before the job stops with an "
+        "error (a process that died or hangs).",
     )
 
     # -- evaluation, samples, checkpoints ---------------------------------------------

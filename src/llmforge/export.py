@@ -31,7 +31,7 @@ from llmforge.errors import ExportError
 from llmforge.fsutil import atomic_write_json, atomic_write_text
 from llmforge.registry import ModelRegistry
 from llmforge.training import checkpoint as ck
-from llmforge.training import lineage
+from llmforge.training import lineage, sharded
 from llmforge.training.runs import resolve_checkpoint
 from llmforge.workspace import Workspace
 
@@ -217,6 +217,9 @@ def export_checkpoint(
         )
     files = model_files(ckpt)
     merged = None
+    if sharded.is_sharded(ckpt):  # an FSDP checkpoint: its model, consolidated in memory
+        merged = sharded.load_consolidated(ckpt)[0]
+        files = {r: p for r, p in files.items() if p.is_relative_to(ckpt / ck.TOKENIZER_DIR)}
     if merge:
         from llmforge.adapters import lora as peft_lora
         from llmforge.training import lora as lora_run

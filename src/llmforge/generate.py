@@ -10,6 +10,7 @@ import torch
 
 from llmforge.adapters.base import ModelAdapter
 from llmforge.chat import prompt_ids, resolve_chat_format, stop_token_ids
+from llmforge.device import model_device
 from llmforge.errors import CheckpointError, ConfigError, DataError
 
 
@@ -92,22 +93,23 @@ def stream_ids(
     stops = set(opts.stop_token_ids) | set(adapter.stop_token_ids())
     ids = list(prompt_ids) or adapter.tokenizer.encode("\n") or [0]
     limit = adapter.max_context
+    dev = model_device(model)
     try:
         window = ids[-limit:] if limit else ids
-        logits, cache = adapter.generation_step(torch.tensor([window]), None)  # (1, V)
+        logits, cache = adapter.generation_step(torch.tensor([window], device=dev), None)  # (1, V)
         cached = len(window)
         for _ in range(opts.max_new_tokens):
-            nxt = pick_next(logits[0], opts, gen)
+            nxt = pick_next(logits[0].cpu(), opts, gen)  # the sampler's generator is on the CPU
             if nxt in stops:
                 return
             yield nxt
             ids.append(nxt)
             if limit and cached + 1 > limit:
                 window = ids[-(limit // 2) :]  # restart from the recent half
-                logits, cache = adapter.generation_step(torch.tensor([window]), None)
+                logits, cache = adapter.generation_step(torch.tensor([window], device=dev), None)
                 cached = len(window)
             else:
-                logits, cache = adapter.generation_step(torch.tensor([[nxt]]), cache)
+                logits, cache = adapter.generation_step(torch.tensor([[nxt]], device=dev), cache)
                 cached += 1
     finally:
         model.train(was_training)

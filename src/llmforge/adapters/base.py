@@ -115,6 +115,51 @@ class ModelAdapter(ABC):
             "Use a tokenizer with the same vocabulary, or no tokenizer_override.",
         )
 
+    def save_config(self, folder: Path) -> None:
+        """Write the model's config without its weights (a sharded checkpoint's skeleton).
+
+        Raises:
+            ConfigError: If the architecture does not support it (then no ``strategy: fsdp``).
+        """
+        from llmforge.errors import ConfigError
+
+        raise ConfigError(
+            f"The {self.architecture} adapter cannot save its config apart from its weights, "
+            "which sharded (strategy: fsdp) checkpoints need.",
+            "Use strategy: ddp, or implement save_config/from_saved_config in its adapter.",
+        )
+
+    @classmethod
+    def from_saved_config(cls, folder: Path, tokenizer: Tokenizer) -> ModelAdapter:
+        """A model built from what :meth:`save_config` wrote, with fresh weights.
+
+        Its weights are overwritten right away (from a sharded checkpoint).
+        """
+        from llmforge.errors import ConfigError
+
+        raise ConfigError(
+            f"The {cls.architecture} adapter cannot build a model from its config alone.",
+            "Use strategy: ddp, or implement save_config/from_saved_config in its adapter.",
+        )
+
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The repeated blocks that FSDP shards one by one (``strategy: fsdp``).
+
+        Each unit's parameters are gathered only while it runs. The default: the modules whose
+        class ``transformers`` lists in the model's ``_no_split_modules`` (its decoder layers),
+        else the children of the model's largest ``ModuleList``. Override for other layouts.
+        """
+        import torch
+
+        model = self.model
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft
+        names = set(getattr(base, "_no_split_modules", None) or [])
+        units = [m for m in model.modules() if type(m).__name__ in names]
+        if units:
+            return units
+        lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+        return list(max(lists, key=len)) if lists else []
+
     # -- parameters ----------------------------------------------------------------------
     def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """Named parameters that training updates (unique: tied weights appear once)."""

@@ -123,6 +123,18 @@ class CustomTransformerAdapter(ModelAdapter):
             folder / CONFIG_FILE, {"architecture": self.architecture, **self.model.cfg.to_dict()}
         )
 
+    def save_config(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            folder / CONFIG_FILE, {"architecture": self.architecture, **self.model.cfg.to_dict()}
+        )
+
+    @classmethod
+    def from_saved_config(cls, folder: Path, tokenizer: Tokenizer) -> CustomTransformerAdapter:
+        raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        raw.pop("architecture", None)
+        return cls(Transformer(TransformerConfig(**raw)), tokenizer)
+
     def describe(self) -> dict[str, Any]:
         c = self.model.cfg
         return {

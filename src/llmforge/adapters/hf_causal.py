@@ -161,6 +161,21 @@ class HFCausalLMAdapter(ModelAdapter):
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(folder), safe_serialization=True)
 
+    def save_config(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(str(folder))
+        self.model.generation_config.save_pretrained(str(folder))
+
+    @classmethod
+    def from_saved_config(cls, folder: Path, tokenizer: Tokenizer) -> HFCausalLMAdapter:
+        from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        if (folder / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(str(folder))
+        return cls(model, tokenizer)
+
     def resize_vocab(self, size: int) -> bool:
         rows = self.model.get_input_embeddings().weight.shape[0]
         if size <= rows:

@@ -264,3 +264,22 @@ def export(
         markup=False,
     )
     out.print(f"Load it with: {res.loads_with}", markup=False)
+
+
+@app.command("consolidate")
+def consolidate(ctx: typer.Context, ckpt: CkptArg) -> None:
+    """Rewrite a sharded (strategy: fsdp) checkpoint in the usual one-file layout, in place.
+
+    register, export and generate read sharded checkpoints directly; consolidating makes one
+    self-contained (model.safetensors + optimizer.pt) that resumes with strategy: ddp.
+    """
+    from llmforge.training.runs import resolve_checkpoint
+    from llmforge.training.sharded import consolidate as consolidate_checkpoint
+
+    ws = workspace(ctx)
+    path = consolidate_checkpoint(resolve_checkpoint(ws, ckpt))
+    r.stdout().print(
+        f"Consolidated {path}: one model file and optimizer.pt instead of the shards; it "
+        "resumes with strategy: ddp on any number of processes.",
+        markup=False,
+    )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +16,7 @@ from llmforge.cli._context import workspace
 from llmforge.cli._progress import plain_or_live_reporter
 from llmforge.errors import EXIT_INTERRUPTED
 from llmforge.fsutil import human_bytes, human_count
+from llmforge.launch import NPROC_ENV
 
 
 def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[str]:
@@ -89,11 +93,51 @@ def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[s
         f"Data: {data['source']} ({what}), {info['max_steps']} steps, precision "
         f"{info['precision']}."
     )
+    world = info.get("world_size", 1)
+    if world > 1 or info.get("strategy") == "fsdp":
+        lines.append(
+            f"Processes: {world} ({info['strategy']}, {info['device']}); global batch "
+            f"{info['batch_size']} x {info['grad_accum_steps']} accumulation x {world} "
+            f"processes = {info['batch_size'] * info['grad_accum_steps'] * world} sequences "
+            "per step, each process on its own micro-batches; rank 0 logs and writes."
+        )
+    elif info.get("device", "cpu") != "cpu":
+        lines.append(f"Device: {info['device']}.")
     chat = info.get("chat")
     if chat:
         stops = ", ".join(chat.get("stop_tokens", []))
         lines.append(f"Chat template: {chat.get('source')}; a reply ends at {stops}.")
     return lines
+
+
+def _resume_hint(
+    config: Path | None, run_name: str | None, name: str | None, init_from: str | None, nproc: int
+) -> str:
+    """The command that continues this run."""
+    again = f"llmforge train {config or ''} --resume latest".replace("  ", " ")
+    if run_name or (name and init_from):
+        again += f" --run-name {run_name or name}"
+    if nproc > 1:
+        again += f" --nproc {nproc}"
+    return again
+
+
+def _launch(ws: Any, cfg: Any, argv: list[str], nproc: int, resume_command: str) -> None:
+    """Start the ``--nproc`` job and end with its exit code."""
+    from llmforge.launch import launch_local
+    from llmforge.training.checkpoint import latest_checkpoint
+    from llmforge.training.runs import run_dir_for
+    from llmforge.workspace import HOME_ENV
+
+    code = launch_local(
+        argv,
+        nproc,
+        env={HOME_ENV: str(ws.root)},  # the ranks use this workspace
+        last_checkpoint=lambda: latest_checkpoint(run_dir_for(ws, cfg)),
+        resume_command=resume_command,
+    )
+    if code:
+        raise typer.Exit(code)
 
 
 def train(
@@ -161,6 +205,16 @@ def train(
             "or writing anything.",
         ),
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Train on N processes on this machine (starts torchrun's launcher; one per "
+            "GPU, or CPU processes sharing the cores). The config's strategy (ddp or fsdp) "
+            "applies. See docs/distributed.md.",
+        ),
+    ] = 1,
 ) -> None:
     """Train a model: the from-scratch Transformer, or a registry model (model_name)."""
     from llmforge.config import load_config, parse_overrides
@@ -179,6 +233,27 @@ def train(
         )  # a branch gets its own run folder by default
     cfg = load_config(config, overrides)
     ws = workspace(ctx)
+    rank = int(os.environ.get("RANK", "0")) if "WORLD_SIZE" in os.environ else 0
+    if nproc > 1 and "WORLD_SIZE" not in os.environ and not dry_run:
+        argv = ["train", *([str(config)] if config else [])]
+        for flag, value in (
+            ("--max-steps", max_steps),
+            ("--run-name", run_name),
+            ("--resume", resume),
+            ("--init-from", init_from),
+            ("--name", name),
+            ("--stop-at", stop_at),
+        ):
+            if value is not None:
+                argv += [flag, str(value)]
+        for item in set_ or []:
+            argv += ["--set", item]
+        if allow_base_mismatch:
+            argv.append("--allow-base-mismatch")
+        _launch(ws, cfg, argv, nproc, _resume_hint(config, run_name, name, init_from, nproc))
+        return
+    if rank != 0:  # rank 0 tells the story; the others stay quiet unless they fail
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # for the life of the process
     reporter = plain_or_live_reporter()
     run = prepare_run(
         ws,
@@ -227,16 +302,22 @@ def train(
         return
 
     stop_requested = False
+    first_sigint = 0.0
 
     def on_sigint(signum: int, frame: Any) -> None:
-        nonlocal stop_requested
-        if stop_requested:
+        nonlocal stop_requested, first_sigint
+        # Under torchrun the same Ctrl-C arrives twice: from the terminal and forwarded by
+        # the launcher. Only a second press (a moment later) aborts.
+        if stop_requested and time.monotonic() - first_sigint > 1.0:
             raise KeyboardInterrupt
-        stop_requested = True
-        r.print_warning(
-            "Ctrl-C: stopping after this step and saving a checkpoint "
-            "(press Ctrl-C again to abort without saving)."
-        )
+        if stop_requested:
+            return
+        stop_requested, first_sigint = True, time.monotonic()
+        if rank == 0:
+            r.print_warning(
+                "Ctrl-C: stopping after this step and saving a checkpoint "
+                "(press Ctrl-C again to abort without saving)."
+            )
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
@@ -244,12 +325,16 @@ def train(
             result = run.trainer.fit(should_stop=lambda: stop_requested, stop_at=stop_at)
     finally:
         signal.signal(signal.SIGINT, previous)
+        run.dist.close()
 
     where = result.last_checkpoint
     if result.stopped_early:
-        again = f"llmforge train {config or ''} --resume latest".replace("  ", " ")
-        if run_name or (name and init_from):
-            again += f" --run-name {run.info['run_name']}"
+        world = run.dist.world_size
+        launched = int(os.environ.get(NPROC_ENV, "1"))  # --nproc N started this process
+        again = _resume_hint(config, run_name, name, init_from, launched)
+        if world > 1 and NPROC_ENV not in os.environ:
+            torchrun = f"torchrun --nproc-per-node {world} -m llmforge train"
+            again = again.replace("llmforge train", torchrun)
         stopped_by = "Interrupted" if stop_requested else "Stopped"
         out.print(
             f"{stopped_by} at step {result.step} of {run.trainer.cfg.max_steps}; checkpoint saved "

@@ -41,6 +41,7 @@ STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 TOKENIZER_DIR = "tokenizer"
 REQUIRED = (META_FILE, STATE_FILE, OPTIMIZER_FILE, TOKENIZER_DIR)
+SHARDS_DIR = "shards"  # instead of the weights and optimizer.pt: see training/sharded.py
 _STEP_RE = re.compile(r"step-(\d{6,})")
 
 
@@ -123,19 +124,28 @@ def save_checkpoint(
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         atomic_write_json(tmp / STATE_FILE, trainer_state)
         atomic_write_json(tmp / META_FILE, meta)
-        _fsync_tree(tmp)
-        if final.exists():
-            old = root / f".old-{final.name}-{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-        fsync_dir(root)
+        publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Make the complete folder ``tmp`` the checkpoint ``final``: fsync, then rename.
+
+    An existing ``final`` (left by an earlier attempt of the run) is replaced only after the
+    new one is in place under a hidden name, so a crash never leaves neither.
+    """
+    _fsync_tree(tmp)
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    fsync_dir(final.parent)
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:
@@ -174,7 +184,10 @@ def check_complete(path: Path) -> None:
             "Give a checkpoint directory (runs/RUN/checkpoints/step-NNNNNN), a run name for "
             "its latest checkpoint, or RUN/step-N; `llmforge ckpt list` shows them.",
         )
-    missing = [name for name in REQUIRED if not (path / name).exists()]
+    required = REQUIRED
+    if (path / SHARDS_DIR).is_dir():  # an FSDP checkpoint (training/sharded.py)
+        required = (META_FILE, STATE_FILE, TOKENIZER_DIR, f"{SHARDS_DIR}/.metadata")
+    missing = [name for name in required if not (path / name).exists()]
     if missing:
         raise CheckpointError(
             f"The checkpoint {path} is incomplete: {', '.join(missing)} missing.",
@@ -265,6 +278,10 @@ def load_checkpoint_adapter(
         if warnings is not None:
             warnings.extend(notes)
         return adapter, meta
+    if (path / SHARDS_DIR).is_dir():
+        from llmforge.training.sharded import load_consolidated
+
+        return load_consolidated(path)
     tokenizer = load_checkpoint_tokenizer(path, meta)
     adapter = get_adapter(arch).load(path, tokenizer)
     return adapter, meta

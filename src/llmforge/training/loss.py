@@ -21,9 +21,9 @@ DEFAULT_CHUNK = 1024
 IGNORE_INDEX = -100
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    if torch.is_autocast_enabled("cpu"):
-        return torch.get_autocast_dtype("cpu")
+def _compute_dtype(dtype: torch.dtype, device_type: str) -> torch.dtype:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
     return dtype
 
 
@@ -42,13 +42,13 @@ class _FusedLinearCE(torch.autograd.Function):
         denom = max(int(valid.sum()), 1)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         one_chunk = n <= chunk
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(hidden.device.type, enabled=False):
             w = weight.to(cdtype)
             grad_h = torch.empty_like(hidden) if need_h else None
             grad_w = None
             if need_w and not one_chunk:
-                grad_w = torch.zeros(weight.shape, dtype=torch.float32)
-            total = torch.zeros((), dtype=torch.float32)
+                grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             for s in range(0, n, chunk):
                 h = hidden[s : s + chunk]
                 ok = valid[s : s + chunk]
@@ -108,7 +108,7 @@ def fused_linear_cross_entropy(
         The scalar loss, differentiable with respect to ``hidden`` and ``weight``.
     """
     c = hidden.size(-1)
-    cdtype = _compute_dtype(weight.dtype)
+    cdtype = _compute_dtype(weight.dtype, hidden.device.type)
     return _FusedLinearCE.apply(
         hidden.reshape(-1, c), weight, labels.reshape(-1), max(1, int(chunk)), cdtype
     )

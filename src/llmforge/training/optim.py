@@ -11,19 +11,22 @@ from llmforge.adapters.base import ModelAdapter
 from llmforge.config import TrainingConfig
 
 
-def build_optimizer(adapter: ModelAdapter, cfg: TrainingConfig) -> Any:
+def build_optimizer(
+    adapter: ModelAdapter, cfg: TrainingConfig, *, low_precision: bool | None = None
+) -> Any:
     """AdamW over the adapter's trainable parameters.
 
     Weight decay applies to matrices only; norms, biases and embeddings are exempt
     (decaying them hurts and buys no regularisation). With ``cfg.bf16_params`` the model's
     parameters are cast to bf16 here and the optimizer works on fp32 master weights
     (:class:`~llmforge.training.master.MasterWeightOptimizer`); frozen parameters (the base
-    of a LoRA run) are cast too and need no masters.
+    of a LoRA run) are cast too and need no masters. ``low_precision=False`` keeps fp32
+    parameters whatever the config says (FSDP computes in bf16 through its own policy).
     """
     named = list(adapter.trainable_parameters())
     params = [p for _, p in named]
     masters: list[torch.Tensor] | None = None
-    if cfg.bf16_params:
+    if cfg.bf16_params if low_precision is None else low_precision:
         from llmforge.training.master import to_low_precision
 
         masters = to_low_precision(params)

@@ -29,13 +29,14 @@ from llmforge.registry import (
 )
 from llmforge.tokenizers import CharTokenizer, Tokenizer
 from llmforge.training import checkpoint as ck
-from llmforge.training import lineage
+from llmforge.training import lineage, sharded
 from llmforge.training import lora as lora_run
 from llmforge.training.batches import LoadedData, build_batches, load_data
+from llmforge.training.distributed import DistContext, init_distributed
 from llmforge.training.memory import MemoryEstimate, check_memory, estimate_memory
 from llmforge.training.metrics import MetricsWriter, truncate_metrics
-from llmforge.training.optim import build_optimizer
 from llmforge.training.override import apply_override, override_tokenizer
+from llmforge.training.parallel import setup_training
 from llmforge.training.runs import resolve_checkpoint, run_dir_for
 from llmforge.training.trainer import Callback, Trainer
 from llmforge.workspace import Workspace
@@ -52,6 +53,8 @@ class PreparedRun:
         start_step: Steps already done.
         info: Facts for the start-up log (model, data, sizes, lineage).
         warnings: Things the user should know before training starts.
+        memory: The memory estimate of one process.
+        dist: This process's place in the job; the caller closes it after training.
     """
 
     trainer: Trainer
@@ -61,6 +64,7 @@ class PreparedRun:
     info: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     memory: MemoryEstimate | None = None
+    dist: DistContext = field(default_factory=DistContext)
 
 
 def _registry_model(
@@ -152,7 +156,8 @@ def _fresh_trainer(
     batches = build_batches(corpus, adapter, cfg, block)
     train, val, prompt = batches.train, batches.val, batches.sample_prompt
     warnings += batches.warnings
-    optimizer = build_optimizer(adapter, cfg)
+    dist = _join(cfg)
+    module, optimizer = setup_training(adapter, cfg, dist)
     meta = {
         "llmforge_version": __version__,
         "run_name": run_dir.name,
@@ -166,7 +171,17 @@ def _fresh_trainer(
         "config": cfg.to_dict(),
     }
     trainer = Trainer(
-        cfg, adapter, optimizer, train, val, run_dir, meta, {"step": 0}, sample_prompt=prompt
+        cfg,
+        adapter,
+        optimizer,
+        train,
+        val,
+        run_dir,
+        meta,
+        {"step": 0},
+        sample_prompt=prompt,
+        dist=dist,
+        train_module=module,
     )
     return trainer, meta
 
@@ -252,9 +267,14 @@ def _resume(
     warnings: list[str] = []
     ck.check_complete(ckpt)
     run_dir = ckpt.parent.parent
-    adapter, meta = ck.load_checkpoint_adapter(
-        ckpt, workspace, allow_base_mismatch=allow_base_mismatch, warnings=warnings
-    )
+    is_sharded = sharded.is_sharded(ckpt)
+    if is_sharded:  # the shards are loaded once the model is sharded itself
+        meta = ck.load_meta(ckpt)
+        adapter = sharded.skeleton(ckpt, meta)
+    else:
+        adapter, meta = ck.load_checkpoint_adapter(
+            ckpt, workspace, allow_base_mismatch=allow_base_mismatch, warnings=warnings
+        )
     saved = TrainingConfig.from_dict(meta.get("config", {}), source=str(ckpt / ck.META_FILE))
     changed = sorted(
         k
@@ -267,6 +287,9 @@ def _resume(
         )
     updates = {k: getattr(cfg, k) for k in RESUMABLE_KEYS if k in explicit}
     run_cfg = TrainingConfig.from_dict({**saved.to_dict(), **updates}, source="resumed config")
+    state = ck.read_json(ckpt / ck.STATE_FILE)
+    dist = _join(run_cfg)
+    run_cfg = _new_world_size(run_cfg, state, dist, warnings)
     corpus = load_data(run_cfg)
     if corpus.sha256 != meta.get("data", {}).get("sha256"):
         warnings.append(
@@ -277,17 +300,26 @@ def _resume(
     batches = build_batches(corpus, adapter, run_cfg, block, meta.get("chat"))
     train, val, prompt = batches.train, batches.val, batches.sample_prompt
     warnings += batches.warnings
-    optimizer = build_optimizer(adapter, run_cfg)
+    module, optimizer = setup_training(adapter, run_cfg, dist)
+    if is_sharded:
+        if not dist.sharded:
+            raise CheckpointError(
+                f"{ckpt} is a sharded (FSDP) checkpoint, but this run is not sharded.",
+                f"Resume it with strategy: fsdp, or run `llmforge ckpt consolidate {ckpt}` first.",
+            )
+        sharded.load_sharded(ckpt, adapter, optimizer)
+    else:
+        try:
+            optimizer.load_state_dict(ck.load_optimizer_state(ckpt))
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"The optimizer state in {ckpt} does not fit the model ({e}).",
+                "The checkpoint is damaged or from another model; use another checkpoint.",
+            ) from e
     try:
-        optimizer.load_state_dict(ck.load_optimizer_state(ckpt))
-    except (ValueError, KeyError) as e:
-        raise CheckpointError(
-            f"The optimizer state in {ckpt} does not fit the model ({e}).",
-            "The checkpoint is damaged or from another model; use another checkpoint.",
-        ) from e
-    state = ck.read_json(ckpt / ck.STATE_FILE)
-    try:
-        ck.set_rng_state(state["rng"])
+        ranks = state.get("rng_by_rank") or [state["rng"]]
+        same_world = len(ranks) == dist.world_size
+        ck.set_rng_state(ranks[dist.rank] if same_world else state["rng"])
         start = int(state["step"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(
@@ -298,7 +330,17 @@ def _resume(
     for k in ("step", "train_loss", "val_loss"):
         meta.pop(k, None)
     trainer = Trainer(
-        run_cfg, adapter, optimizer, train, val, run_dir, meta, state, sample_prompt=prompt
+        run_cfg,
+        adapter,
+        optimizer,
+        train,
+        val,
+        run_dir,
+        meta,
+        state,
+        sample_prompt=prompt,
+        dist=dist,
+        train_module=module,
     )
     trainer.state["step"] = start
     return trainer, meta, warnings
@@ -377,23 +419,26 @@ def prepare_run(
         run_dir = trainer.run_dir
     memory = run_memory_estimate(trainer)
     if dry_run:
-        return PreparedRun(
-            trainer, run_dir, resumed_from, int(trainer.state.get("step", 0)), {}, warnings, memory
-        )
+        step = int(trainer.state.get("step", 0))
+        return PreparedRun(trainer, run_dir, resumed_from, step, {}, warnings, memory, trainer.dist)
     check_memory(memory, trainer.cfg)  # refuse a run that cannot fit, before it exists
+    dist = trainer.dist
+    dist.barrier()  # every rank passed every check before rank 0 writes anything
     # Nothing was written so far; from here on the run exists on disk.
-    if branch_source is not None and branch_name is not None:
-        from llmforge.ckpt_ops import register_checkpoint
-
-        register_checkpoint(workspace, str(branch_source), branch_name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ck.clean_temporaries(run_dir)
     start = int(trainer.state.get("step", 0))
-    truncate_metrics(run_dir, start)
-    atomic_write_text(
-        run_dir / "config.yaml", yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False)
-    )
-    trainer.callbacks = [MetricsWriter(run_dir), *(callbacks or [])]
+    if dist.is_main:  # only rank 0 touches the registry and the run folder
+        if branch_source is not None and branch_name is not None:
+            from llmforge.ckpt_ops import register_checkpoint
+
+            register_checkpoint(workspace, str(branch_source), branch_name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ck.clean_temporaries(run_dir)
+        truncate_metrics(run_dir, start)
+        atomic_write_text(
+            run_dir / "config.yaml", yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False)
+        )
+        trainer.callbacks = [MetricsWriter(run_dir), *(callbacks or [])]
+    dist.barrier()
     adapter = trainer.adapter
     info = {
         "run_name": run_dir.name,
@@ -417,11 +462,74 @@ def prepare_run(
         "base": meta.get("base"),
         "tokens_per_step": trainer.cfg.batch_size
         * trainer.cfg.grad_accum_steps
+        * trainer.dist.world_size
         * trainer.train_sampler.block_size,
         "max_steps": trainer.cfg.max_steps,
         "precision": trainer.cfg.precision,
+        "device": str(dist.device),
+        "world_size": dist.world_size,
+        "strategy": dist.strategy,
+        "batch_size": trainer.cfg.batch_size,
+        "grad_accum_steps": trainer.cfg.grad_accum_steps,
     }
-    return PreparedRun(trainer, run_dir, resumed_from, start, info, warnings, memory)
+    return PreparedRun(trainer, run_dir, resumed_from, start, info, warnings, memory, dist)
+
+
+def _join(cfg: TrainingConfig) -> DistContext:
+    """This process's place in the job (joining the process group on first use).
+
+    Raises:
+        ConfigError: ``strategy: fsdp`` with LoRA (not supported), or an unusable device.
+    """
+    if cfg.strategy == "fsdp" and cfg.finetune == "lora":
+        raise ConfigError(
+            "strategy: fsdp does not shard LoRA runs: the frozen base would be sharded along "
+            "with the small adapter, and LoRA checkpoints hold only the adapter.",
+            "Use strategy: ddp for LoRA (each process holds the frozen base; only the "
+            "adapter's gradients are averaged).",
+        )
+    dist = init_distributed(cfg)
+    from llmforge.device import check_precision
+
+    check_precision(dist.device, cfg.precision)
+    return dist
+
+
+def _new_world_size(
+    cfg: TrainingConfig, state: dict[str, Any], dist: DistContext, warnings: list[str]
+) -> TrainingConfig:
+    """The config of a run resumed at another number of processes than it was saved at.
+
+    The global batch (micro-batch x accumulation x processes) is kept when the new number
+    of processes divides it: then every step still sees the same micro-batches.
+    """
+    saved = int(state.get("world_size", 1))
+    if saved == dist.world_size:
+        return cfg
+    seqs = cfg.batch_size * cfg.grad_accum_steps * saved
+    per_rank = cfg.batch_size * dist.world_size
+    how = (
+        "the shards of the weights and optimizer state were redistributed"
+        if dist.sharded
+        else "every process loaded the whole checkpoint"
+    )
+    if (cfg.grad_accum_steps * saved) % dist.world_size == 0:
+        accum = cfg.grad_accum_steps * saved // dist.world_size
+        warnings.append(
+            f"This run was saved by {saved} process(es) and resumes on {dist.world_size}: "
+            f"{how}; the global batch stays {seqs} sequences per step (grad_accum_steps "
+            f"{cfg.grad_accum_steps} -> {accum}), so the steps see the same data, but dropout "
+            "and the order of floating-point sums differ from an uninterrupted run."
+        )
+        return TrainingConfig.from_dict({**cfg.to_dict(), "grad_accum_steps": accum})
+    warnings.append(
+        f"This run was saved by {saved} process(es) and resumes on {dist.world_size}: {how}; "
+        f"its global batch of {seqs} sequences cannot be split evenly over {dist.world_size} "
+        f"processes, so it becomes {per_rank * cfg.grad_accum_steps} (grad_accum_steps "
+        f"{cfg.grad_accum_steps} per process) and the rest of the run differs from an "
+        "uninterrupted one."
+    )
+    return cfg
 
 
 def run_memory_estimate(trainer: Trainer) -> MemoryEstimate:

@@ -20,6 +20,7 @@ import torch
 from llmforge.adapters.base import ModelAdapter
 from llmforge.config import TrainingConfig
 from llmforge.data import Sampler
+from llmforge.device import autocast
 from llmforge.errors import CheckpointError, TrainingError
 from llmforge.generate import SamplingOptions, generate_text
 from llmforge.training.checkpoint import (
@@ -27,8 +28,11 @@ from llmforge.training.checkpoint import (
     prune_checkpoints,
     rng_state,
     save_checkpoint,
+    step_dirname,
 )
+from llmforge.training.distributed import DistContext, is_comm_error
 from llmforge.training.optim import lr_at
+from llmforge.training.parallel import LossModule, full_value, no_sync
 
 
 class Callback:
@@ -79,8 +83,15 @@ class Trainer:
         run_dir: ``runs/<run>``; checkpoints go under it.
         meta: ``meta.json`` content shared by every checkpoint of the run.
         state: Trainer state (step, losses, best_val_loss, ...) restored on resume.
-        callbacks: Reporters (progress, metrics file).
+        callbacks: Reporters (progress, metrics file); rank 0's only in a distributed run.
         sample_prompt: Ids to start text samples from.
+        dist: This process's place in the job (rank, world size, device, strategy).
+        train_module: What the training forward goes through: the DDP- or FSDP-wrapped
+            :class:`~llmforge.training.parallel.LossModule` (default: the bare one).
+
+    With several processes, rank ``r`` computes micro-batch ``r * grad_accum_steps + m`` of
+    every step, so the job sees exactly the micro-batches that one process with
+    ``grad_accum_steps * world_size`` would, and averages their gradients alike.
     """
 
     cfg: TrainingConfig
@@ -93,11 +104,15 @@ class Trainer:
     state: dict[str, Any] = field(default_factory=dict)
     callbacks: list[Any] = field(default_factory=list)
     sample_prompt: list[int] = field(default_factory=list)
+    dist: DistContext = field(default_factory=DistContext)
+    train_module: torch.nn.Module | None = None
 
     def __post_init__(self) -> None:
         from llmforge.training.speed import apply_speed_settings
 
         apply_speed_settings(self.cfg, self.adapter)
+        if self.train_module is None:
+            self.train_module = LossModule(self.adapter)
 
     def _emit(self, name: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -106,38 +121,73 @@ class Trainer:
                 method(*args)
 
     def _autocast(self) -> torch.autocast:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        return autocast(self.dist.device, self.cfg.precision == "bf16")
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.dist.device
+        return (x, y) if dev.type == "cpu" else (x.to(dev), y.to(dev))
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean validation loss over the fixed evaluation batches (RNG untouched)."""
-        model = self.adapter.model
+        """Mean validation loss over the fixed evaluation batches (RNG untouched).
+
+        Ranks split the batches; every rank runs the same number of forwards (FSDP's
+        collectives need that), padding with repeats that count for nothing.
+        """
+        model, rank, world = self.adapter.model, self.dist.rank, self.dist.world_size
+        n = self.cfg.eval_steps
         with torch.random.fork_rng(devices=[]):
             model.eval()
             try:
                 total = 0.0
-                for i in range(self.cfg.eval_steps):
-                    x, y = self.val_sampler.eval_batch(i)
+                for i in range(rank, -(-n // world) * world, world):
+                    x, y = self._to_device(*self.val_sampler.eval_batch(i % n))
                     with self._autocast():
-                        _, loss = self.adapter.forward(x, y)
-                    total += float(loss)
+                        loss = self.train_module(x, y)
+                    total += float(loss) if i < n else 0.0
             finally:
                 model.train()
-        return total / self.cfg.eval_steps
+        return self.dist.sum(total) / n
 
-    def sample(self, step: int) -> str:
-        """A short text sample from the sample prompt, with a fixed seed (RNG untouched)."""
+    def sample(self, step: int) -> str | None:
+        """A short text sample from the sample prompt, with a fixed seed (RNG untouched).
+
+        Rank 0 generates alone, except under FSDP: there every rank gathers the whole model
+        and generates the same tokens in step (the layers' gathers are collectives). Other
+        ranks return None.
+        """
         opts = SamplingOptions(
             max_new_tokens=self.cfg.sample_tokens, temperature=0.8, top_k=40, seed=self.cfg.seed
         )
-        with torch.random.fork_rng(devices=[]):
-            prompt = self.adapter.tokenizer.decode(self.sample_prompt)
-            return prompt + generate_text(self.adapter, prompt, opts)
+        if not (self.dist.is_main or self.dist.sharded):
+            return None
+        root = self.train_module
+        if self.dist.sharded:
+            root.unshard()  # type: ignore[operator]  # FSDP2: the root's own parameters
+        try:
+            with torch.random.fork_rng(devices=[]):
+                prompt = self.adapter.tokenizer.decode(self.sample_prompt)
+                text = prompt + generate_text(self.adapter, prompt, opts)
+        finally:
+            if self.dist.sharded:
+                root.reshard()  # type: ignore[operator]
+        return text if self.dist.is_main else None
 
     def save(self, step: int) -> Path:
-        """Write a checkpoint of the state after ``step`` steps and prune old ones."""
+        """Write a checkpoint of the state after ``step`` steps and prune old ones.
+
+        One process, or DDP: rank 0 writes the usual layout. FSDP: every rank writes its
+        shards (``training/sharded.py``). Each rank's RNG state is kept, so a resume at the
+        same world size continues exactly; the ranks agree on whether the save succeeded.
+        """
+        dist = self.dist
+        rngs = dist.gather(rng_state())
         self.state["step"] = step
-        self.state["rng"] = rng_state()
+        self.state["rng"] = rngs[0]
+        self.state["world_size"] = dist.world_size
+        self.state["strategy"] = dist.strategy
+        if dist.world_size > 1:
+            self.state["rng_by_rank"] = rngs
         kind = getattr(self.train_sampler, "kind", "random-window")
         self.state["sampler"] = {"kind": kind, "seed": self.cfg.seed, "position": step}
         meta = {
@@ -146,20 +196,37 @@ class Trainer:
             "train_loss": self.state.get("last_loss"),
             "val_loss": self.state.get("last_val_loss"),
         }
+        error: BaseException | None = None
+        path = self.run_dir / "checkpoints" / step_dirname(step)
         try:
-            path = save_checkpoint(
-                self.run_dir, step, self.adapter, self.optimizer, self.state, meta
-            )
+            if dist.sharded:
+                from llmforge.training.sharded import save_sharded_checkpoint
+
+                path = save_sharded_checkpoint(
+                    self.run_dir, step, self.adapter, self.optimizer, self.state, meta, dist
+                )
+            elif dist.is_main:
+                path = save_checkpoint(
+                    self.run_dir, step, self.adapter, self.optimizer, self.state, meta
+                )
         except Exception as e:  # safetensors and torch.save wrap I/O errors in their own types
+            error = e
+        if dist.any(error is not None):
             prev = latest_checkpoint(self.run_dir)
-            cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            cause = "another process failed to write its part"
+            if isinstance(error, OSError) and error.strerror:
+                cause = error.strerror
+            elif error is not None:
+                cause = str(error)
             raise CheckpointError(
                 f"Could not write the checkpoint of step {step} under {self.run_dir}: {cause} "
                 "(is the disk full, or a file-size limit reached?). Nothing of it was kept"
                 + (f"; the previous checkpoint {prev.name} is intact." if prev else "."),
                 "Free some disk space (or lower keep_last), then continue with --resume latest.",
-            ) from e
-        prune_checkpoints(self.run_dir, self.cfg.keep_last)
+            ) from error
+        if dist.is_main:
+            prune_checkpoints(self.run_dir, self.cfg.keep_last)
+        dist.barrier()  # nobody runs ahead while rank 0 prunes
         self._emit("on_checkpoint", step, path)
         return path
 
@@ -203,9 +270,29 @@ class Trainer:
         early, so the run can always be resumed.
 
         Raises:
-            TrainingError: When the loss becomes NaN or infinite (the last checkpoint is kept).
+            TrainingError: When the loss becomes NaN or infinite (the last checkpoint is kept),
+                or another process of a distributed run died, hung or could not be reached
+                within ``dist_timeout``.
         """
-        cfg, model, opt = self.cfg, self.adapter.model, self.optimizer
+        try:
+            return self._fit(should_stop, stop_at)
+        except RuntimeError as e:
+            if self.dist.world_size == 1 or not is_comm_error(e):
+                raise
+            prev = latest_checkpoint(self.run_dir)
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise TrainingError(
+                f"Rank {self.dist.rank} lost contact with the other processes of the job at "
+                f"step {getattr(self, '_current_step', 0) + 1} ({first}): another process died, "
+                f"hung or did not answer within dist_timeout ({self.cfg.dist_timeout:g} s), so "
+                "the job stops. "
+                + (f"The last complete checkpoint, {prev}, is intact." if prev else ""),
+                "Look at the other processes' messages for the cause, then continue with "
+                "--resume latest.",
+            ) from e
+
+    def _fit(self, should_stop: Callable[[], bool], stop_at: int | None) -> TrainResult:
+        cfg, model, opt, module = self.cfg, self.adapter.model, self.optimizer, self.train_module
         params = [p for _, p in self.adapter.trainable_parameters()]
         step = int(self.state.get("step", 0))
         losses: list[list[float]] = self.state.setdefault("losses", [])
@@ -215,22 +302,27 @@ class Trainer:
         t_log, tokens_since_log = time.perf_counter(), 0
         t_start = time.perf_counter() - float(self.state.get("elapsed", 0.0))
         while step < end:
+            self._current_step = step  # for the message if another process is lost
             lr = lr_at(step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0
-            for micro in range(cfg.grad_accum_steps):
-                x, y = self.train_sampler.batch(step, micro)  # (B, T) each
-                with self._autocast():
-                    _, loss = self.adapter.forward(x, y)
-                (loss / cfg.grad_accum_steps).backward()
+            accum, first_micro = cfg.grad_accum_steps, self.dist.rank * cfg.grad_accum_steps
+            for micro in range(accum):
+                # (B, T) each: this rank's share of the step's micro-batches
+                x, y = self._to_device(*self.train_sampler.batch(step, first_micro + micro))
+                with no_sync(module, last_micro=micro == accum - 1):
+                    with self._autocast():
+                        loss = module(x, y)
+                    (loss / accum).backward()
                 loss_sum += float(loss.detach())
-                tokens_since_log += x.numel()
-            loss_value = loss_sum / cfg.grad_accum_steps
+                tokens_since_log += x.numel() * self.dist.world_size
+            loss_value = self.dist.mean(loss_sum / accum)  # the same on every rank
             grad_norm = float("nan")
             if math.isfinite(loss_value):
                 clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+                # Gradients are already averaged over the ranks (a DTensor norm under FSDP).
+                grad_norm = full_value(torch.nn.utils.clip_grad_norm_(params, clip))
             if math.isfinite(loss_value) and math.isfinite(grad_norm):
                 self.state["consecutive_skips"] = 0
                 opt.step()
@@ -268,8 +360,11 @@ class Trainer:
                     "on_eval", {"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
                 )
             if cfg.sample_interval and (step % cfg.sample_interval == 0 or step == cfg.max_steps):
-                self._emit("on_sample", step, self.sample(step))
-            stopping = step == end or should_stop()
+                text = self.sample(step)
+                if text is not None:
+                    self._emit("on_sample", step, text)
+            # Every rank must stop at the same step: a Ctrl-C may reach them at different times.
+            stopping = step == end or self.dist.any(should_stop())
             if step % cfg.save_interval == 0 or stopping:
                 last_ckpt = self.save(step)
             if stopping:

@@ -1,0 +1,111 @@
+"""``llmforge train CONFIG --nproc N``: start N local processes the way ``torchrun`` does.
+
+It runs torchrun's own launcher (``torch.distributed.launcher.api.elastic_launch``, what the
+``torchrun`` script calls) with a standalone rendezvous on a free local port, each process
+running ``python -m llmforge train ...`` with the same arguments. When a process fails, the
+launcher stops the others and reports which rank failed and how; torchrun's own log lines are
+kept out of the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from llmforge.errors import EXIT_INTERRUPTED, TrainingError
+
+NPROC_ENV = "LLMFORGE_NPROC"  # tells the ranks how they were started (for the resume hint)
+
+
+def launch_local(
+    argv: Sequence[str],
+    nproc: int,
+    *,
+    last_checkpoint: Callable[[], Path | None] = lambda: None,
+    resume_command: str = "",
+    env: dict[str, str] | None = None,
+    shutdown_timeout: int = 10,
+) -> int:
+    """Run ``python -m llmforge ARGV`` in ``nproc`` processes on this machine; wait for all.
+
+    Args:
+        argv: The arguments after ``llmforge`` (``train CONFIG ...``, without ``--nproc``).
+        nproc: Processes to start (ranks 0..nproc-1).
+        last_checkpoint: Finds the run's newest complete checkpoint (for the failure message).
+        resume_command: How to continue the run (for the failure message).
+        env: Extra environment variables for the processes.
+        shutdown_timeout: Seconds the others get to exit after one failed, before SIGKILL.
+
+    Returns:
+        0 when every process succeeded, the exit code of a process that reported its own
+        error (it printed the message itself), or 130 after Ctrl-C.
+
+    Raises:
+        TrainingError: A process died from a signal (killed, crashed, out of memory), so no
+            process reported why; the message names the rank, its pid and the signal.
+    """
+    from torch.distributed.elastic.multiprocessing.api import DefaultLogsSpecs, SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"llmforge-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="127.0.0.1:0",  # port 0: a free port, like torchrun --standalone
+        max_restarts=0,
+        monitor_interval=0.2,
+        logs_specs=DefaultLogsSpecs(),
+        shutdown_timeout=shutdown_timeout,
+    )
+    quiet = logging.getLogger("torch.distributed")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # failures are reported below, in one paragraph
+    extra = {**(env or {}), NPROC_ENV: str(nproc)}
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)  # the processes inherit this process's environment
+    try:
+        elastic_launch(config, sys.executable)("-m", "llmforge", *argv)
+    except ChildFailedError as e:
+        failures = sorted(e.failures.items(), key=lambda kv: (kv[1].timestamp, kv[0]))
+        # A rank killed by a signal (other than the SIGTERM the launcher itself sends) is the
+        # cause; ranks that exited with an error afterwards only lost contact with it.
+        killed = [(r, f) for r, f in failures if f.exitcode < 0 and f.signal_name() != "SIGTERM"]
+        if not killed:
+            return next((f.exitcode for _, f in failures if f.exitcode > 0), 1)
+        rank, failure = killed[0]
+        ckpt = last_checkpoint()
+        where = (
+            f"The last complete checkpoint, {ckpt}, is intact."
+            if ckpt
+            else "No checkpoint had been written yet."
+        )
+        raise TrainingError(
+            f"Rank {rank} of {nproc} (pid {failure.pid}) was killed by {failure.signal_name()}"
+            f" (exit code {failure.exitcode}); the other processes were stopped. {where}",
+            (
+                "If the machine ran out of memory (see `dmesg`), lower batch_size or use "
+                "strategy: fsdp; then continue with: " + resume_command
+            )
+            if resume_command
+            else None,
+        ) from None
+    except SignalException as e:
+        if e.sigval == signal.SIGINT:
+            return EXIT_INTERRUPTED
+        raise
+    finally:
+        quiet.setLevel(level)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return 0
