@@ -221,6 +221,12 @@ class TrainingConfig(BaseModel):
                 "finetune: lora needs a registry model to attach to (model_name); the "
                 "from-scratch Transformer is trained with finetune: full"
             )
+        if self.strategy == "fsdp" and self.finetune == "lora":
+            raise ValueError(
+                "strategy: fsdp does not shard LoRA runs (LoRA checkpoints hold only the "
+                "adapter); use strategy: ddp for LoRA: each process holds the frozen base and "
+                "only the adapter's gradients are averaged"
+            )
         if self.param_dtype == "bf16" and self.precision != "bf16":
             raise ValueError("param_dtype bf16 needs precision: bf16")
         if self.run_name is not None and not _safe_name(self.run_name):

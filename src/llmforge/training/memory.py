@@ -44,6 +44,7 @@ class MemoryEstimate:
     overhead: int
     tokens_per_step: int
     tokens_per_micro_batch: int
+    processes: int = 1
 
     @property
     def total(self) -> int:
@@ -69,6 +70,13 @@ class MemoryEstimate:
             f"logits/loss {h(self.logits)}",
             f"overhead {h(self.overhead)}",
         ]
+        if self.processes > 1:
+            return [
+                f"Memory estimate per process: about {h(self.total)} at peak "
+                f"({', '.join(parts)}); {self.tokens_per_micro_batch:,} tokens per micro-batch, "
+                f"{self.tokens_per_step:,} tokens per step per process "
+                f"({self.tokens_per_step * self.processes:,} for the job)."
+            ]
         return [
             f"Memory estimate: about {h(self.total)} at peak ({', '.join(parts)}); "
             f"{self.tokens_per_micro_batch:,} tokens per micro-batch, "
@@ -91,6 +99,8 @@ def estimate_memory(
     trainable: int,
     describe: dict[str, Any],
     block_size: int | None = None,
+    processes: int = 1,
+    sharded: bool = False,
 ) -> MemoryEstimate:
     """The estimated peak memory of training ``cfg`` on a model of this size and shape.
 
@@ -100,6 +110,8 @@ def estimate_memory(
         trainable: The trainable ones.
         describe: The adapter's ``describe()`` (layers, width, heads, vocabulary).
         block_size: The training sequence length (default: ``cfg.block_size``).
+        processes: Processes of the job (the estimate is per process).
+        sharded: FSDP: weights, gradients and optimizer state are split over the processes.
     """
     T = block_size or cfg.block_size
     B = cfg.batch_size
@@ -116,16 +128,18 @@ def estimate_memory(
         logits = rows * vocab * 4 * 3 + B * T * width * 4 * 2
     else:
         logits = B * T * vocab * (act_bytes + 4 + 4 + 4)
+    share = processes if sharded else 1
     return MemoryEstimate(
-        weights=parameters * p_bytes,
-        master_weights=trainable * 4 if cfg.bf16_params else 0,
-        gradients=trainable * p_bytes,
-        optimizer=trainable * 8,
+        weights=parameters * p_bytes // share,
+        master_weights=(trainable * 4 if cfg.bf16_params else 0) // share,
+        gradients=trainable * p_bytes // share,
+        optimizer=trainable * 8 // share,
         activations=activations,
         logits=logits,
         overhead=OVERHEAD_BYTES,
         tokens_per_step=B * T * cfg.grad_accum_steps,
         tokens_per_micro_batch=B * T,
+        processes=processes,
     )
 
 

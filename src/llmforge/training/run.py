@@ -18,6 +18,7 @@ from llmforge.adapters import get_adapter
 from llmforge.adapters.base import ModelAdapter
 from llmforge.adapters.custom import CustomTransformerAdapter
 from llmforge.config import ARCHITECTURE_KEYS, RESUMABLE_KEYS, TrainingConfig
+from llmforge.device import check_precision
 from llmforge.errors import CheckpointError, ConfigError, ModelExistsError, TrainingError
 from llmforge.fsutil import atomic_write_text
 from llmforge.modelops import require_model_files
@@ -479,18 +480,9 @@ def _join(cfg: TrainingConfig) -> DistContext:
     """This process's place in the job (joining the process group on first use).
 
     Raises:
-        ConfigError: ``strategy: fsdp`` with LoRA (not supported), or an unusable device.
+        ConfigError: The device cannot be used, or not with the config's precision.
     """
-    if cfg.strategy == "fsdp" and cfg.finetune == "lora":
-        raise ConfigError(
-            "strategy: fsdp does not shard LoRA runs: the frozen base would be sharded along "
-            "with the small adapter, and LoRA checkpoints hold only the adapter.",
-            "Use strategy: ddp for LoRA (each process holds the frozen base; only the "
-            "adapter's gradients are averaged).",
-        )
     dist = init_distributed(cfg)
-    from llmforge.device import check_precision
-
     check_precision(dist.device, cfg.precision)
     return dist
 
@@ -541,4 +533,6 @@ def run_memory_estimate(trainer: Trainer) -> MemoryEstimate:
         trainable=adapter.num_parameters(trainable_only=True),
         describe=adapter.describe(),
         block_size=trainer.train_sampler.block_size,
+        processes=trainer.dist.world_size,
+        sharded=trainer.dist.sharded,
     )
