@@ -1,5 +1,7 @@
 """Every ``llmforge ...`` command line in README.md and docs/*.md parses with the real app.
 
+``torchrun ... -m llmforge ARGS`` lines count too: their ``llmforge ARGS`` part is checked.
+
 Lines are taken from fenced code blocks; each is parsed (never run) with the Click command
 that Typer builds, sub-command by sub-command, so an unknown command or option, a missing
 argument or a bad value fails here and the docs cannot drift from the CLI. Placeholders such
@@ -33,6 +35,8 @@ def doc_command_lines(path: Path) -> list[tuple[int, str]]:
         text = line.strip()
         if text.startswith("$ "):
             text = text[2:]
+        if inside and text.startswith("torchrun ") and " -m llmforge " in text:
+            text = "llmforge " + text.split(" -m llmforge ", 1)[1]  # what each rank runs
         if inside and text.startswith(PREFIXES):
             found.append((no, text))
     return found

@@ -29,7 +29,7 @@ def launch_local(
     last_checkpoint: Callable[[], Path | None] = lambda: None,
     resume_command: str = "",
     env: dict[str, str] | None = None,
-    shutdown_timeout: int = 10,
+    shutdown_timeout: int | None = None,
 ) -> int:
     """Run ``python -m llmforge ARGV`` in ``nproc`` processes on this machine; wait for all.
 
@@ -39,7 +39,9 @@ def launch_local(
         last_checkpoint: Finds the run's newest complete checkpoint (for the failure message).
         resume_command: How to continue the run (for the failure message).
         env: Extra environment variables for the processes.
-        shutdown_timeout: Seconds the others get to exit after one failed, before SIGKILL.
+        shutdown_timeout: Seconds the processes get after Ctrl-C (to finish the step and save
+            a checkpoint) or after another one failed, before SIGKILL. Default:
+            ``$TORCH_ELASTIC_SHUTDOWN_TIMEOUT``, else 60.
 
     Returns:
         0 when every process succeeded, the exit code of a process that reported its own
@@ -53,6 +55,8 @@ def launch_local(
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    if shutdown_timeout is None:
+        shutdown_timeout = int(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "60"))
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,

@@ -47,7 +47,8 @@ def _rank_pids(tag: str, rank: int) -> list[int]:
 
 def _start(home: Path, cfg: Path, run: str, *extra: str) -> tuple[subprocess.Popen, str]:
     tag = uuid.uuid4().hex
-    env = {**os.environ, "DIST_TEST_TAG": tag}
+    # A stopped (hung) process only dies from the launcher's SIGKILL after this grace period.
+    env = {**os.environ, "DIST_TEST_TAG": tag, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "5"}
     cmd = [sys.executable, "-m", "llmforge", "--home", str(home), "train", str(cfg)]
     proc = subprocess.Popen(
         [*cmd, "--nproc", "2", "--run-name", run, *extra],
@@ -55,6 +56,7 @@ def _start(home: Path, cfg: Path, run: str, *extra: str) -> tuple[subprocess.Pop
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # its own process group, like a job started from a terminal
     )
     return proc, tag
 
@@ -136,6 +138,25 @@ def test_a_hung_rank_stops_the_job_after_dist_timeout(long_cfg: tuple[Path, Path
     assert "Rank 0 lost contact with the other processes" in err
     assert "dist_timeout (4 s)" in err and "is intact" in err
     assert "Traceback" not in err and "Unexpected error" not in err
+
+
+def test_ctrl_c_stops_every_rank_at_the_same_step_with_one_checkpoint(
+    long_cfg: tuple[Path, Path],
+) -> None:
+    home, cfg = long_cfg
+    proc, _tag = _start(home, cfg, "int")
+    try:
+        _wait_for_checkpoint(home, "int", proc)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Interrupted at step" in out and "--resume latest --run-name int --nproc 2" in out
+    step = int(out.split("Interrupted at step ")[1].split()[0])
+    last = latest_checkpoint(home / "runs" / "int")
+    assert last.name == f"step-{step:06d}"
+    assert "Traceback" not in err
 
 
 @pytest.mark.skipif(

@@ -266,6 +266,7 @@ def train(
         allow_base_mismatch=allow_base_mismatch,
         dry_run=dry_run,
     )
+    ctx.call_on_close(run.dist.close)  # leave the process group however the command ends
     out = r.stdout()
     if dry_run:
         for w in run.warnings:
