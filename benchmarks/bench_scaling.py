@@ -68,6 +68,7 @@ def main() -> None:
     per = max(1, cores // n)
     common = [
         f"max_steps={args.steps}",
+        "warmup_steps=2",
         "log_interval=1",
         "eval_interval=100000",
         "sample_interval=0",
