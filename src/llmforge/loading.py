@@ -6,6 +6,7 @@ from typing import Any
 
 from llmforge.adapters import get_adapter
 from llmforge.adapters.base import ModelAdapter
+from llmforge.device import resolve_device
 from llmforge.errors import CheckpointError
 from llmforge.modelops import require_model_files
 from llmforge.registry import ModelRegistry
@@ -21,6 +22,7 @@ def load_for_inference(
     *,
     allow_base_mismatch: bool = False,
     warnings: list[str] | None = None,
+    device: str = "cpu",
 ) -> tuple[ModelAdapter, dict[str, Any]]:
     """The adapter for ``source``: a checkpoint reference, else a registry model name.
 
@@ -28,12 +30,29 @@ def load_for_inference(
     attached, after the base identity check (``allow_base_mismatch`` turns a refusal into a
     warning appended to ``warnings``).
 
+    Args:
+        workspace: The workspace.
+        source: A checkpoint reference or a registry model name.
+        allow_base_mismatch: Accept a LoRA adapter whose base changed (with a warning).
+        warnings: Receives such warnings.
+        device: ``auto``, ``cpu`` or ``cuda``: where the model is placed (see ``device.py``).
+
     Returns:
         ``(adapter, metadata)``: the checkpoint's ``meta.json`` or the registry entry as a dict.
 
     Raises:
         CheckpointError: If ``source`` is neither a checkpoint nor a registered model.
+        ConfigError: If ``device`` cannot be used.
     """
+    dev = resolve_device(device)  # fails before anything is loaded
+    adapter, meta = _load(workspace, source, allow_base_mismatch, warnings)
+    adapter.model.to(dev)
+    return adapter, meta
+
+
+def _load(
+    workspace: Workspace, source: str, allow_base_mismatch: bool, warnings: list[str] | None
+) -> tuple[ModelAdapter, dict[str, Any]]:
     try:
         path = resolve_checkpoint(workspace, source)
     except CheckpointError as ckpt_error:

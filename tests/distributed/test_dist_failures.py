@@ -172,6 +172,12 @@ def test_device_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_pat
     assert "device: cuda" in res.output and "no CUDA GPU" in res.output
     assert "Traceback" not in res.output
     assert tree_digest(home) == before
+    assert run_cli(home, "train", str(cfg), "--run-name", "r").exit_code == 0
+    res = run_cli(home, "generate", "r", "--prompt", "a", "--device", "cuda")
+    assert res.exit_code == 2 and "no CUDA GPU" in res.output
+    res = run_cli(home, "generate", "r", "--prompt", "a", "--device", "tpu")
+    assert res.exit_code == 2 and "auto, cpu or cuda" in res.output
+    assert run_cli(home, "generate", "r", "--prompt", "a", "--device", "cpu").exit_code == 0
 
 
 def test_fsdp_with_lora_is_a_config_error(tmp_path: Path) -> None:

@@ -52,6 +52,12 @@ def generate(
             help="Use a LoRA adapter even though its base model's files changed (experts only).",
         ),
     ] = False,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="auto (a CUDA GPU when one is visible, else the CPU), cpu or cuda."
+        ),
+    ] = "auto",
 ) -> None:
     """Generate text, decoding with the tokenizer the model was trained with."""
     from llmforge.generate import SamplingOptions, iter_text, stream_ids
@@ -68,9 +74,10 @@ def generate(
             system,
             opts,
             allow_base_mismatch,
+            device,
         )
         return
-    adapter, _ = _load(ctx, source, allow_base_mismatch)
+    adapter, _ = _load(ctx, source, allow_base_mismatch, device)
     tok = adapter.tokenizer
     prompt_ids = tok.encode(prompt)
     out = sys.stdout
@@ -87,14 +94,22 @@ def _stdin_is_terminal() -> bool:
     return sys.stdin.isatty()
 
 
-def _load(ctx: typer.Context, source: str, allow_base_mismatch: bool) -> tuple[Any, Any]:
+def _load(
+    ctx: typer.Context, source: str, allow_base_mismatch: bool, device: str = "auto"
+) -> tuple[Any, Any]:
     """The model for ``source``, printing any warning about a LoRA adapter's base."""
     from llmforge.cli import _render as r
     from llmforge.loading import load_for_inference
 
     notes: list[str] = []
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter(f"--device must be auto, cpu or cuda, not {device!r}.")
     loaded = load_for_inference(
-        workspace(ctx), source, allow_base_mismatch=allow_base_mismatch, warnings=notes
+        workspace(ctx),
+        source,
+        allow_base_mismatch=allow_base_mismatch,
+        warnings=notes,
+        device=device,
     )
     for note in notes:
         r.print_warning(note)
@@ -108,6 +123,7 @@ def _chat(
     system: str | None,
     opts: Any,
     allow_base_mismatch: bool = False,
+    device: str = "auto",
 ) -> None:
     """One reply to ``message``, or (no message) a chat loop on a terminal / stdin's message."""
     from llmforge.generate import ChatSession
@@ -117,7 +133,7 @@ def _chat(
         message = sys.stdin.read().strip()
         if not message:
             raise typer.BadParameter("no message: pass --message TEXT or pipe one on stdin.")
-    adapter, meta = _load(ctx, source, allow_base_mismatch)
+    adapter, meta = _load(ctx, source, allow_base_mismatch, device)
     session = ChatSession(adapter, meta, system)
     out = sys.stdout
     if not interactive:

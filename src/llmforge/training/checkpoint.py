@@ -80,10 +80,14 @@ def rng_state() -> dict[str, Any]:
     """The global RNG states that training consumes (dropout uses torch's CPU generator)."""
     import random
 
-    return {
+    state = {
         "torch_cpu": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode("ascii"),
         "python": random.getstate(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on the GPU
+        raw = torch.cuda.get_rng_state().numpy().tobytes()
+        state["torch_cuda"] = base64.b64encode(raw).decode("ascii")
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -92,6 +96,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
     raw = base64.b64decode(state["torch_cpu"])
     torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+    if "torch_cuda" in state and torch.cuda.is_available():
+        raw = base64.b64decode(state["torch_cuda"])
+        torch.cuda.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
 
