@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import uuid
@@ -69,22 +70,27 @@ def launch_local(
         logs_specs=DefaultLogsSpecs(),
         shutdown_timeout=shutdown_timeout,
     )
-    quiet = logging.getLogger("torch.distributed")
-    level = quiet.level
-    quiet.setLevel(logging.CRITICAL)  # failures are reported below, in one paragraph
+    # torchrun's log lines stay out of the way; they also say which processes the launcher
+    # itself signalled while shutting the job down (those were alive, so they are no cause).
+    elastic = logging.getLogger("torch.distributed.elastic")
+    watcher = _SignalledPids()
+    elastic.addHandler(watcher)
+    propagate, elastic.propagate = elastic.propagate, False
     extra = {**(env or {}), NPROC_ENV: str(nproc)}
     saved = {k: os.environ.get(k) for k in extra}
     os.environ.update(extra)  # the processes inherit this process's environment
     try:
         elastic_launch(config, sys.executable)("-m", "llmforge", *argv)
     except ChildFailedError as e:
-        failures = sorted(e.failures.items(), key=lambda kv: (kv[1].timestamp, kv[0]))
-        # A rank killed by a signal (other than the SIGTERM the launcher itself sends) is the
-        # cause; ranks that exited with an error afterwards only lost contact with it.
-        killed = [(r, f) for r, f in failures if f.exitcode < 0 and f.signal_name() != "SIGTERM"]
-        if not killed:
-            return next((f.exitcode for _, f in failures if f.exitcode > 0), 1)
-        rank, failure = killed[0]
+        # The cause: a process that failed on its own (the launcher did not signal it); one
+        # killed by a signal before one that exited with an error (that one lost contact).
+        causes = [kv for kv in e.failures.items() if kv[1].pid not in watcher.pids]
+        rank, failure = min(
+            causes or list(e.failures.items()),
+            key=lambda kv: (0 if kv[1].exitcode < 0 else 1, kv[1].timestamp, kv[0]),
+        )
+        if failure.exitcode >= 0:
+            return failure.exitcode or 1  # the rank printed its own error
         ckpt = last_checkpoint()
         where = (
             f"The last complete checkpoint, {ckpt}, is intact."
@@ -106,10 +112,29 @@ def launch_local(
             return EXIT_INTERRUPTED
         raise
     finally:
-        quiet.setLevel(level)
+        elastic.removeHandler(watcher)
+        elastic.propagate = propagate
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
     return 0
+
+
+class _SignalledPids(logging.Handler):
+    """Collects the pids that torch's launcher signals (SIGTERM, then SIGKILL) when it stops
+    the job, from its log records; prints nothing."""
+
+    _PID = re.compile(r"(?:process|Process) (\d+)")
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.pids: set[int] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if "closing signal" in msg or "Closing process" in msg or "forcefully exiting" in msg:
+            m = self._PID.search(msg)
+            if m:
+                self.pids.add(int(m.group(1)))

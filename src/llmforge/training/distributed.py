@@ -52,6 +52,8 @@ class DistContext:
         device: Where this process computes.
         strategy: ``single`` (one process, no group), ``ddp`` or ``fsdp``.
         group: Whether a process group was initialised (and must be destroyed).
+        broken: A collective failed (a peer died or hung): the group is left as it is, since
+            destroying it would wait for the lost peer.
     """
 
     rank: int = 0
@@ -61,6 +63,7 @@ class DistContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     strategy: str = "single"
     group: bool = False
+    broken: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -119,7 +122,7 @@ class DistContext:
 
     def close(self) -> None:
         """Leave the process group (if one was joined)."""
-        if self.group and torch.distributed.is_initialized():
+        if self.group and torch.distributed.is_initialized() and not self.broken:
             torch.distributed.destroy_process_group()
         self.group = False
 

@@ -279,6 +279,7 @@ class Trainer:
         except RuntimeError as e:
             if self.dist.world_size == 1 or not is_comm_error(e):
                 raise
+            self.dist.broken = True
             prev = latest_checkpoint(self.run_dir)
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
             raise TrainingError(
