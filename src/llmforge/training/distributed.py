@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from llmforge.config import TrainingConfig
-from llmforge.device import resolve_device
+from llmforge.device import check_precision, resolve_device
 from llmforge.errors import TrainingError
 
 
@@ -200,3 +200,52 @@ def init_distributed(cfg: TrainingConfig) -> DistContext:
             "endpoint, and that the port is reachable (docs/distributed.md).",
         ) from e
     return DistContext(rank, world, local_rank, local_world, device, strategy, group=True)
+
+
+def join_run(cfg: TrainingConfig) -> DistContext:
+    """This process's place in the job (joining the process group on first use), checked
+    against the config's precision.
+
+    Raises:
+        ConfigError: The device cannot be used, or not with the config's precision.
+    """
+    dist = init_distributed(cfg)
+    check_precision(dist.device, cfg.precision)
+    return dist
+
+
+def fit_world_size(
+    cfg: TrainingConfig, state: dict[str, Any], dist: DistContext, warnings: list[str]
+) -> TrainingConfig:
+    """The config of a run resumed at another number of processes than it was saved at.
+
+    The global batch (micro-batch x accumulation x processes) is kept when the new number
+    of processes divides it: then every step still sees the same micro-batches.
+    """
+    saved = int(state.get("world_size", 1))
+    if saved == dist.world_size:
+        return cfg
+    seqs = cfg.batch_size * cfg.grad_accum_steps * saved
+    per_rank = cfg.batch_size * dist.world_size
+    how = (
+        "the shards of the weights and optimizer state were redistributed"
+        if dist.sharded
+        else "every process loaded the whole checkpoint"
+    )
+    if (cfg.grad_accum_steps * saved) % dist.world_size == 0:
+        accum = cfg.grad_accum_steps * saved // dist.world_size
+        warnings.append(
+            f"This run was saved by {saved} process(es) and resumes on {dist.world_size}: "
+            f"{how}; the global batch stays {seqs} sequences per step (grad_accum_steps "
+            f"{cfg.grad_accum_steps} -> {accum}), so the steps see the same data, but dropout "
+            "and the order of floating-point sums differ from an uninterrupted run."
+        )
+        return TrainingConfig.from_dict({**cfg.to_dict(), "grad_accum_steps": accum})
+    warnings.append(
+        f"This run was saved by {saved} process(es) and resumes on {dist.world_size}: {how}; "
+        f"its global batch of {seqs} sequences cannot be split evenly over {dist.world_size} "
+        f"processes, so it becomes {per_rank * cfg.grad_accum_steps} (grad_accum_steps "
+        f"{cfg.grad_accum_steps} per process) and the rest of the run differs from an "
+        "uninterrupted one."
+    )
+    return cfg

@@ -18,7 +18,6 @@ from llmforge.adapters import get_adapter
 from llmforge.adapters.base import ModelAdapter
 from llmforge.adapters.custom import CustomTransformerAdapter
 from llmforge.config import ARCHITECTURE_KEYS, RESUMABLE_KEYS, TrainingConfig
-from llmforge.device import check_precision
 from llmforge.errors import CheckpointError, ConfigError, ModelExistsError, TrainingError
 from llmforge.fsutil import atomic_write_text
 from llmforge.modelops import require_model_files
@@ -33,7 +32,7 @@ from llmforge.training import checkpoint as ck
 from llmforge.training import lineage, sharded
 from llmforge.training import lora as lora_run
 from llmforge.training.batches import LoadedData, build_batches, load_data
-from llmforge.training.distributed import DistContext, init_distributed
+from llmforge.training.distributed import DistContext, fit_world_size, join_run
 from llmforge.training.memory import MemoryEstimate, check_memory, estimate_memory
 from llmforge.training.metrics import MetricsWriter, truncate_metrics
 from llmforge.training.override import apply_override, override_tokenizer
@@ -157,7 +156,7 @@ def _fresh_trainer(
     batches = build_batches(corpus, adapter, cfg, block)
     train, val, prompt = batches.train, batches.val, batches.sample_prompt
     warnings += batches.warnings
-    dist = _join(cfg)
+    dist = join_run(cfg)
     module, optimizer = setup_training(adapter, cfg, dist)
     meta = {
         "llmforge_version": __version__,
@@ -289,8 +288,8 @@ def _resume(
     updates = {k: getattr(cfg, k) for k in RESUMABLE_KEYS if k in explicit}
     run_cfg = TrainingConfig.from_dict({**saved.to_dict(), **updates}, source="resumed config")
     state = ck.read_json(ckpt / ck.STATE_FILE)
-    dist = _join(run_cfg)
-    run_cfg = _new_world_size(run_cfg, state, dist, warnings)
+    dist = join_run(run_cfg)
+    run_cfg = fit_world_size(run_cfg, state, dist, warnings)
     corpus = load_data(run_cfg)
     if corpus.sha256 != meta.get("data", {}).get("sha256"):
         warnings.append(
@@ -474,54 +473,6 @@ def prepare_run(
         "grad_accum_steps": trainer.cfg.grad_accum_steps,
     }
     return PreparedRun(trainer, run_dir, resumed_from, start, info, warnings, memory, dist)
-
-
-def _join(cfg: TrainingConfig) -> DistContext:
-    """This process's place in the job (joining the process group on first use).
-
-    Raises:
-        ConfigError: The device cannot be used, or not with the config's precision.
-    """
-    dist = init_distributed(cfg)
-    check_precision(dist.device, cfg.precision)
-    return dist
-
-
-def _new_world_size(
-    cfg: TrainingConfig, state: dict[str, Any], dist: DistContext, warnings: list[str]
-) -> TrainingConfig:
-    """The config of a run resumed at another number of processes than it was saved at.
-
-    The global batch (micro-batch x accumulation x processes) is kept when the new number
-    of processes divides it: then every step still sees the same micro-batches.
-    """
-    saved = int(state.get("world_size", 1))
-    if saved == dist.world_size:
-        return cfg
-    seqs = cfg.batch_size * cfg.grad_accum_steps * saved
-    per_rank = cfg.batch_size * dist.world_size
-    how = (
-        "the shards of the weights and optimizer state were redistributed"
-        if dist.sharded
-        else "every process loaded the whole checkpoint"
-    )
-    if (cfg.grad_accum_steps * saved) % dist.world_size == 0:
-        accum = cfg.grad_accum_steps * saved // dist.world_size
-        warnings.append(
-            f"This run was saved by {saved} process(es) and resumes on {dist.world_size}: "
-            f"{how}; the global batch stays {seqs} sequences per step (grad_accum_steps "
-            f"{cfg.grad_accum_steps} -> {accum}), so the steps see the same data, but dropout "
-            "and the order of floating-point sums differ from an uninterrupted run."
-        )
-        return TrainingConfig.from_dict({**cfg.to_dict(), "grad_accum_steps": accum})
-    warnings.append(
-        f"This run was saved by {saved} process(es) and resumes on {dist.world_size}: {how}; "
-        f"its global batch of {seqs} sequences cannot be split evenly over {dist.world_size} "
-        f"processes, so it becomes {per_rank * cfg.grad_accum_steps} (grad_accum_steps "
-        f"{cfg.grad_accum_steps} per process) and the rest of the run differs from an "
-        "uninterrupted one."
-    )
-    return cfg
 
 
 def run_memory_estimate(trainer: Trainer) -> MemoryEstimate:
