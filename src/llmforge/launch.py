@@ -9,6 +9,7 @@ kept out of the way.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -58,6 +59,12 @@ def launch_local(
 
     if shutdown_timeout is None:
         shutdown_timeout = int(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "60"))
+    # Older torch has no shutdown_timeout (its launcher waits its fixed 30 s).
+    grace = (
+        {"shutdown_timeout": shutdown_timeout}
+        if "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}
+        else {}
+    )
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -68,7 +75,7 @@ def launch_local(
         max_restarts=0,
         monitor_interval=0.2,
         logs_specs=DefaultLogsSpecs(),
-        shutdown_timeout=shutdown_timeout,
+        **grace,
     )
     # torchrun's log lines stay out of the way; they also say which processes the launcher
     # itself signalled while shutting the job down (those were alive, so they are no cause).

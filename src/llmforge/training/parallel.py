@@ -79,7 +79,11 @@ def _fully_shard(
     adapter: ModelAdapter, module: LossModule, cfg: TrainingConfig, dist: DistContext
 ) -> None:
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    try:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    except ImportError:  # torch < 2.6 keeps FSDP2 under _composable
+        from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(dist.device.type, (dist.world_size,))
     policy = (
