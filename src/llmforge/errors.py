@@ -22,6 +22,9 @@ class LLMForgeError(Exception):
     """
 
     exit_code: int = EXIT_ERROR
+    # In a multi-process job every rank meets the same bad input; rank 0 alone reports it.
+    # Errors that only this rank can report (it lost its peers, its own write failed) say so.
+    every_rank: bool = False
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -98,6 +101,13 @@ class AdapterNotFoundError(LLMForgeError):
 
 class TrainingError(LLMForgeError):
     """Training cannot start or cannot continue (non-finite loss, run exists, ...)."""
+
+
+class DistributedError(TrainingError):
+    """A process of a multi-process job lost the others (died, hung, unreachable); each rank
+    reports its own."""
+
+    every_rank = True
 
 
 class NotAvailableError(LLMForgeError):

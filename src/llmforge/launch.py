@@ -24,6 +24,14 @@ from llmforge.errors import EXIT_INTERRUPTED, TrainingError
 NPROC_ENV = "LLMFORGE_NPROC"  # tells the ranks how they were started (for the resume hint)
 
 
+def in_job() -> bool:
+    """Whether this process is one rank of a multi-process (torchrun) job."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
 def launch_local(
     argv: Sequence[str],
     nproc: int,

@@ -31,6 +31,7 @@ EXPECTED_CODES = {
     errors.CheckpointError: 1,
     errors.AdapterNotFoundError: 1,
     errors.TrainingError: 1,
+    errors.DistributedError: 1,
     errors.NotAvailableError: 1,
     errors.ExportError: 1,
     errors.LLMForgeError: 1,
@@ -187,3 +188,21 @@ def test_missing_home_is_reported(tmp_path):
     assert str(tmp_path / "nope") in err and "--home" in err and "does not exist" in err
     assert "Traceback" not in res.output
     assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize(
+    ("rank", "exc", "shown"),
+    [
+        ("0", errors.ConfigError("bad key", "fix it"), "Error: bad key fix it"),
+        ("1", errors.ConfigError("bad key", "fix it"), ""),  # rank 0 says the same
+        ("1", errors.DistributedError("lost the others", "resume"), "[rank 1] lost the others"),
+    ],
+)
+def test_in_a_multi_process_job_only_rank_0_reports_shared_errors(
+    monkeypatch: pytest.MonkeyPatch, rank: str, exc: Exception, shown: str
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    res = CliRunner().invoke(_raising_app(exc), ["boom"])
+    assert res.exit_code == exc.exit_code
+    assert (shown in flat(res.output)) if shown else res.output == ""

@@ -186,3 +186,55 @@ def test_fsdp_with_lora_is_a_config_error(tmp_path: Path) -> None:
     cfg.write_text("model_name: m\nfinetune: lora\nstrategy: fsdp\n")
     res = run_cli(tmp_path, "train", str(cfg))
     assert res.exit_code == 2 and "strategy: ddp for LoRA" in res.output
+
+
+def test_bad_input_in_a_2_process_job_is_reported_once_and_changes_nothing(
+    long_cfg: tuple[Path, Path],
+) -> None:
+    home, cfg = long_cfg
+    before = tree_digest(home)
+    base = [
+        sys.executable,
+        "-m",
+        "llmforge",
+        "--home",
+        str(home),
+        "train",
+        str(cfg),
+        "--nproc",
+        "2",
+    ]
+    # Every rank finds the data missing; only rank 0 says so.
+    res = subprocess.run(
+        [*base, "--set", "data_path=/nonexistent/corpus.txt"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.count("Error:") == 1 and "/nonexistent/corpus.txt" in res.stderr
+    # One process would fit in 1 GB; two processes sharing this machine's 1 GB do not.
+    res = subprocess.run(
+        [*base, "--set", "memory_limit_gb=1.0"], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 1, res.stderr
+    assert res.stderr.count("Error:") == 1
+    assert "shared by the 2 processes on this machine" in res.stderr
+    assert "strategy: fsdp" in res.stderr and "Traceback" not in res.stderr
+    assert tree_digest(home) == before
+    # The same limit fits one process.
+    one = run_cli(home, "train", str(cfg), "--set", "memory_limit_gb=1.0", "--max-steps", "2")
+    assert one.exit_code == 0, one.output
+
+
+def test_a_one_process_fsdp_run_leaves_no_rendezvous_variables_behind(
+    long_cfg: tuple[Path, Path],
+) -> None:
+    home, cfg = long_cfg
+    res = run_cli(home, "train", str(cfg), "--set", "strategy=fsdp", "--max-steps", "2")
+    assert res.exit_code == 0, res.output
+    assert (latest_checkpoint(home / "runs" / "long") / "shards" / ".metadata").is_file()
+    assert not {"RANK", "WORLD_SIZE", "MASTER_PORT"} & set(os.environ)
+    import torch.distributed
+
+    assert not torch.distributed.is_initialized()

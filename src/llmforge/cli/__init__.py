@@ -32,6 +32,16 @@ _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "
 _NOT_ERRORS: tuple[type[BaseException], ...] = (typer.Exit, typer.Abort, _CLICK_EXCEPTION)
 
 
+def _rank() -> int:
+    """This process's rank in a torchrun job (0 when it is not part of one)."""
+    from llmforge.launch import in_job
+
+    try:
+        return int(os.environ.get("RANK", "0")) if in_job() else 0
+    except ValueError:
+        return 0
+
+
 class ErrorMappingGroup(TyperGroup):
     """The root group: turns llmforge's typed errors into a message and an exit code."""
 
@@ -43,7 +53,11 @@ class ErrorMappingGroup(TyperGroup):
         except LLMForgeError as e:
             if _debug():
                 raise
-            print_error(e.message, e.hint)
+            rank = _rank()
+            if rank == 0:
+                print_error(e.message, e.hint)
+            elif e.every_rank:  # only this rank knows: say which one it is
+                print_error(f"[rank {rank}] {e.message}", e.hint)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if _debug():
@@ -53,8 +67,9 @@ class ErrorMappingGroup(TyperGroup):
         except Exception as e:
             if _debug():
                 raise
+            rank = _rank()
             print_error(
-                f"Unexpected error: {type(e).__name__}: {e}.",
+                f"{f'[rank {rank}] ' if rank else ''}Unexpected error: {type(e).__name__}: {e}.",
                 f"This is a bug in llmforge. Re-run with {DEBUG_ENV}=1 to see the traceback "
                 "and include it when you report the problem.",
             )

@@ -233,8 +233,10 @@ def train(
         )  # a branch gets its own run folder by default
     cfg = load_config(config, overrides)
     ws = workspace(ctx)
-    rank = int(os.environ.get("RANK", "0")) if "WORLD_SIZE" in os.environ else 0
-    if nproc > 1 and "WORLD_SIZE" not in os.environ and not dry_run:
+    from llmforge.launch import in_job
+
+    rank = int(os.environ.get("RANK", "0")) if in_job() else 0
+    if nproc > 1 and not in_job() and not dry_run:
         argv = ["train", *([str(config)] if config else [])]
         for flag, value in (
             ("--max-steps", max_steps),
@@ -265,6 +267,7 @@ def train(
         branch_name=name,
         allow_base_mismatch=allow_base_mismatch,
         dry_run=dry_run,
+        processes=nproc if dry_run else None,
     )
     ctx.call_on_close(run.dist.close)  # leave the process group however the command ends
     out = r.stdout()

@@ -24,7 +24,7 @@ import torch
 
 from llmforge.config import TrainingConfig
 from llmforge.device import check_precision, resolve_device
-from llmforge.errors import TrainingError
+from llmforge.errors import DistributedError
 
 
 def launched_by_torchrun() -> bool:
@@ -54,6 +54,8 @@ class DistContext:
         group: Whether a process group was initialised (and must be destroyed).
         broken: A collective failed (a peer died or hung): the group is left as it is, since
             destroying it would wait for the lost peer.
+        own_env: Environment variables this process set to form a group of one (removed on
+            :meth:`close`).
     """
 
     rank: int = 0
@@ -64,6 +66,7 @@ class DistContext:
     strategy: str = "single"
     group: bool = False
     broken: bool = False
+    own_env: list[str] = field(default_factory=list)
 
     @property
     def is_main(self) -> bool:
@@ -125,6 +128,9 @@ class DistContext:
         if self.group and torch.distributed.is_initialized() and not self.broken:
             torch.distributed.destroy_process_group()
         self.group = False
+        for key in self.own_env:  # the rendezvous variables a one-process group set itself
+            os.environ.pop(key, None)
+        self.own_env = []
 
     def _comm_device(self) -> torch.device:
         return self.device if self.device.type == "cuda" else torch.device("cpu")
@@ -165,7 +171,7 @@ def init_distributed(cfg: TrainingConfig) -> DistContext:
 
     Raises:
         ConfigError: The device cannot be used (see :func:`~llmforge.device.resolve_device`).
-        TrainingError: The other processes could not be reached within ``dist_timeout``.
+        DistributedError: The other processes could not be reached within ``dist_timeout``.
     """
     torchrun = launched_by_torchrun()
     world = int(os.environ.get("WORLD_SIZE", "1")) if torchrun else 1
@@ -176,10 +182,12 @@ def init_distributed(cfg: TrainingConfig) -> DistContext:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world))) if torchrun else 1
     device = resolve_device(cfg.device, local_rank)
     _threads_per_rank(cfg, local_world)
+    own_env = {}
     if not torchrun:  # a one-process FSDP run: a group of one, on a free local port
-        os.environ.update(
+        own_env = dict(
             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1"
         )
+        os.environ.update(own_env)
     strategy = cfg.strategy if world > 1 or cfg.strategy == "fsdp" else "single"
     if torch.distributed.is_initialized():  # joined already (a second run in this process)
         return DistContext(rank, world, local_rank, local_world, device, strategy, group=True)
@@ -193,13 +201,15 @@ def init_distributed(cfg: TrainingConfig) -> DistContext:
             **({"device_id": device} if device.type == "cuda" else {}),
         )
     except (RuntimeError, ValueError) as e:
-        raise TrainingError(
+        raise DistributedError(
             f"Rank {rank} could not join the other {world - 1} process(es) of the job at "
             f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} ({e}).",
             "Check that every node runs the same torchrun command with the same rendezvous "
             "endpoint, and that the port is reachable (docs/distributed.md).",
         ) from e
-    return DistContext(rank, world, local_rank, local_world, device, strategy, group=True)
+    ctx = DistContext(rank, world, local_rank, local_world, device, strategy, group=True)
+    ctx.own_env = sorted(own_env)
+    return ctx
 
 
 def join_run(cfg: TrainingConfig) -> DistContext:

@@ -164,13 +164,20 @@ def available_memory(cfg: TrainingConfig) -> int:
     return avail + rss
 
 
-def check_memory(est: MemoryEstimate, cfg: TrainingConfig) -> None:
+def check_memory(est: MemoryEstimate, cfg: TrainingConfig, *, sharers: int = 1) -> None:
     """Refuse a run whose estimate exceeds the memory available to it.
+
+    Args:
+        est: The estimate for one process.
+        cfg: The run's config (``memory_limit_gb``, and the levers to suggest).
+        sharers: Processes of the job on this machine, each needing ``est`` of its memory.
 
     Raises:
         TrainingError: With what would help, most effective first.
     """
     avail = available_memory(cfg)
+    if avail:
+        avail //= sharers
     if not avail or est.total <= avail:
         return
     tips = []
@@ -188,6 +195,10 @@ def check_memory(est: MemoryEstimate, cfg: TrainingConfig) -> None:
         tips.append("fused_loss: true (no full logits)")
     tips.append("a shorter block_size, or a smaller model")
     where = "memory_limit_gb" if cfg.memory_limit_gb is not None else "available memory"
+    if sharers > 1:
+        where += f", shared by the {sharers} processes on this machine"
+        if cfg.strategy != "fsdp":
+            tips.insert(0, "strategy: fsdp (each process holds 1/N of the weights and state)")
     raise TrainingError(
         f"This run needs about {human_bytes(est.total)} of memory at peak, but only "
         f"{human_bytes(avail)} is available ({where}); it would die mid-run. Nothing was "

@@ -357,6 +357,7 @@ def prepare_run(
     branch_name: str | None = None,
     allow_base_mismatch: bool = False,
     dry_run: bool = False,
+    processes: int | None = None,
 ) -> PreparedRun:
     """Build everything a run needs, resuming from a checkpoint when asked.
 
@@ -374,6 +375,8 @@ def prepare_run(
         branch_name: The branch's registry name; required with ``init_from``.
         allow_base_mismatch: Resume a LoRA run even if its base model's files changed.
         dry_run: Build everything and estimate memory, but write nothing (``info`` empty).
+        processes: Estimate memory per process for a job of this many processes (a dry run
+            of ``--nproc N`` runs in one process); default: this job's.
 
     Raises:
         ConfigError, ModelNotFoundError, ModelFilesMissingError, DataError, CheckpointError,
@@ -417,12 +420,15 @@ def prepare_run(
             resumed_from, cfg, explicit, workspace, allow_base_mismatch
         )
         run_dir = trainer.run_dir
-    memory = run_memory_estimate(trainer)
+    memory = run_memory_estimate(trainer, processes)
     if dry_run:
         step = int(trainer.state.get("step", 0))
         return PreparedRun(trainer, run_dir, resumed_from, step, {}, warnings, memory, trainer.dist)
-    check_memory(memory, trainer.cfg)  # refuse a run that cannot fit, before it exists
+    # Refuse a run that cannot fit, before it exists. CPU processes share the machine's memory.
     dist = trainer.dist
+    check_memory(
+        memory, trainer.cfg, sharers=dist.local_world_size if dist.device.type == "cpu" else 1
+    )
     dist.barrier()  # every rank passed every check before rank 0 writes anything
     # Nothing was written so far; from here on the run exists on disk.
     start = int(trainer.state.get("step", 0))
@@ -475,8 +481,10 @@ def prepare_run(
     return PreparedRun(trainer, run_dir, resumed_from, start, info, warnings, memory, dist)
 
 
-def run_memory_estimate(trainer: Trainer) -> MemoryEstimate:
-    """The memory estimate of ``trainer``'s run (its model, micro-batch and settings)."""
+def run_memory_estimate(trainer: Trainer, processes: int | None = None) -> MemoryEstimate:
+    """The memory estimate of ``trainer``'s run (its model, micro-batch and settings), per
+    process of a job of ``processes`` processes (default: this job's)."""
+    world = processes or trainer.dist.world_size
     adapter = trainer.adapter
     return estimate_memory(
         trainer.cfg,
@@ -484,6 +492,6 @@ def run_memory_estimate(trainer: Trainer) -> MemoryEstimate:
         trainable=adapter.num_parameters(trainable_only=True),
         describe=adapter.describe(),
         block_size=trainer.train_sampler.block_size,
-        processes=trainer.dist.world_size,
-        sharded=trainer.dist.sharded,
+        processes=world,
+        sharded=(trainer.cfg.strategy == "fsdp" and world > 1) or trainer.dist.sharded,
     )

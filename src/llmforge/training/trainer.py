@@ -21,7 +21,7 @@ from llmforge.adapters.base import ModelAdapter
 from llmforge.config import TrainingConfig
 from llmforge.data import Sampler
 from llmforge.device import autocast
-from llmforge.errors import CheckpointError, TrainingError
+from llmforge.errors import CheckpointError, DistributedError, TrainingError
 from llmforge.generate import SamplingOptions, generate_text
 from llmforge.training.checkpoint import (
     latest_checkpoint,
@@ -218,12 +218,14 @@ class Trainer:
                 cause = error.strerror
             elif error is not None:
                 cause = str(error)
-            raise CheckpointError(
+            failed = CheckpointError(
                 f"Could not write the checkpoint of step {step} under {self.run_dir}: {cause} "
                 "(is the disk full, or a file-size limit reached?). Nothing of it was kept"
                 + (f"; the previous checkpoint {prev.name} is intact." if prev else "."),
                 "Free some disk space (or lower keep_last), then continue with --resume latest.",
-            ) from error
+            )
+            failed.every_rank = error is not None  # each rank tells its own cause
+            raise failed from error
         if dist.is_main:
             prune_checkpoints(self.run_dir, self.cfg.keep_last)
         dist.barrier()  # nobody runs ahead while rank 0 prunes
@@ -282,7 +284,7 @@ class Trainer:
             self.dist.broken = True
             prev = latest_checkpoint(self.run_dir)
             first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            raise TrainingError(
+            raise DistributedError(
                 f"Rank {self.dist.rank} lost contact with the other processes of the job at "
                 f"step {getattr(self, '_current_step', 0) + 1} ({first}): another process died, "
                 f"hung or did not answer within dist_timeout ({self.cfg.dist_timeout:g} s), so "
