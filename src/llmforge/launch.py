@@ -32,6 +32,14 @@ def in_job() -> bool:
         return False
 
 
+def job_rank() -> int:
+    """This process's rank in a multi-process job (0 when it is not part of one)."""
+    try:
+        return int(os.environ.get("RANK", "0")) if in_job() else 0
+    except ValueError:
+        return 0
+
+
 def launch_local(
     argv: Sequence[str],
     nproc: int,

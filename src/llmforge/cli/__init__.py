@@ -17,6 +17,7 @@ from llmforge.cli import ckpt, generate, models, train
 from llmforge.cli._context import CliState
 from llmforge.cli._render import print_error
 from llmforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, LLMForgeError
+from llmforge.launch import job_rank
 
 DEBUG_ENV = "LLMFORGE_DEBUG"
 
@@ -32,16 +33,6 @@ _CLICK_EXCEPTION = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "
 _NOT_ERRORS: tuple[type[BaseException], ...] = (typer.Exit, typer.Abort, _CLICK_EXCEPTION)
 
 
-def _rank() -> int:
-    """This process's rank in a torchrun job (0 when it is not part of one)."""
-    from llmforge.launch import in_job
-
-    try:
-        return int(os.environ.get("RANK", "0")) if in_job() else 0
-    except ValueError:
-        return 0
-
-
 class ErrorMappingGroup(TyperGroup):
     """The root group: turns llmforge's typed errors into a message and an exit code."""
 
@@ -53,7 +44,7 @@ class ErrorMappingGroup(TyperGroup):
         except LLMForgeError as e:
             if _debug():
                 raise
-            rank = _rank()
+            rank = job_rank()
             if rank == 0:
                 print_error(e.message, e.hint)
             elif e.every_rank:  # only this rank knows: say which one it is
@@ -67,7 +58,7 @@ class ErrorMappingGroup(TyperGroup):
         except Exception as e:
             if _debug():
                 raise
-            rank = _rank()
+            rank = job_rank()
             print_error(
                 f"{f'[rank {rank}] ' if rank else ''}Unexpected error: {type(e).__name__}: {e}.",
                 f"This is a bug in llmforge. Re-run with {DEBUG_ENV}=1 to see the traceback "

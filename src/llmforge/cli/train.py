@@ -16,7 +16,7 @@ from llmforge.cli._context import workspace
 from llmforge.cli._progress import plain_or_live_reporter
 from llmforge.errors import EXIT_INTERRUPTED
 from llmforge.fsutil import human_bytes, human_count
-from llmforge.launch import NPROC_ENV
+from llmforge.launch import NPROC_ENV, in_job, job_rank
 
 
 def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[str]:
@@ -233,9 +233,7 @@ def train(
         )  # a branch gets its own run folder by default
     cfg = load_config(config, overrides)
     ws = workspace(ctx)
-    from llmforge.launch import in_job
-
-    rank = int(os.environ.get("RANK", "0")) if in_job() else 0
+    rank = job_rank()
     if nproc > 1 and not in_job() and not dry_run:
         argv = ["train", *([str(config)] if config else [])]
         for flag, value in (
@@ -329,7 +327,6 @@ def train(
             result = run.trainer.fit(should_stop=lambda: stop_requested, stop_at=stop_at)
     finally:
         signal.signal(signal.SIGINT, previous)
-        run.dist.close()
 
     where = result.last_checkpoint
     if result.stopped_early:

@@ -32,14 +32,6 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def env_rank() -> int:
-    """This process's rank from the environment (0 outside torchrun)."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
-
-
 @dataclass
 class DistContext:
     """Where this process stands in the job.
@@ -85,11 +77,7 @@ class DistContext:
 
     def mean(self, value: float) -> float:
         """The mean of ``value`` over the ranks."""
-        if self.world_size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
-        torch.distributed.all_reduce(t)
-        return float(t) / self.world_size
+        return value if self.world_size == 1 else self.sum(value) / self.world_size
 
     def sum(self, value: float) -> float:
         """The sum of ``value`` over the ranks."""

@@ -15,6 +15,7 @@ loss that reads the head's weight directly.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from typing import Any
@@ -106,8 +107,6 @@ def no_sync(module: torch.nn.Module, last_micro: bool) -> Any:
     DDP skips its all-reduce inside ``no_sync()``; FSDP keeps unsharded gradients until the
     last micro-batch. Either way the result equals synchronising every time.
     """
-    import contextlib
-
     if hasattr(module, "no_sync"):  # DDP
         return contextlib.nullcontext() if last_micro else module.no_sync()
     if hasattr(module, "set_requires_gradient_sync"):  # FSDP2

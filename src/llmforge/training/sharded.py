@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,6 @@ def load_sharded(path: Path, adapter: ModelAdapter, optimizer: Any | None = None
 
 def load_consolidated(path: Path) -> tuple[ModelAdapter, dict[str, Any]]:
     """A sharded checkpoint's model, whole, in this process (no process group needed)."""
-    import warnings
-
     meta = ck.load_meta(path)
     adapter = skeleton(path, meta)
     with warnings.catch_warnings():
@@ -160,8 +159,6 @@ def consolidate(path: Path) -> Path:
     Returns:
         The checkpoint's path (unchanged).
     """
-    import warnings
-
     from llmforge.config import TrainingConfig
     from llmforge.training.optim import build_optimizer
 
