@@ -190,12 +190,19 @@ def test_missing_home_is_reported(tmp_path):
     assert not (tmp_path / "nope").exists()
 
 
+def _own(e: errors.LLMForgeError) -> errors.LLMForgeError:
+    """``e`` as an error only this rank can report (like DistributedError, which in a real
+    job also leaves the process at once: tested in tests/distributed)."""
+    e.every_rank = True
+    return e
+
+
 @pytest.mark.parametrize(
     ("rank", "exc", "shown"),
     [
         ("0", errors.ConfigError("bad key", "fix it"), "Error: bad key fix it"),
         ("1", errors.ConfigError("bad key", "fix it"), ""),  # rank 0 says the same
-        ("1", errors.DistributedError("lost the others", "resume"), "[rank 1] lost the others"),
+        ("1", _own(errors.CheckpointError("my write failed", "retry")), "[rank 1] my write failed"),
     ],
 )
 def test_in_a_multi_process_job_only_rank_0_reports_shared_errors(

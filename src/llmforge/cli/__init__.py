@@ -7,6 +7,7 @@ imports torch or transformers at module level, so ``llmforge --help`` stays fast
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -16,8 +17,8 @@ from llmforge import __version__
 from llmforge.cli import ckpt, generate, models, train
 from llmforge.cli._context import CliState
 from llmforge.cli._render import print_error
-from llmforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, LLMForgeError
-from llmforge.launch import job_rank
+from llmforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, DistributedError, LLMForgeError
+from llmforge.launch import in_job, job_rank
 
 DEBUG_ENV = "LLMFORGE_DEBUG"
 
@@ -49,6 +50,13 @@ class ErrorMappingGroup(TyperGroup):
                 print_error(e.message, e.hint)
             elif e.every_rank:  # only this rank knows: say which one it is
                 print_error(f"[rank {rank}] {e.message}", e.hint)
+            if isinstance(e, DistributedError) and in_job():
+                # The job's process group lost a peer: its teardown at exit would wait for
+                # the peer or abort (SIGABRT), and the launcher would then blame this rank.
+                # It has said what happened; leave without tearing anything down.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(e.exit_code)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if _debug():
