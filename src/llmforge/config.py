@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llmforge.errors import ConfigError
+from llmforge.untrusted import UntrustedYAMLError, load_yaml
 
 # Keys that only shape the from-scratch Transformer; a registry model's own config wins.
 # (block_size is not among them: it is the training sequence length for every model.)
@@ -308,7 +309,11 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
                 "Write it like --set learning_rate=3e-4.",
             )
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else None
+            out[key] = load_yaml(raw) if raw.strip() else None
+        except UntrustedYAMLError as e:
+            raise ConfigError(
+                f"--set {key}=... is refused: {e}.", "Give the value without YAML aliases."
+            ) from e
         except yaml.YAMLError:
             out[key] = raw
     return out
@@ -330,7 +335,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise ConfigError(f"Config file {path} is not UTF-8 text.", "Save it as UTF-8 YAML.") from e
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except UntrustedYAMLError as e:
+        raise ConfigError(
+            f"Config file {path} is refused: {e}.",
+            "A training config is a short list of keys; write the values out without aliases.",
+        ) from e
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

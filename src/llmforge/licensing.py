@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from llmforge.untrusted import UntrustedYAMLError, load_yaml
+
 _FRONT_MATTER = re.compile(r"\A\ufeff?---\s*\n(.*?)\n---\s*(\n|\Z)", re.DOTALL)
 _EXCERPT_LINES = 12
 
@@ -70,8 +72,8 @@ def read_front_matter(text: str) -> dict[str, Any]:
     if not match:
         return {}
     try:
-        data = yaml.safe_load(match.group(1))
-    except yaml.YAMLError:
+        data = load_yaml(match.group(1))
+    except (yaml.YAMLError, UntrustedYAMLError):  # an unreadable card says nothing
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -42,22 +42,51 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(microsecond=0)
 
 
+# Names of the workspace's own files beside the model folders (compared case-insensitively:
+# on a case-insensitive filesystem README.md and readme.md are one file). Hidden names
+# (.cache, .staging, .registry.lock) cannot match NAME_PATTERN at all.
+RESERVED_NAMES = frozenset({"registry.json", "readme.md"})
+RESERVED_SUFFIXES = (".lock", ".tmp", ".incomplete")
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be a model name, or None if it can.
+
+    The one rule for model names, used by every command that creates or reads one (import,
+    register, ``--init-from --name``, the registry file itself).
+    """
+    if not isinstance(name, str):
+        return f"a model name is text, not {type(name).__name__}"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"it is {len(name):,} characters long (at most {MAX_NAME_LENGTH})"
+    if not NAME_PATTERN.fullmatch(name):
+        return (
+            "names use lowercase letters, digits, '.', '_' and '-', and start with a letter or "
+            "digit (a name is never a path)"
+        )
+    if name.lower() in RESERVED_NAMES or name.lower().endswith(RESERVED_SUFFIXES):
+        return "it is reserved for the workspace's own files in models/"
+    return None
+
+
 def check_model_name(name: str) -> str:
     """Validate a model name and return it.
 
     A name is what the user types (``qwen-0.5b-base``); it is also a folder name under
-    ``models/``, so it can never be a path.
+    ``models/``, so it can never be a path, nor one of the workspace's own file names.
 
     Raises:
-        InvalidModelNameError: If the name is empty, too long, or has other characters than
-            lowercase letters, digits, ``.``, ``_`` and ``-`` (first character a letter or digit).
+        InvalidModelNameError: If the name is empty, too long, has other characters than
+            lowercase letters, digits, ``.``, ``_`` and ``-`` (first character a letter or
+            digit), or is reserved (``registry.json``, ``README.md``, ``*.lock``, ...).
     """
-    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(name):
+    problem = name_problem(name)
+    if problem is not None:
+        from llmforge.untrusted import brief
+
         raise InvalidModelNameError(
-            f"{name!r} is not a valid model name: names use lowercase letters, digits, '.', "
-            f"'_' and '-', start with a letter or digit, and are at most {MAX_NAME_LENGTH} "
-            "characters (a name is never a path).",
-            f"Try --name {suggest_model_name(name)!r}.",
+            f"{brief(name, 80)} is not a valid model name: {problem}.",
+            f"Try --name {suggest_model_name(str(name))!r}.",
         )
     return name
 
@@ -73,7 +102,11 @@ def suggest_model_name(text: str) -> str:
     """
     last = text.rstrip("/").split("/")[-1].lower()
     cleaned = re.sub(r"[^a-z0-9._-]+", "-", last).strip("-._")
-    return cleaned[:MAX_NAME_LENGTH].rstrip("-._") or "model"
+    cleaned = cleaned[:MAX_NAME_LENGTH].rstrip("-._") or "model"
+    if name_problem(cleaned) is not None:  # reserved: registry.json -> registry.json-model
+        cleaned = f"{cleaned[: MAX_NAME_LENGTH - 6]}-model"
+        cleaned = cleaned if name_problem(cleaned) is None else "model"
+    return cleaned
 
 
 class FileRecord(BaseModel):
@@ -109,16 +142,17 @@ class ModelEntry(BaseModel):
     @field_validator("model_name")
     @classmethod
     def _valid_name(cls, v: str) -> str:
-        if len(v) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(v):
-            raise ValueError(f"invalid model name {v!r}")
+        problem = name_problem(v)
+        if problem is not None:
+            raise ValueError(f"invalid model name: {problem}")
         return v
 
     @field_validator("fine_tuned_from")
     @classmethod
     def _valid_parent_name(cls, v: str | None) -> str | None:
         # the parent is a model name too (it is shown, looked up, and never a path)
-        if v is not None and (len(v) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(v)):
-            raise ValueError(f"fine_tuned_from must be a model name, got {v!r}")
+        if v is not None and name_problem(v) is not None:
+            raise ValueError(f"fine_tuned_from must be a model name: {name_problem(v)}")
         return v
 
     @field_validator("local_path")

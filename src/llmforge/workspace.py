@@ -54,6 +54,34 @@ class Workspace:
         """
         return resolve_inside(self.models_dir, local_path)
 
+    def inside(self, path: str | os.PathLike[str], what: str) -> Path:
+        """Resolve a path a user or a config supplied and refuse it unless it is in the workspace.
+
+        The one check for every path llmforge will write to on someone's word (``output_dir``,
+        an export's temporary folder, a run folder): relative paths are taken from the
+        workspace root, symlinks are resolved, and the result must be the root or below it.
+
+        Args:
+            path: The path as given (absolute, or relative to the workspace).
+            what: What the path is for, for the message (``"output_dir"``).
+
+        Returns:
+            The absolute, resolved path.
+
+        Raises:
+            UnsafePathError: If the path resolves outside the workspace.
+        """
+        raw = Path(path).expanduser()
+        target = (raw if raw.is_absolute() else self.root / raw).resolve()
+        if target != self.root and self.root not in target.parents:
+            raise UnsafePathError(
+                f"{what} {str(path)!r} is outside the workspace {self.root}; llmforge only "
+                "writes inside its workspace, where `ckpt`, `generate` and `models` can find it.",
+                f"Use a path inside {self.root} (relative paths are taken from there), or make "
+                "the other folder the workspace with --home.",
+            )
+        return target
+
 
 def resolve_inside(base: Path, relative: str) -> Path:
     """Join ``relative`` onto ``base`` and refuse anything that lands outside ``base``.

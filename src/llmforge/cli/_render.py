@@ -8,7 +8,10 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
+
+from llmforge.untrusted import terminal_text
 
 
 def stdout() -> Console:
@@ -23,14 +26,20 @@ def stderr() -> Console:
 
 def print_error(message: str, hint: str | None) -> None:
     """Print one paragraph on stderr: what went wrong, then what to do."""
-    text = f"Error: {message}" + (f" {hint}" if hint else "")
+    text = terminal_text(f"Error: {message}" + (f" {hint}" if hint else ""))
     # soft_wrap: never break a line inside a path or a command the user may copy.
     stderr().print(text, markup=False, style="red", soft_wrap=True)
 
 
 def print_warning(message: str) -> None:
     """Print a warning line on stderr."""
-    stderr().print(f"Warning: {message}", markup=False, style="yellow", soft_wrap=True)
+    text = terminal_text(f"Warning: {message}")
+    stderr().print(text, markup=False, style="yellow", soft_wrap=True)
+
+
+def cell(value: object) -> Text:
+    """A table cell or tree label: untrusted text made printable, never read as Rich markup."""
+    return Text(terminal_text(str(value), keep_newlines=False))
 
 
 def print_json(obj: Any) -> None:
@@ -46,7 +55,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[str
     for c in columns:
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*(c if isinstance(c, Text) else cell(c) for c in r))
     return t
 
 
@@ -56,7 +65,7 @@ def key_values(title: str, pairs: Iterable[tuple[str, str]]) -> Table:
     t.add_column("field", style="bold", no_wrap=True)
     t.add_column("value", overflow="fold")
     for k, v in pairs:
-        t.add_row(k, v)
+        t.add_row(cell(k), v if isinstance(v, Text) else cell(v))
     return t
 
 
@@ -78,15 +87,17 @@ def lineage_tree(
     """
     chain = list(reversed(ancestors))
     root_label = origin or (chain[0] if chain else name)
-    tree = Tree(root_label)
+    tree = Tree(cell(root_label))
     node = tree
     labels = chain if origin else chain[1:] if chain else []
     for a in labels:
-        node = node.add(a)
+        node = node.add(cell(a))
+    focus = cell(name)
+    focus.stylize("bold")
     if origin or chain:
-        node = node.add(f"[bold]{name}[/bold]")
+        node = node.add(focus)
     else:
-        tree.label = f"[bold]{name}[/bold]"
+        tree.label = focus
     for c in children:
-        node.add(f"{c} ({child_note})")
+        node.add(cell(f"{c} ({child_note})"))
     return tree
