@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from llmforge.errors import InvalidSourceError
-from llmforge.hub import parse_source
+from llmforge.hubsource import parse_source
 from llmforge.licensing import read_front_matter, read_license
 from llmforge.repofiles import RemoteFile, select_files
 from llmforge.weights import safetensors_name
