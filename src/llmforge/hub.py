@@ -129,6 +129,11 @@ def hub_errors(
 def _raise_missing(error: Exception, repo_id: str, revision: str | None) -> None:
     from huggingface_hub import errors as hf
 
+    if isinstance(error, hf.RevisionNotFoundError) and revision is None:
+        raise RevisionNotFoundError(
+            f"The repository {repo_id!r} has no default branch the hub can show (it may be empty).",
+            "Check the repository page; pass --revision for a branch, tag or commit it has.",
+        ) from _bare(error)
     if isinstance(error, hf.RevisionNotFoundError):
         raise RevisionNotFoundError(
             f"The repository {repo_id!r} has no revision {brief(revision, 80)}.",
@@ -235,7 +240,7 @@ def fetch_snapshot(
     api = HfApi(endpoint=hub_endpoint(), token=token)
     with hub_errors(repo_id, revision, token):
         info = api.model_info(repo_id, revision=revision)
-        card = info.card_data.to_dict() if info.card_data is not None else {}
+    card = _card_dict(info.card_data)
     sha = info.sha
     if not isinstance(sha, str) or not COMMIT.fullmatch(sha):
         raise HubError(
@@ -256,6 +261,15 @@ def fetch_snapshot(
             if isinstance(e, RepoFile)
         ]
     return RepoSnapshot(repo_id, sha, files, gated=bool(info.gated), card_data=card)
+
+
+def _card_dict(card_data: Any) -> dict[str, Any]:
+    """The hub's card metadata as a dict; anything unusable counts as none (it is optional)."""
+    try:
+        data = card_data.to_dict() if card_data is not None else {}
+    except Exception:  # whatever a repository put there, the card's own README still counts
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def remember_ref(cache_dir: Path, repo_id: str, revision: str | None, sha: str) -> None:

@@ -98,18 +98,7 @@ def gather_from_hub(
     hooks.on_plan(plan)
     check_size(sel.total_bytes, missing + pickled_bytes, ws.models_dir, hooks)
     accepted_at = accept_license(info, req, hooks, name)
-    local: dict[str, Path] = {}
-    hashes: dict[str, str] = {}
-    downloaded: list[str] = []
-    reused: list[str] = []
-    for f in sel.files:
-        was_cached = hub.cached_path(cache, snap, f.path) is not None
-        hooks.on_file_start(f.path, f.size)
-        path = hub.download_file(snap, f.path, cache, req.token, hooks.on_bytes)
-        (reused if was_cached else downloaded).append(f.path)
-        hashes[f.path] = _verify_download(f, path)
-        local[f.path] = path
-        hooks.on_file_done(f.path, not was_cached)
+    local, hashes, downloaded, reused = _download(snap, sel, cache, req.token, hooks)
     hub.remember_ref(cache, repo, revision, snap.sha)
 
     records = {
@@ -136,6 +125,33 @@ def gather_from_hub(
         | ({"converted_from": sorted(pickled)} if pickled else {}),
     )
     return ImportResult(entry, downloaded_files=downloaded, reused_files=reused)
+
+
+def _download(
+    snap: hub.RepoSnapshot,
+    sel: repofiles.FileSelection,
+    cache: Path,
+    token: str | None,
+    hooks: ImportHooks,
+) -> tuple[dict[str, Path], dict[str, str], list[str], list[str]]:
+    """Download (or find in the cache) and verify every selected file.
+
+    Returns:
+        ``(local paths, sha256 of each, names downloaded now, names already cached)``.
+    """
+    local: dict[str, Path] = {}
+    hashes: dict[str, str] = {}
+    downloaded: list[str] = []
+    reused: list[str] = []
+    for f in sel.files:
+        was_cached = hub.cached_path(cache, snap, f.path) is not None
+        hooks.on_file_start(f.path, f.size)
+        path = hub.download_file(snap, f.path, cache, token, hooks.on_bytes)
+        (reused if was_cached else downloaded).append(f.path)
+        hashes[f.path] = _verify_download(f, path)
+        local[f.path] = path
+        hooks.on_file_done(f.path, not was_cached)
+    return local, hashes, downloaded, reused
 
 
 def _read_before_consent(

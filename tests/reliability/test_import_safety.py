@@ -216,6 +216,15 @@ def test_nested_card_data_from_the_hub_is_a_clear_error(
     assert snapshot(base_ws.root) == before
 
 
+@pytest.mark.parametrize("card", [[1, 2], "text", {"model-index": 5}])
+def test_odd_card_data_from_the_hub_is_ignored(cli, hub_env, tiny_qwen_repo, card) -> None:
+    repo = hub_env.add_repo(f"Odd/card-{type(card).__name__}", tiny_qwen_repo)
+    repo.card_data = card
+    res = cli("models", "import", repo.repo_id, "--name", "odd", "--accept-license")
+    assert res.exit_code == 0, res.output
+    assert "apache-2.0" in res.output and "model-index" not in res.output
+
+
 def test_huge_card_values_are_cut_short(
     cli, workspace, hub_env, tiny_qwen_repo: Path, tmp_path: Path
 ) -> None:

@@ -57,12 +57,13 @@ def import_model(
     ] = None,
 ) -> None:
     """Import a model from the Hugging Face Hub or a local folder into the registry."""
-    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars, logging
 
     from llmforge.importer import ImportRequest
     from llmforge.importer import import_model as run_import
 
     disable_progress_bars()  # llmforge draws its own progress, with the real file names
+    logging.set_verbosity_error()  # and says itself what matters (not "Invalid model-index")
     ws = workspace(ctx)
     # Which of --token / HF_TOKEN gave the token, for messages (never its value). Compared by
     # name: Typer's click may be vendored (typer._click) or not.
