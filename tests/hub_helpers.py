@@ -89,9 +89,15 @@ def llmforge_proc(
 
 
 def run_on_terminal(
-    args: list[str], env: dict[str, str], answer: bytes, timeout: float = 90
+    args: list[str], env: dict[str, str], answer: bytes | None, timeout: float = 90
 ) -> tuple[int, bytes]:
     """Run ``python -m llmforge ARGS`` on a pseudo-terminal; answer the license prompt.
+
+    Args:
+        args: The command line after ``llmforge``.
+        env: Its environment.
+        answer: What to type at the prompt; None kills the process (SIGKILL) there instead.
+        timeout: Seconds before the test gives up.
 
     Returns:
         ``(exit code, everything written to the terminal)``.
@@ -119,7 +125,10 @@ def run_on_terminal(
                     break
                 out += chunk
                 if not answered and b"accept this license?" in out:
-                    os.write(master, answer)
+                    if answer is None:
+                        proc.kill()
+                    else:
+                        os.write(master, answer)
                     answered = True
             elif proc.poll() is not None:
                 break

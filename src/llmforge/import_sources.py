@@ -7,6 +7,7 @@ atomic rename and the registry write) is :func:`llmforge.importer.commit_staged`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from llmforge import hub, repofiles, store
 from llmforge.errors import InvalidSourceError
 from llmforge.fsutil import human_bytes
 from llmforge.hubsource import Source
+from llmforge.import_undo import ImportWork
 from llmforge.importer import (
     ImportHooks,
     ImportPlan,
@@ -57,10 +59,10 @@ def gather_from_hub(
     source: Source,
     req: ImportRequest,
     name: str,
-    staging: Path,
+    work: ImportWork,
     hooks: ImportHooks,
 ) -> ImportResult:
-    """Resolve, check, download and verify a hub repository into ``staging``.
+    """Resolve, check, download and verify a hub repository into the import's staging folder.
 
     Before the user consents nothing is written: config.json (bounded, verified), the start of
     the model card and of one license file are read into memory. The free-space check and the
@@ -98,6 +100,7 @@ def gather_from_hub(
     hooks.on_plan(plan)
     check_size(sel.total_bytes, missing + pickled_bytes, ws.models_dir, hooks)
     accepted_at = accept_license(info, req, hooks, name)
+    staging = work.begin()  # the first write of this import
     local, hashes, downloaded, reused = _download(snap, sel, cache, req.token, hooks)
     hub.remember_ref(cache, repo, revision, snap.sha)
 
@@ -168,7 +171,8 @@ def _read_before_consent(
     def start(f: repofiles.RemoteFile, limit: int) -> bytes:
         cached = hub.cached_path(cache, snap, f.path)
         if cached is not None:
-            with open(cached, "rb") as fh:
+            # (pruned by a concurrent delete since it was found: ask the hub instead)
+            with contextlib.suppress(FileNotFoundError), open(cached, "rb") as fh:
                 return fh.read(limit)
         return hub.read_remote_start(snap, f.path, token, limit) if f.size else b""
 
@@ -226,10 +230,10 @@ def gather_from_folder(
     source: Source,
     req: ImportRequest,
     name: str,
-    staging: Path,
+    work: ImportWork,
     hooks: ImportHooks,
 ) -> ImportResult:
-    """Check and copy a local Hugging Face format folder into ``staging``.
+    """Check and copy a local Hugging Face format folder into the import's staging folder.
 
     Returns:
         The result holding the entry to register.
@@ -274,6 +278,7 @@ def gather_from_folder(
     hooks.on_plan(plan)
     check_size(sel.total_bytes, sel.total_bytes + pickled_bytes, ws.models_dir, hooks)
     accepted_at = accept_license(info, req, hooks, name)
+    staging = work.begin()  # the first write of this import
     records: dict[str, FileRecord] = {}
     pickled: dict[str, Path] = {}
     for f in sel.files:

@@ -12,8 +12,10 @@ converted weights) and, at the very end, ``models/NAME`` with its registry entry
 - an interruption (Ctrl-C), a hub that became unreachable, or a repository that changed during
   the import keep the whole, verified files already downloaded, so the retry does not fetch
   them again (the next prune removes them if no model uses them);
-- a kill (SIGKILL, power loss) cannot clean up: it leaves a staging folder and partial
-  downloads, which the next import removes (their owner's PID is gone).
+- a kill (SIGKILL, a closed terminal, power loss) cannot clean up. Before consent there is
+  nothing to clean (nothing was written); after it, it leaves a staging folder, partial
+  downloads and unlinked cache files, which the next import removes (their owner's PID is
+  gone, or no download holds their lock).
 """
 
 from __future__ import annotations
@@ -31,12 +33,34 @@ from llmforge.workspace import Workspace
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
+class ImportWork:
+    """Where an import may write, opened only once the user has consented.
+
+    Until :meth:`begin` nothing exists on disk for the import (config.json, the card and the
+    license are read into memory), so a decline, a refusal, or a kill at the license prompt
+    leaves nothing at all.
+    """
+
+    def __init__(self, ws: Workspace, name: str, stack: contextlib.ExitStack) -> None:
+        self._ws, self._name, self._stack = ws, name, stack
+        self.staging: Path | None = None
+
+    def begin(self) -> Path:
+        """Hold the cache shared and create the private staging folder; return the folder."""
+        if self.staging is None:
+            self._stack.enter_context(store.cache_in_use(self._ws))
+            self.staging = store.new_staging_dir(self._ws, self._name)
+            self._stack.callback(store.discard, self.staging)  # committed or not, it goes
+        return self.staging
+
+
 @contextlib.contextmanager
-def leave_no_trace(ws: Workspace, name: str) -> Iterator[None]:
+def leave_no_trace(ws: Workspace, name: str) -> Iterator[ImportWork]:
     """Run an import so that a refusal leaves ``models/`` exactly as it was.
 
-    Also holds the cache shared (:func:`llmforge.store.cache_in_use`) while the block runs,
-    and turns a full disk into :class:`~llmforge.errors.InsufficientDiskError`.
+    Yields the import's :class:`ImportWork`: its staging folder and its hold on the cache
+    (:func:`llmforge.store.cache_in_use`) start when the import calls ``begin()``, after
+    consent. A full disk becomes :class:`~llmforge.errors.InsufficientDiskError`.
 
     Args:
         ws: The workspace.
@@ -45,8 +69,8 @@ def leave_no_trace(ws: Workspace, name: str) -> Iterator[None]:
     undo = _CacheUndo(ws)
     with store.tidy_on_failure(ws):
         try:
-            with store.cache_in_use(ws), _disk_full_is_clear(name):
-                yield
+            with contextlib.ExitStack() as stack, _disk_full_is_clear(name):
+                yield ImportWork(ws, name, stack)
         except BaseException as e:
             if not isinstance(e, _RETRYABLE):
                 undo.undo(ws)

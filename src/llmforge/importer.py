@@ -199,13 +199,10 @@ def import_model(
         from llmforge.import_sources import gather_from_folder
 
         gather = gather_from_folder
-    with leave_no_trace(ws, name):
-        staging = store.new_staging_dir(ws, name)
-        try:
-            result = gather(ws, source, req, name, staging, hooks)
-            result.replaced = commit_staged(ws, registry, result.entry, staging, req.force)
-        finally:
-            store.discard(staging)
+    with leave_no_trace(ws, name) as work:
+        result = gather(ws, source, req, name, work, hooks)
+        assert work.staging is not None  # gather began the work after consent
+        result.replaced = commit_staged(ws, registry, result.entry, work.staging, req.force)
     store.prune_cache(ws)  # now that this import no longer holds the cache
     return result
 

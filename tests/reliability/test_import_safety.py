@@ -316,6 +316,18 @@ def test_big_license_and_card_are_read_bounded_and_decline_keeps_nothing(
     assert snapshot(base_ws.root) == before
 
 
+def test_a_kill_at_the_license_prompt_leaves_nothing(
+    hub, tiny_qwen_repo: Path, tmp_path: Path
+) -> None:
+    hub.add_repo("Kill/at-prompt", tiny_qwen_repo)
+    home = tmp_path / "ws"
+    home.mkdir()
+    env = proc_env(hub, tmp_path, TERM="dumb", LLMFORGE_HOME=str(home))
+    code, out = run_on_terminal(["models", "import", "Kill/at-prompt"], env, None)
+    assert code == -9 and b"accept this license?" in out, out
+    assert list(home.iterdir()) == []  # not even models/: nothing is written before consent
+
+
 def _llama(base: Path, dest: Path) -> Path:
     return variant(base, dest, config={"model_type": "llama"})
 
