@@ -14,9 +14,16 @@ from llmforge.workspace import Workspace
 # Independent of llmforge.registry.NAME_PATTERN on purpose: the tests restate the rule.
 NAME_RE = r"[a-z0-9][a-z0-9._-]{0,63}"
 
+
+def _safetensors_512() -> bytes:
+    """A valid safetensors file of exactly 512 bytes (one U8 tensor), built by hand."""
+    header = b'{"w":{"dtype":"U8","shape":[440],"data_offsets":[0,440]}}'.ljust(64)
+    return len(header).to_bytes(8, "little") + header + (bytes(range(256)) * 2)[:440]
+
+
 DEFAULT_FILES: Mapping[str, bytes] = {
     "config.json": b'{"model_type": "tiny"}\n',
-    "model.safetensors": bytes(range(256)) * 2,
+    "model.safetensors": _safetensors_512(),
     "tokenizer/tokenizer.json": b'{"vocab": {"a": 0, "b": 1}}\n',
 }
 

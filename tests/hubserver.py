@@ -12,6 +12,11 @@ Endpoints: ``GET /api/models/{repo}[/revision/{rev}]`` (``id``, ``sha``, ``sibli
 with ``X-Linked-Etag``/``X-Linked-Size`` to ``/cdn/...``), with ``Range`` support. Errors carry
 ``X-Error-Code`` (``RepoNotFound``, ``GatedRepo``, ``RevisionNotFound``, ``EntryNotFound``).
 Every request is counted in :attr:`LocalHub.requests` as ``(method, path)``.
+
+For adversarial tests a repository can also serve files no folder can hold (``extra_files``:
+names such as ``../x`` or ``a\x00b``), model card metadata (``card_data``) or a raw info body
+(``raw_info``), and call ``on_serve(repo, kind, name)`` after each answer so a test can change
+the repository in the middle of an import (a new commit, a deleted file).
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import re
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".onnx")
 
@@ -48,6 +54,11 @@ class HubRepo:
         tokens: Tokens granted access to a gated repository.
         corrupt: Files served with flipped bytes (their advertised checksums stay right).
         throttle: Serve file bodies at about this many bytes per second (0 = full speed).
+        extra_files: Files served besides the folder's (any name, even one no disk allows).
+        card_data: The model card metadata the info endpoint returns as ``cardData``.
+        raw_info: A raw body served by the info endpoint instead of the JSON answer.
+        on_serve: Called as ``on_serve(repo, kind, name)`` after each answer (``kind`` is
+            ``info``, ``tree`` or ``file``; ``name`` the file, else ``""``).
     """
 
     repo_id: str
@@ -58,14 +69,24 @@ class HubRepo:
     tokens: set[str] = field(default_factory=set)
     corrupt: set[str] = field(default_factory=set)
     throttle: int = 0
+    extra_files: dict[str, bytes] = field(default_factory=dict)
+    card_data: dict | None = None
+    raw_info: bytes | None = None
+    on_serve: Callable[[HubRepo, str, str], None] | None = None
 
     def files(self) -> dict[str, bytes]:
         """Every file of the repository, by POSIX relative path."""
-        return {
+        found = {
             p.relative_to(self.folder).as_posix(): p.read_bytes()
             for p in sorted(self.folder.rglob("*"))
             if p.is_file()
         }
+        return found | self.extra_files
+
+    def served(self, kind: str, name: str = "") -> None:
+        """Tell the test (``on_serve``) that an answer went out."""
+        if self.on_serve is not None:
+            self.on_serve(self, kind, name)
 
     def entry(self, path: str, data: bytes) -> dict:
         """The tree listing entry of one file."""
@@ -168,22 +189,25 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routing --------------------------------------------------------------------------
     def _dispatch(self, head: bool) -> None:
-        path = unquote(urlparse(self.path).path)
+        raw = urlparse(self.path).path
         hub = self.server_hub
-        hub._count(self.command, path, self.headers.get("Authorization"))
-        if m := _TREE.match(path):
-            return self._tree(m["repo"], m["rev"])
-        if m := _API.match(path):
-            return self._info(m["repo"], m["rev"] or "main")
-        if m := _CDN.match(path):
-            return self._file(hub.repos.get(m["repo"]), m["sha"], m["file"], head, cdn=True)
-        if m := _RESOLVE.match(path):
-            repo = self._repo(m["repo"])
-            if repo is None or (sha := self._revision(repo, m["rev"])) is None:
+        hub._count(self.command, unquote(raw), self.headers.get("Authorization"))
+        # Match the quoted path, then unquote each part: a revision such as refs%2Fpr%2F3
+        # (or an attacker's %2Fetc) is one segment, as on the real hub.
+        if m := _TREE.match(raw):
+            return self._tree(unquote(m["repo"]), unquote(m["rev"]))
+        if m := _API.match(raw):
+            return self._info(unquote(m["repo"]), unquote(m["rev"] or "main"))
+        if m := _CDN.match(raw):
+            repo_id, sha, name = unquote(m["repo"]), m["sha"], unquote(m["file"])
+            return self._file(hub.repos.get(repo_id), sha, name, head, cdn=True)
+        if m := _RESOLVE.match(raw):
+            repo = self._repo(unquote(m["repo"]))
+            if repo is None or (sha := self._revision(repo, unquote(m["rev"]))) is None:
                 return None
             if repo.gated and not self._authorized(repo):
                 return self._error(401, "GatedRepo", "Access to this model is restricted.")
-            return self._file(repo, sha, m["file"], head, cdn=False)
+            return self._file(repo, sha, unquote(m["file"]), head, cdn=False)
         return self._error(404, "RepoNotFound", "Not found.")
 
     def _repo(self, repo_id: str) -> HubRepo | None:
@@ -217,7 +241,14 @@ class _Handler(BaseHTTPRequestHandler):
             "siblings": [{"rfilename": p} for p in files],
             "tags": [],
         }
-        self._json(body, {"X-Repo-Commit": sha})
+        if repo.card_data is not None:
+            body["cardData"] = repo.card_data
+        if repo.raw_info is not None:
+            headers = {"Content-Type": "application/json", "X-Repo-Commit": sha}
+            self._send(200, repo.raw_info, headers, head=False)
+        else:
+            self._json(body, {"X-Repo-Commit": sha})
+        repo.served("info")
 
     def _tree(self, repo_id: str, rev: str) -> None:
         repo = self._repo(repo_id)
@@ -225,6 +256,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         entries = [repo.entry(p, data) for p, data in repo.files().items()]
         self._json(entries, {"X-Repo-Commit": sha})
+        repo.served("tree")
 
     def _file(self, repo: HubRepo | None, sha: str, name: str, head: bool, cdn: bool) -> None:
         files = repo.files() if repo is not None else {}
@@ -236,7 +268,7 @@ class _Handler(BaseHTTPRequestHandler):
         if entry.get("lfs") and not cdn:
             sha256 = entry["lfs"]["oid"]
             host, port = self.server.server_address[:2]
-            location = f"http://{host}:{port}/cdn/{repo.repo_id}/{sha}/{name}"
+            location = f"http://{host}:{port}/cdn/{repo.repo_id}/{sha}/{quote(name)}"
             headers = {
                 "Location": location,
                 "X-Repo-Commit": sha,
@@ -260,6 +292,8 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             data, status = data[start : end + 1], 206
         self._send(status, data, headers, head, rate=repo.throttle, name=name)
+        if not head:
+            repo.served("file", name)
 
     # -- responses ------------------------------------------------------------------------
     def _json(self, obj: object, headers: dict[str, str]) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from llmforge.errors import InvalidSourceError
-from llmforge.hub import parse_source
+from llmforge.hubsource import check_revision, parse_source
 from llmforge.licensing import read_front_matter, read_license
-from llmforge.repofiles import RemoteFile, select_files
+from llmforge.repofiles import RemoteFile, path_problem, select_files
 from llmforge.weights import safetensors_name
 
 
@@ -130,3 +130,37 @@ def test_safetensors_names() -> None:
     assert (
         safetensors_name("pytorch_model-00001-of-00002.bin") == "model-00001-of-00002.safetensors"
     )
+
+
+@pytest.mark.parametrize("rev", ["main", "v1.0", "refs/pr/3", "a" * 40, "release_2024+1", "x-y"])
+def test_ref_shaped_revisions_pass(rev: str) -> None:
+    assert check_revision(rev, "--revision") == rev
+
+
+@pytest.mark.parametrize(
+    "rev", ["", "/etc", "../x", "a/../b", "a//b", "a/", ".hidden", "-x", "v1.lock", "a b", "é"]
+)
+def test_other_revisions_are_refused(rev: str) -> None:
+    with pytest.raises(InvalidSourceError, match="not a branch, tag or commit sha"):
+        check_revision(rev, "--revision")
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("config.json", True),
+        ("sub/dir/file.txt", True),
+        ("..\\..\\evil.json", False),
+        ("../x", False),
+        ("a/./b", False),
+        ("/abs", False),
+        ("C:evil", False),
+        ("nul\x00.json", False),
+        ("esc\x1b[2J.json", False),
+        ("rtl\u202e.json", False),
+        ("", False),
+        ("x" * 256, False),
+    ],
+)
+def test_repository_file_names(name: str, ok: bool) -> None:
+    assert (path_problem(name) is None) == ok

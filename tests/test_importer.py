@@ -64,7 +64,8 @@ def test_import_by_id_records_everything(ws: Workspace, repo_id: str, hub_env: L
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= set(e.files)
     assert e.disk_bytes == sum(f.size for f in e.files.values())
     assert validate_entry(ws, e).ok
-    assert hub_env.downloads(repo_id) == len(e.files)
+    # Each file once, plus config.json and the card's start, read (not kept) before consent.
+    assert hub_env.downloads(repo_id) == len(e.files) + 2
 
 
 def test_import_by_url_with_revision_then_reimport_downloads_nothing(
@@ -315,9 +316,9 @@ def test_failed_registry_write_rolls_back(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(registry_module, "atomic_write_json", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(errors.InsufficientDiskError, match="ran out of space"):
         _import(ws, str(tiny_qwen_repo), name="keep", force=True)
-    with pytest.raises(OSError):
+    with pytest.raises(errors.InsufficientDiskError, match="ran out of space"):
         _import(ws, repo_id, name="new")
     _assert_unchanged(ws, before)
     assert validate_entry(ws, ModelRegistry(ws).get("keep")).ok

@@ -141,6 +141,16 @@ class HubUnreachableError(HubError):
     """The hub cannot be reached (network down, wrong HF_ENDPOINT, or HF_HUB_OFFLINE=1)."""
 
 
+class MalformedTokenError(HubError):
+    """A hub token (--token, HF_TOKEN or the saved login) has characters no token has."""
+
+    exit_code = EXIT_USAGE
+
+
+class RepoChangedError(HubError):
+    """The repository moved to another commit while an import was reading it."""
+
+
 class ChecksumMismatchError(LLMForgeError):
     """A downloaded file does not match the checksum the hub advertises for it."""
 
@@ -161,6 +171,12 @@ class InsufficientDiskError(LLMForgeError):
 
 class UnsafeWeightsError(LLMForgeError):
     """Pickled weights contain something other than tensors; they are never executed."""
+
+    exit_code = EXIT_INTEGRITY
+
+
+class InconsistentModelError(LLMForgeError):
+    """A model's files do not fit together (malformed safetensors, config.json vs weights)."""
 
     exit_code = EXIT_INTEGRITY
 

@@ -1,8 +1,9 @@
 """Talking to the Hugging Face Hub, always through ``huggingface_hub``.
 
-This module knows the hub: how a SOURCE names a repository, what a repository holds at a
-revision (files, sizes, checksums), which files a model needs, its license, and how to
-download one file into the workspace's hub cache while reporting bytes. Every
+This module knows the hub: what a repository holds at a revision (files, sizes, checksums),
+how to read the start of a file without keeping it, and how to download one file into the
+workspace's hub cache while reporting bytes (how a SOURCE names a repository is
+:mod:`llmforge.hubsource`). Every
 ``huggingface_hub`` exception is translated into llmforge's typed errors here, so the rest of
 the code never sees them. ``huggingface_hub`` is imported lazily (it is slow to import).
 
@@ -15,110 +16,25 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import unquote, urlparse
+from typing import Any
 
 from llmforge.errors import (
     GatedRepoError,
     HubError,
     HubUnreachableError,
-    InvalidSourceError,
+    RepoChangedError,
     RepoNotFoundError,
     RevisionNotFoundError,
+    UnsafePathError,
 )
 from llmforge.fsutil import atomic_write_text
-from llmforge.repofiles import RemoteFile
-
-HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
-
-
-@dataclass(frozen=True)
-class Source:
-    """What the user asked to import.
-
-    Attributes:
-        kind: ``hub`` for a hub repository, ``local`` for a folder on disk.
-        repo_id: The hub id (``Qwen/Qwen2-0.5B``) for ``hub``; None for ``local``.
-        revision: The branch, tag or commit from a ``/tree/REV`` URL, else None.
-        path: The folder for ``local``; None for ``hub``.
-    """
-
-    kind: Literal["hub", "local"]
-    repo_id: str | None = None
-    revision: str | None = None
-    path: Path | None = None
-
-
-def parse_source(text: str) -> Source:
-    """Understand a SOURCE: an existing folder, a hub URL or a hub id.
-
-    Args:
-        text: ``Qwen/Qwen2-0.5B``, ``https://huggingface.co/Qwen/Qwen2-0.5B[/tree/REV]`` or a path.
-
-    Returns:
-        The parsed source. An existing folder wins over a hub id of the same spelling.
-
-    Raises:
-        InvalidSourceError: If ``text`` is none of these.
-    """
-    text = text.strip()
-    path = Path(text).expanduser()
-    if text and path.is_dir():
-        return Source(kind="local", path=path.resolve())
-    if text.startswith(("/", "./", "../", "~", ".\\")) or text in (".", ".."):
-        raise InvalidSourceError(
-            f"The folder {text!r} does not exist.",
-            "Give an existing folder in Hugging Face format (config.json, *.safetensors, "
-            "tokenizer files), or a hub id such as Qwen/Qwen2-0.5B.",
-        )
-    if "://" in text:
-        return _parse_url(text)
-    if _REPO_ID.fullmatch(text) and ".." not in text and "--" not in text:
-        return Source(kind="hub", repo_id=text)
-    raise InvalidSourceError(
-        f"{text!r} is not a hub id, a hub URL or an existing folder.",
-        "Use a hub id (Qwen/Qwen2-0.5B), a URL (https://huggingface.co/Qwen/Qwen2-0.5B, "
-        "optionally ending in /tree/REVISION) or the path of a local model folder.",
-    )
-
-
-def _parse_url(text: str) -> Source:
-    url = urlparse(text)
-    endpoint = urlparse(hub_endpoint() or "https://huggingface.co")
-    hosts = HUB_HOSTS | {endpoint.netloc}
-    hint = "Use https://huggingface.co/ORG/NAME or https://huggingface.co/ORG/NAME/tree/REVISION."
-    if url.scheme not in ("http", "https") or url.netloc not in hosts:
-        raise InvalidSourceError(f"{text!r} is not a Hugging Face Hub URL.", hint)
-    prefix = endpoint.path.rstrip("/") if url.netloc == endpoint.netloc else ""
-    parts = [p for p in url.path[len(prefix) :].split("/") if p]
-    if parts and parts[0] in ("datasets", "spaces", "buckets"):
-        raise InvalidSourceError(f"{text!r} points at {parts[0]}, not a model.", hint)
-    if parts and parts[0] == "models":
-        parts = parts[1:]
-    if len(parts) >= 2 and parts[1] in ("tree", "blob", "resolve"):  # NAME/tree/REV, no org
-        repo_parts, rest = parts[:1], parts[1:]
-    else:
-        repo_parts, rest = parts[:2], parts[2:]
-    repo_id = "/".join(repo_parts)
-    if not repo_parts or not _REPO_ID.fullmatch(repo_id):
-        raise InvalidSourceError(f"{text!r} does not name a model repository.", hint)
-    revision = None
-    if rest:
-        if rest[0] != "tree" or len(rest) < 2:
-            raise InvalidSourceError(f"{text!r} does not name a model repository.", hint)
-        revision = unquote("/".join(rest[1:]))
-    return Source(kind="hub", repo_id=repo_id, revision=revision)
-
-
-def hub_endpoint() -> str | None:
-    """The hub endpoint from ``HF_ENDPOINT`` (read now, not at import), or None for the default."""
-    value = os.environ.get("HF_ENDPOINT", "").strip().rstrip("/")
-    return value or None
+from llmforge.hubsource import COMMIT, hub_endpoint
+from llmforge.repofiles import RemoteFile, path_problem
+from llmforge.untrusted import brief
+from llmforge.workspace import resolve_inside
 
 
 @dataclass
@@ -145,13 +61,17 @@ class RepoSnapshot:
 
 
 @contextlib.contextmanager
-def hub_errors(repo_id: str, revision: str | None, token: str | None) -> Iterator[None]:
+def hub_errors(
+    repo_id: str, revision: str | None, token: str | None, *, pinned: bool = False
+) -> Iterator[None]:
     """Translate ``huggingface_hub`` and network exceptions into llmforge's typed errors.
 
     Args:
         repo_id: The repository being accessed (for the messages).
         revision: The revision being accessed, or None.
         token: The token in use; only whether there is one is used, never its value.
+        pinned: ``revision`` is the commit this import resolved (not the user's): if it or a
+            file of it is gone, the repository changed during the import.
     """
     import httpx2
     from huggingface_hub import errors as hf
@@ -159,6 +79,16 @@ def hub_errors(repo_id: str, revision: str | None, token: str | None) -> Iterato
     rev = f" at revision {revision!r}" if revision else ""
     try:
         yield
+    except (hf.RevisionNotFoundError, hf.RemoteEntryNotFoundError) as e:
+        if not pinned:
+            _raise_missing(e, repo_id, revision)
+        raise RepoChangedError(
+            f"The repository {repo_id!r} changed while it was being imported: its commit "
+            f"{str(revision)[:12]} (or a file of it) is no longer on the hub. Nothing was "
+            "imported.",
+            "Retry the import to take the repository as it is now, or pass --revision with a "
+            "commit sha that stays.",
+        ) from _bare(e)
     except hf.GatedRepoError as e:
         hint = (
             "Your token has no access yet: accept the conditions on the repository page, "
@@ -172,17 +102,6 @@ def hub_errors(repo_id: str, revision: str | None, token: str | None) -> Iterato
         raise RepoNotFoundError(
             f"The repository {repo_id!r} was not found on the hub.",
             "Check the spelling (ORG/NAME); a private repository also needs --token or HF_TOKEN.",
-        ) from _bare(e)
-    except hf.RevisionNotFoundError as e:
-        raise RevisionNotFoundError(
-            f"The repository {repo_id!r} has no revision {revision!r}.",
-            "Use a branch, tag or commit sha that exists (see the repository's Files tab), "
-            "or leave out --revision for the default branch.",
-        ) from _bare(e)
-    except hf.RemoteEntryNotFoundError as e:
-        raise HubError(
-            f"A file of {repo_id!r}{rev} disappeared from the hub while importing.",
-            "Retry; if it persists, pick an explicit --revision.",
         ) from _bare(e)
     except (hf.OfflineModeIsEnabled, hf.LocalEntryNotFoundError) as e:
         raise _unreachable(repo_id) from _bare(e)
@@ -200,11 +119,37 @@ def hub_errors(repo_id: str, revision: str | None, token: str | None) -> Iterato
         ) from _bare(e)
     except (httpx2.TransportError, ConnectionError, TimeoutError) as e:
         raise _unreachable(repo_id) from _bare(e)
+    except (ValueError, TypeError, KeyError, RecursionError) as e:  # not the answer expected
+        raise HubError(
+            f"The hub's answer about {repo_id!r}{rev} could not be read ({type(e).__name__}).",
+            "Check HF_ENDPOINT; if it points at the real hub, retry later.",
+        ) from None
+
+
+def _raise_missing(error: Exception, repo_id: str, revision: str | None) -> None:
+    from huggingface_hub import errors as hf
+
+    if isinstance(error, hf.RevisionNotFoundError) and revision is None:
+        raise RevisionNotFoundError(
+            f"The repository {repo_id!r} has no default branch the hub can show (it may be empty).",
+            "Check the repository page; pass --revision for a branch, tag or commit it has.",
+        ) from _bare(error)
+    if isinstance(error, hf.RevisionNotFoundError):
+        raise RevisionNotFoundError(
+            f"The repository {repo_id!r} has no revision {brief(revision, 80)}.",
+            "Use a branch, tag or commit sha that exists (see the repository's Files tab), "
+            "or leave out the revision for the default branch.",
+        ) from _bare(error)
+    raise HubError(
+        f"A file of {repo_id!r} disappeared from the hub while importing.",
+        "Retry; if it persists, pick an explicit --revision.",
+    ) from _bare(error)
 
 
 def _bare(error: BaseException) -> BaseException:
-    """Drop the request (and its Authorization header) from a chained error."""
+    """Drop the traceback, and with it the request (and its Authorization header)."""
     error.__traceback__ = None
+    error.__context__ = None
     return error
 
 
@@ -233,12 +178,17 @@ def cached_snapshot(cache_dir: Path, repo_id: str, revision: str | None) -> Repo
     """
     folder = cache_dir / ("models--" + repo_id.replace("/", "--"))
     rev = revision or "main"
-    sha = rev if re.fullmatch(r"[0-9a-f]{40}", rev) else None
-    ref = folder / "refs" / rev
+    sha = rev if COMMIT.fullmatch(rev) else None
+    try:
+        ref = resolve_inside(folder, f"refs/{rev}")
+    except UnsafePathError:
+        return None
     if sha is None and ref.is_file():
-        sha = ref.read_text().strip()
-    snap_dir = folder / "snapshots" / (sha or "-")
-    if sha is None or not snap_dir.is_dir():
+        sha = ref.read_text(errors="replace").strip()
+    if sha is None or not COMMIT.fullmatch(sha):
+        return None
+    snap_dir = folder / "snapshots" / sha
+    if not snap_dir.is_dir():
         return None
     files = []
     for p in sorted(snap_dir.rglob("*")):
@@ -290,12 +240,19 @@ def fetch_snapshot(
     api = HfApi(endpoint=hub_endpoint(), token=token)
     with hub_errors(repo_id, revision, token):
         info = api.model_info(repo_id, revision=revision)
-        if not info.sha:
-            raise HubError(f"The hub did not say which commit {repo_id!r} is at.", None)
-        tree = api.list_repo_tree(repo_id, revision=info.sha, recursive=True)
+    card = _card_dict(info.card_data)
+    sha = info.sha
+    if not isinstance(sha, str) or not COMMIT.fullmatch(sha):
+        raise HubError(
+            f"The hub did not say which commit {repo_id!r} is at (it answered "
+            f"{brief(sha, 60)}, not a 40-character sha).",
+            "Check HF_ENDPOINT; if it points at the real hub, retry later.",
+        )
+    with hub_errors(repo_id, sha, token, pinned=True):
+        tree = api.list_repo_tree(repo_id, revision=sha, recursive=True)
         files = [
             RemoteFile(
-                path=e.path,
+                path=str(e.path),
                 size=int(e.size),
                 blob_id=e.blob_id,
                 sha256=e.lfs.sha256 if e.lfs else None,
@@ -303,16 +260,36 @@ def fetch_snapshot(
             for e in tree
             if isinstance(e, RepoFile)
         ]
-    card = info.card_data.to_dict() if info.card_data is not None else {}
-    if cache_dir is not None:  # remember ref -> commit like huggingface_hub does, for offline use
-        ref = cache_dir / ("models--" + repo_id.replace("/", "--")) / "refs" / (revision or "main")
-        if ".." not in Path(revision or "main").parts:
-            atomic_write_text(ref, info.sha)
-    return RepoSnapshot(repo_id, info.sha, files, gated=bool(info.gated), card_data=card)
+    return RepoSnapshot(repo_id, sha, files, gated=bool(info.gated), card_data=card)
+
+
+def _card_dict(card_data: Any) -> dict[str, Any]:
+    """The hub's card metadata as a dict; anything unusable counts as none (it is optional)."""
+    try:
+        data = card_data.to_dict() if card_data is not None else {}
+    except Exception:  # whatever a repository put there, the card's own README still counts
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def remember_ref(cache_dir: Path, repo_id: str, revision: str | None, sha: str) -> None:
+    """Record ``revision -> sha`` in the cache as huggingface_hub does, for offline imports.
+
+    Written only once an import has its files, so a refused import leaves the cache as it was.
+    The revision was checked by :func:`check_revision`; the path is checked again here.
+    """
+    if revision is not None and COMMIT.fullmatch(revision):
+        return  # a commit needs no ref
+    folder = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    atomic_write_text(resolve_inside(folder, f"refs/{revision or 'main'}"), sha)
 
 
 class _ByteHook:
-    """Build a tqdm class that reports downloaded bytes to a callback and draws nothing."""
+    """Build a tqdm class that reports downloaded bytes to a callback and draws nothing.
+
+    Every download passes one, so huggingface_hub never draws its own bars (named after
+    cache files) before llmforge's progress.
+    """
 
     @staticmethod
     def make(on_bytes: Callable[[int], None]) -> type:
@@ -352,8 +329,8 @@ def download_file(
     """
     from huggingface_hub import hf_hub_download
 
-    tqdm_class = _ByteHook.make(on_bytes) if on_bytes else None
-    with hub_errors(snapshot.repo_id, snapshot.sha, token):
+    tqdm_class = _ByteHook.make(on_bytes or (lambda _n: None))
+    with hub_errors(snapshot.repo_id, snapshot.sha, token, pinned=True):
         local = hf_hub_download(
             snapshot.repo_id,
             path,
@@ -368,6 +345,43 @@ def download_file(
 
 def cached_path(cache_dir: Path, snapshot: RepoSnapshot, path: str) -> Path | None:
     """The file's place in the hub cache if it is already there, else None (no request made)."""
+    if path_problem(path) is not None or not COMMIT.fullmatch(snapshot.sha):
+        return None
     folder = "models--" + snapshot.repo_id.replace("/", "--")
     pointer = cache_dir / folder / "snapshots" / snapshot.sha / path
     return pointer if pointer.exists() else None
+
+
+def read_remote_start(snapshot: RepoSnapshot, path: str, token: str | None, limit: int) -> bytes:
+    """Read at most ``limit`` bytes from the start of a file of ``snapshot``, writing nothing.
+
+    What an import shows before the user consents (the card's metadata, the start of a
+    license) and config.json are read this way: a ranged request, streamed and cut at
+    ``limit``, so a 141 MB LICENSE costs 64 KB and nothing lands in the cache before consent.
+
+    Args:
+        snapshot: The resolved repository.
+        path: The file's path in the repository.
+        token: A hub token, or None for ``HF_TOKEN`` / the saved login.
+        limit: The most bytes read.
+
+    Returns:
+        The bytes read (the whole file when it is shorter than ``limit``).
+    """
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    url = hf_hub_url(snapshot.repo_id, path, revision=snapshot.sha, endpoint=hub_endpoint())
+    headers = {**build_hf_headers(token=token), "Range": f"bytes=0-{limit - 1}"}
+    data = bytearray()
+    with hub_errors(snapshot.repo_id, snapshot.sha, token, pinned=True):
+        session = get_session()
+        with session.stream("GET", url, headers=headers, follow_redirects=True) as response:
+            if response.status_code == 416:  # an empty file: nothing in range
+                return b""
+            hf_raise_for_status(response)
+            for chunk in response.iter_bytes():
+                data += chunk[: limit - len(data)]
+                if len(data) >= limit:
+                    break
+    return bytes(data)

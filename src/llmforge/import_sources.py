@@ -7,10 +7,16 @@ atomic rename and the registry write) is :func:`llmforge.importer.commit_staged`
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from pathlib import Path
+from typing import Any
 
 from llmforge import hub, repofiles, store
 from llmforge.errors import InvalidSourceError
+from llmforge.fsutil import human_bytes
+from llmforge.hubsource import Source
+from llmforge.import_undo import ImportWork
 from llmforge.importer import (
     ImportHooks,
     ImportPlan,
@@ -22,10 +28,11 @@ from llmforge.importer import (
     checksum_error,
     read_config,
 )
-from llmforge.licensing import read_license
+from llmforge.licensing import MAX_READ_BYTES, LicenseInfo, license_info, read_license
+from llmforge.modelcheck import MAX_CONFIG_BYTES, check_model_files, parse_config
 from llmforge.registry import FileRecord, ModelEntry
 from llmforge.weights import convert_pickled, count_parameters
-from llmforge.workspace import Workspace
+from llmforge.workspace import Workspace, resolve_inside
 
 
 def _check_selection(sel: repofiles.FileSelection, where: str) -> None:
@@ -49,13 +56,17 @@ def _is_pickled(name: str, sel: repofiles.FileSelection) -> bool:
 
 def gather_from_hub(
     ws: Workspace,
-    source: hub.Source,
+    source: Source,
     req: ImportRequest,
     name: str,
-    staging: Path,
+    work: ImportWork,
     hooks: ImportHooks,
 ) -> ImportResult:
-    """Resolve, check, download and verify a hub repository into ``staging``.
+    """Resolve, check, download and verify a hub repository into the import's staging folder.
+
+    Before the user consents nothing is written: config.json (bounded, verified), the start of
+    the model card and of one license file are read into memory. The free-space check and the
+    license prompt come next; only then is anything downloaded into the cache.
 
     Returns:
         The result holding the entry to register.
@@ -63,51 +74,13 @@ def gather_from_hub(
     assert source.repo_id is not None
     repo = source.repo_id
     cache = store.hub_cache_dir(ws)
-    snap = hub.fetch_snapshot(repo, req.revision or source.revision, req.token, cache)
+    revision = req.revision or source.revision
+    snap = hub.fetch_snapshot(repo, revision, req.token, cache)
     sel = repofiles.select_files(snap.files)
     _check_selection(sel, f"The repository {repo!r}")
-    local: dict[str, Path] = {}
-    hashes: dict[str, str] = {}
-    downloaded: list[str] = []
-    reused: list[str] = []
-
-    def fetch(f: repofiles.RemoteFile, progress: bool) -> None:
-        was_cached = hub.cached_path(cache, snap, f.path) is not None
-        if progress:
-            hooks.on_file_start(f.path, f.size)
-        path = hub.download_file(
-            snap, f.path, cache, req.token, hooks.on_bytes if progress else None
-        )
-        (reused if was_cached else downloaded).append(f.path)
-        sha256, git_sha1 = store.hash_file(path)
-        bad = None
-        if f.sha256 and sha256 != f.sha256:
-            bad = checksum_error(f.path, f.sha256, sha256, "sha256")
-        elif not f.sha256 and f.blob_id and git_sha1 != f.blob_id:
-            bad = checksum_error(f.path, f.blob_id, git_sha1, "git blob sha1")
-        if bad is not None:
-            blob = path.resolve()
-            store.discard(path)
-            store.discard(blob)
-            raise bad
-        local[f.path], hashes[f.path] = path, sha256
-        if progress:
-            hooks.on_file_done(f.path, not was_cached)
-
-    meta = [
-        f
-        for f in sel.files
-        if f.path in ("config.json", "README.md") or repofiles.is_license_file(f.path)
-    ]
-    for f in meta:
-        fetch(f, progress=False)
-    arch = check_architecture(read_config(local["config.json"], f"{repo!r}"), f"The model {repo!r}")
-    lic_files = sorted(p for p in local if repofiles.is_license_file(p))
-    info = read_license(
-        local.get("README.md"), local[lic_files[0]] if lic_files else None, snap.card_data
-    )
-    rest = [f for f in sel.files if f.path not in local]
-    missing = sum(f.size for f in rest if hub.cached_path(cache, snap, f.path) is None)
+    config, info = _read_before_consent(snap, sel, cache, req.token)
+    arch = check_architecture(config, f"The model {repo!r}")
+    missing = sum(f.size for f in sel.files if hub.cached_path(cache, snap, f.path) is None)
     pickled_bytes = sum(f.size for f in sel.files if _is_pickled(f.path, sel))
     plan = ImportPlan(
         name,
@@ -119,15 +92,17 @@ def gather_from_hub(
         sel.total_bytes,
         missing,
         info,
+        unsafe=sel.unsafe,
         convert=sel.pickled_weights,
-        progress_files=len(rest),
-        progress_bytes=sum(f.size for f in rest),
+        progress_files=len(sel.files),
+        progress_bytes=sel.total_bytes,
     )
     hooks.on_plan(plan)
     check_size(sel.total_bytes, missing + pickled_bytes, ws.models_dir, hooks)
     accepted_at = accept_license(info, req, hooks, name)
-    for f in rest:
-        fetch(f, progress=True)
+    staging = work.begin()  # the first write of this import
+    local, hashes, downloaded, reused = _download(snap, sel, cache, req.token, hooks)
+    hub.remember_ref(cache, repo, revision, snap.sha)
 
     records = {
         p: FileRecord(size=path.stat().st_size, sha256=hashes[p])
@@ -135,9 +110,10 @@ def gather_from_hub(
         if not _is_pickled(p, sel)
     }
     for p in records:
-        store.link_or_copy(local[p], staging / p)
+        store.link_or_copy(local[p], resolve_inside(staging, p))
     pickled = {p: path for p, path in local.items() if _is_pickled(p, sel)}
     records.update(_convert(ws, pickled, staging, hooks))
+    check_model_files(staging, config, f"{repo!r}")
     entry = _entry(
         name,
         repo,
@@ -148,21 +124,116 @@ def gather_from_hub(
         records,
         info.label,
         accepted_at,
-        {"requested_revision": req.revision or source.revision or "default branch"}
+        {"requested_revision": revision or "default branch"}
         | ({"converted_from": sorted(pickled)} if pickled else {}),
     )
     return ImportResult(entry, downloaded_files=downloaded, reused_files=reused)
 
 
+def _download(
+    snap: hub.RepoSnapshot,
+    sel: repofiles.FileSelection,
+    cache: Path,
+    token: str | None,
+    hooks: ImportHooks,
+) -> tuple[dict[str, Path], dict[str, str], list[str], list[str]]:
+    """Download (or find in the cache) and verify every selected file.
+
+    Returns:
+        ``(local paths, sha256 of each, names downloaded now, names already cached)``.
+    """
+    local: dict[str, Path] = {}
+    hashes: dict[str, str] = {}
+    downloaded: list[str] = []
+    reused: list[str] = []
+    for f in sel.files:
+        was_cached = hub.cached_path(cache, snap, f.path) is not None
+        hooks.on_file_start(f.path, f.size)
+        path = hub.download_file(snap, f.path, cache, token, hooks.on_bytes)
+        (reused if was_cached else downloaded).append(f.path)
+        hashes[f.path] = _verify_download(f, path)
+        local[f.path] = path
+        hooks.on_file_done(f.path, not was_cached)
+    return local, hashes, downloaded, reused
+
+
+def _read_before_consent(
+    snap: hub.RepoSnapshot, sel: repofiles.FileSelection, cache: Path, token: str | None
+) -> tuple[dict[str, Any], LicenseInfo]:
+    """config.json and the license information, read into memory (nothing written).
+
+    A file already in the cache is read from there (no request); otherwise config.json is
+    fetched whole (it must be under ``MAX_CONFIG_BYTES``) and checked against the hub's
+    checksum, and only the first ``MAX_READ_BYTES`` of the card and of one license file are.
+    """
+    repo = snap.repo_id
+
+    def start(f: repofiles.RemoteFile, limit: int) -> bytes:
+        cached = hub.cached_path(cache, snap, f.path)
+        if cached is not None:
+            # (pruned by a concurrent delete since it was found: ask the hub instead)
+            with contextlib.suppress(FileNotFoundError), open(cached, "rb") as fh:
+                return fh.read(limit)
+        return hub.read_remote_start(snap, f.path, token, limit) if f.size else b""
+
+    by_name = {f.path: f for f in sel.files}
+    cfg = by_name["config.json"]
+    if cfg.size > MAX_CONFIG_BYTES:
+        raise InvalidSourceError(
+            f"The config.json of {repo!r} is {human_bytes(cfg.size)}; a model config is a few "
+            "kilobytes, so this repository is not one llmforge imports.",
+            "Import another revision or repository.",
+        )
+    data = start(cfg, MAX_CONFIG_BYTES)
+    _verify_bytes(cfg, data)
+    card = by_name.get("README.md")
+    lic = next((by_name[p] for p in sorted(by_name) if repofiles.is_license_file(p)), None)
+
+    def text(f: repofiles.RemoteFile | None) -> str | None:
+        return start(f, MAX_READ_BYTES).decode("utf-8", errors="replace") if f else None
+
+    info = license_info(text(card), lic.path if lic else None, text(lic), snap.card_data)
+    return parse_config(data, f"{repo!r}"), info
+
+
+def _verify_bytes(f: repofiles.RemoteFile, data: bytes) -> None:
+    sha256 = hashlib.sha256(data).hexdigest()
+    git = hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+    if f.sha256 and sha256 != f.sha256:
+        raise checksum_error(f.path, f.sha256, sha256, "sha256")
+    if not f.sha256 and f.blob_id and git != f.blob_id:
+        raise checksum_error(f.path, f.blob_id, git, "git blob sha1")
+
+
+def _verify_download(f: repofiles.RemoteFile, path: Path) -> str:
+    """Check a downloaded file against the hub's checksum; return its sha256.
+
+    A mismatching file is removed from the cache at once (the rest of the refused import is
+    taken back by :func:`llmforge.import_undo.leave_no_trace`).
+    """
+    sha256, git_sha1 = store.hash_file(path)
+    bad = None
+    if f.sha256 and sha256 != f.sha256:
+        bad = checksum_error(f.path, f.sha256, sha256, "sha256")
+    elif not f.sha256 and f.blob_id and git_sha1 != f.blob_id:
+        bad = checksum_error(f.path, f.blob_id, git_sha1, "git blob sha1")
+    if bad is not None:
+        blob = path.resolve()
+        store.discard(path)
+        store.discard(blob)
+        raise bad
+    return sha256
+
+
 def gather_from_folder(
     ws: Workspace,
-    source: hub.Source,
+    source: Source,
     req: ImportRequest,
     name: str,
-    staging: Path,
+    work: ImportWork,
     hooks: ImportHooks,
 ) -> ImportResult:
-    """Check and copy a local Hugging Face format folder into ``staging``.
+    """Check and copy a local Hugging Face format folder into the import's staging folder.
 
     Returns:
         The result holding the entry to register.
@@ -181,9 +252,8 @@ def gather_from_folder(
     ]
     sel = repofiles.select_files(files)
     _check_selection(sel, f"The folder {folder}")
-    arch = check_architecture(
-        read_config(folder / "config.json", str(folder)), f"The folder {folder}"
-    )
+    config = read_config(folder / "config.json", str(folder))
+    arch = check_architecture(config, f"The folder {folder}")
     lic_files = sorted(f.path for f in sel.files if repofiles.is_license_file(f.path))
     readme = folder / "README.md"
     info = read_license(
@@ -200,6 +270,7 @@ def gather_from_folder(
         sel.total_bytes,
         0,
         info,
+        unsafe=sel.unsafe,
         convert=sel.pickled_weights,
         progress_files=len(sel.files),
         progress_bytes=sel.total_bytes,
@@ -207,6 +278,7 @@ def gather_from_folder(
     hooks.on_plan(plan)
     check_size(sel.total_bytes, sel.total_bytes + pickled_bytes, ws.models_dir, hooks)
     accepted_at = accept_license(info, req, hooks, name)
+    staging = work.begin()  # the first write of this import
     records: dict[str, FileRecord] = {}
     pickled: dict[str, Path] = {}
     for f in sel.files:
@@ -214,11 +286,12 @@ def gather_from_folder(
         if _is_pickled(f.path, sel):
             pickled[f.path] = folder / f.path
         else:
-            digest = store.adopt(ws, folder / f.path, staging / f.path)
+            digest = store.adopt(ws, folder / f.path, resolve_inside(staging, f.path))
             records[f.path] = FileRecord(size=f.size, sha256=digest)
         hooks.on_bytes(f.size)
         hooks.on_file_done(f.path, False)
     records.update(_convert(ws, pickled, staging, hooks))
+    check_model_files(staging, config, str(folder))
     entry = _entry(
         name,
         str(folder),

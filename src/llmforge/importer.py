@@ -11,7 +11,7 @@ registry and ``models/`` as they were. See :mod:`llmforge.store` for caching and
 from __future__ import annotations
 
 import contextlib
-import json
+import errno
 import os
 import shutil
 from collections.abc import Callable
@@ -20,29 +20,37 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from llmforge import hub, store
+from llmforge import hubsource, store
 from llmforge.architectures import is_supported, supported_architectures
 from llmforge.errors import (
     ChecksumMismatchError,
     InsufficientDiskError,
+    InvalidModelNameError,
     InvalidSourceError,
     LicenseNotAcceptedError,
+    ModelExistsError,
     UnsafePathError,
     UnsupportedArchitectureError,
 )
 from llmforge.fsutil import human_bytes
+from llmforge.import_undo import leave_no_trace
 from llmforge.licensing import LicenseInfo
+from llmforge.modelcheck import MAX_CONFIG_BYTES, parse_config
 from llmforge.registry import (
+    MAX_NAME_LENGTH,
     ModelEntry,
     ModelRegistry,
     check_model_name,
-    name_taken_error,
+    name_problem,
+    suggest_model_name,
     utc_now,
 )
+from llmforge.untrusted import brief
 from llmforge.workspace import Workspace
 
 WARN_BYTES_ENV = "LLMFORGE_IMPORT_WARN_BYTES"
 DEFAULT_WARN_BYTES = 10 * 1000**3
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 @dataclass
@@ -53,17 +61,20 @@ class ImportRequest:
         source: A hub id, a hub URL or a local folder.
         name: The registry name; derived from the source when None.
         revision: Branch, tag or commit (hub only); None for the default branch.
-        token: A hub token; None uses ``HF_TOKEN`` or the saved login. Never stored.
+        token: A hub token; None uses ``HF_TOKEN`` or the saved login. Never stored, never
+            shown (not even in this object's ``repr``).
         accept_license: The license was accepted up front (no prompt).
         force: Replace an existing entry with the same name.
+        token_from: Where ``token`` came from (``--token``, ``HF_TOKEN``), for messages.
     """
 
     source: str
     name: str | None = None
     revision: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
     accept_license: bool = False
     force: bool = False
+    token_from: str | None = None
 
 
 def _nothing(*_: Any) -> None:
@@ -108,6 +119,7 @@ class ImportPlan:
         total_bytes: The size of the files taken.
         download_bytes: The part not yet in the cache.
         license: The license information.
+        unsafe: Files refused because their names are unsafe to write (never fetched).
         convert: Whether pickled weights will be converted to safetensors.
         progress_files: How many files the progress hooks will report (the small metadata
             files read before the plan are not among them).
@@ -123,6 +135,7 @@ class ImportPlan:
     total_bytes: int
     download_bytes: int
     license: LicenseInfo
+    unsafe: list[str] = field(default_factory=list)
     convert: bool = False
     progress_files: int = 0
     progress_bytes: int = 0
@@ -163,18 +176,21 @@ def import_model(
             checksum, name taken); the registry and model folders are then unchanged.
     """
     hooks = hooks or ImportHooks()
-    source = hub.parse_source(req.source)
+    source = hubsource.parse_source(req.source)
+    if req.revision is not None:
+        hubsource.check_revision(req.revision, "--revision")
     url_rev = source.revision
     if source.kind == "hub" and url_rev and req.revision and req.revision != url_rev:
         raise InvalidSourceError(
             f"The URL names revision {url_rev!r} but --revision is {req.revision!r}.",
             "Give the revision once: in the URL or with --revision.",
         )
+    if source.kind == "hub":
+        token, origin = hubsource.token_origin(req.token, req.token_from)
+        hubsource.check_token(token, origin)
     origin = source.repo_id if source.kind == "hub" else (source.path.name if source.path else "")
-    name = check_model_name(req.name or _derive_name(origin or "model"))
     registry = ModelRegistry(ws)
-    if registry.exists(name) and not req.force:
-        raise name_taken_error(name)
+    name = _check_name(req.name or _derive_name(origin or "model"), registry, req.force)
     if source.kind == "hub":
         from llmforge.import_sources import gather_from_hub
 
@@ -183,15 +199,54 @@ def import_model(
         from llmforge.import_sources import gather_from_folder
 
         gather = gather_from_folder
-    with store.tidy_on_failure(ws), store.cache_in_use(ws):
-        staging = store.new_staging_dir(ws, name)
-        try:
-            result = gather(ws, source, req, name, staging, hooks)
-            result.replaced = commit_staged(ws, registry, result.entry, staging, req.force)
-        finally:
-            store.discard(staging)
+    with leave_no_trace(ws, name) as work:
+        result = gather(ws, source, req, name, work, hooks)
+        assert work.staging is not None  # gather began the work after consent
+        result.replaced = commit_staged(ws, registry, result.entry, work.staging, req.force)
     store.prune_cache(ws)  # now that this import no longer holds the cache
     return result
+
+
+def free_name(text: str, taken: set[str]) -> str:
+    """A valid model name derived from ``text`` that no model has yet.
+
+    Args:
+        text: A hub id, a folder name or a name the user typed.
+        taken: The names in use.
+
+    Returns:
+        ``suggest_model_name(text)``, or it with ``-2``, ``-3``, ... appended.
+    """
+    base = suggest_model_name(text)
+    if base not in taken:
+        return base
+    n = 2
+    while True:
+        suffix = f"-{n}"
+        candidate = base[: MAX_NAME_LENGTH - len(suffix)] + suffix
+        if candidate not in taken and name_problem(candidate) is None:
+            return candidate
+        n += 1
+
+
+def _check_name(name: str, registry: ModelRegistry, force: bool) -> str:
+    """Check the name; a refusal suggests a name that is valid and free."""
+    try:
+        check_model_name(name)
+    except InvalidModelNameError as e:
+        free = free_name(str(name), set(registry.names()))
+        raise InvalidModelNameError(e.message, f"Try --name {free!r}.") from None
+    if registry.exists(name) and not force:
+        raise _name_taken(name, set(registry.names()))
+    return name
+
+
+def _name_taken(name: str, taken: set[str]) -> ModelExistsError:
+    free = free_name(name, taken)
+    return ModelExistsError(
+        f"A model named {name!r} is already in the registry.",
+        f"Choose another name with --name (e.g. --name {free}), or pass --force to replace it.",
+    )
 
 
 def _derive_name(origin: str) -> str:
@@ -208,7 +263,7 @@ def check_architecture(config: dict[str, Any], where: str) -> str:
     """
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not is_supported(model_type):
-        shown = repr(model_type) if model_type else "no model_type"
+        shown = brief(model_type, 60) if model_type else "no model_type"
         raise UnsupportedArchitectureError(
             f"{where} has architecture {shown}, which llmforge cannot import.",
             "Supported architectures (config.json model_type): "
@@ -220,18 +275,19 @@ def check_architecture(config: dict[str, Any], where: str) -> str:
 
 
 def read_config(path: Path, where: str) -> dict[str, Any]:
-    """Parse a config.json.
+    """Read and parse a config.json of at most :data:`MAX_CONFIG_BYTES`.
 
     Raises:
-        InvalidSourceError: If it is not a JSON object.
+        InvalidSourceError: If it is too large, unreadable, or not a JSON object.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidSourceError(f"The config.json of {where} is unreadable ({e}).", None) from e
-    if not isinstance(data, dict):
-        raise InvalidSourceError(f"The config.json of {where} is not a JSON object.", None)
-    return data
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise InvalidSourceError(
+            f"The config.json of {where} is unreadable ({e.strerror}).", None
+        ) from None
+    return parse_config(data, where)
 
 
 def check_size(
@@ -308,7 +364,7 @@ def commit_staged(
     try:
         with registry.transaction() as models:
             if entry.model_name in models and not force:
-                raise name_taken_error(entry.model_name)
+                raise _name_taken(entry.model_name, set(models))
             replaced_entry = models.get(entry.model_name)
             if target.exists() or target.is_symlink():
                 os.replace(target, trash)

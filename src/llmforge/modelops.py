@@ -9,6 +9,7 @@ from llmforge.errors import ModelFilesMissingError, UnsafePathError
 from llmforge.fsutil import iter_files, remove_tree, sha256_file
 from llmforge.registry import FileRecord, ModelEntry, ModelRegistry, not_found_error
 from llmforge.store import prune_cache, unshared_bytes
+from llmforge.weights import safetensors_problem
 from llmforge.workspace import Workspace, resolve_inside
 
 
@@ -77,6 +78,8 @@ def validate_entry(
             report.problems.append(f"{name} has {size} bytes, the registry records {record.size}")
         elif hashes and sha256_file(path) != record.sha256:
             report.problems.append(f"{name} does not match its recorded sha256 (corrupted)")
+        elif name.endswith(".safetensors") and (bad := safetensors_problem(path)) is not None:
+            report.problems.append(f"{name} is not a valid safetensors file: {bad}")
     return report
 
 

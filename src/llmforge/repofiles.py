@@ -8,7 +8,8 @@ safetensors exist (they are converted). GGUF, ONNX and other runtimes' files, Py
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 
 # Weight formats llmforge never downloads: duplicates of the safetensors weights, or formats
 # for other runtimes. Pickled .bin weights are fetched only when no safetensors exist.
@@ -35,6 +36,29 @@ class RemoteFile:
     sha256: str | None = None
 
 
+def path_problem(path: str) -> str | None:
+    """Why a file name from a repository cannot be written into the workspace, or None.
+
+    A repository (or a hub answering for one) names its files; those names become paths
+    under ``models/``. A name is refused when it is empty, absolute, has an empty, ``.`` or
+    ``..`` part, holds a backslash (a separator on Windows: ``..\\..\\evil.json``), or a
+    control or format character (NUL, escape sequences, bidirectional overrides).
+    """
+    if not path:
+        return "the name is empty"
+    if path.startswith("/") or re.match(r"[A-Za-z]:", path):
+        return "the name is an absolute path"
+    if "\\" in path:
+        return "the name holds a backslash (a path separator on Windows)"
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") for c in path):
+        return "the name holds control characters"
+    if any(part in ("", ".", "..") for part in path.split("/")):
+        return "the name has an empty, '.' or '..' part"
+    if any(len(part.encode("utf-8", "surrogatepass")) > 255 for part in path.split("/")):
+        return "a part of the name is longer than 255 bytes"
+    return None
+
+
 def is_license_file(name: str) -> bool:
     """Whether a top-level file name is a license file (LICENSE, LICENSE.txt, COPYING, ...)."""
     return "/" not in name and bool(_LICENSE_FILE.fullmatch(name))
@@ -48,11 +72,14 @@ class FileSelection:
         files: The files to download.
         skipped: Files left out (duplicate weights, other runtimes, code, subfolders).
         pickled_weights: True when the weights exist only as pickled ``.bin`` files.
+        unsafe: Files refused because their names could not be written safely
+            (see :func:`path_problem`); never downloaded or copied.
     """
 
     files: list[RemoteFile]
     skipped: list[str]
     pickled_weights: bool
+    unsafe: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -65,11 +92,14 @@ def select_files(files: list[RemoteFile]) -> FileSelection:
 
     Safetensors weights are preferred; pickled ``.bin`` weights are taken only when no
     safetensors exist (they are converted later). GGUF, ONNX and other runtimes' files,
-    Python code (never run: no ``trust_remote_code``) and subfolders are skipped.
+    Python code (never run: no ``trust_remote_code``) and subfolders are skipped; files whose
+    names are unsafe (:func:`path_problem`) are refused and listed apart.
 
     Args:
         files: Every file of the repository.
     """
+    unsafe = sorted(f.path for f in files if path_problem(f.path) is not None)
+    files = [f for f in files if path_problem(f.path) is None]
     has_safetensors = any(f.path.endswith(".safetensors") and "/" not in f.path for f in files)
     chosen: list[RemoteFile] = []
     skipped: list[str] = []
@@ -90,4 +120,4 @@ def select_files(files: list[RemoteFile]) -> FileSelection:
             chosen.append(f)
         else:
             skipped.append(name)
-    return FileSelection(chosen, skipped, pickled_weights=pickled)
+    return FileSelection(chosen, skipped, pickled_weights=pickled, unsafe=unsafe)

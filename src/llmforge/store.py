@@ -131,11 +131,16 @@ def adopt(ws: Workspace, src: Path, dst: Path, *, move: bool = False) -> str:
     blob = blobs / digest
     if not blob.is_file():
         tmp = blobs / f".{digest}.{os.getpid()}.tmp"
-        if move:
-            os.replace(src, tmp)
-        else:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, blob)
+        try:
+            if move:
+                os.replace(src, tmp)
+            else:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, blob)
+        except BaseException:  # a full disk: no half copy left in the store
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
     if dst.exists() and dst.samefile(blob):
         return digest
     with contextlib.suppress(FileNotFoundError):
@@ -155,7 +160,7 @@ def unshared_bytes(folder: Path) -> int:
     return total
 
 
-_USE_LOCK = ".in-use.lock"
+USE_LOCK = ".in-use.lock"
 
 
 @contextlib.contextmanager
@@ -170,7 +175,7 @@ def _flock(ws: Workspace, exclusive: bool) -> Iterator[bool]:
     except ImportError:  # no flock (Windows): no coordination, pruning proceeds
         yield True
         return
-    path = ws.models_dir / CACHE / _USE_LOCK
+    path = ws.models_dir / CACHE / USE_LOCK
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -194,6 +199,15 @@ def cache_in_use(ws: Workspace) -> Iterator[None]:
     """
     with _flock(ws, exclusive=False):
         yield
+
+
+def cache_idle(ws: Workspace) -> contextlib.AbstractContextManager[bool]:
+    """Hold the cache exclusively if no import is using it; yields whether it is held.
+
+    For taking back what a refused import added to the cache: never while another import
+    (which may have picked up one of those files) is running.
+    """
+    return _flock(ws, exclusive=True)
 
 
 def prune_cache(ws: Workspace) -> int:
@@ -280,7 +294,7 @@ def tidy_on_failure(ws: Workspace) -> Iterator[None]:
             if locks not in repos_before and locks.is_dir() and not any(locks.rglob("*.lock")):
                 shutil.rmtree(locks, ignore_errors=True)
         if hub_dir.parent not in existed:
-            (hub_dir.parent / _USE_LOCK).unlink(missing_ok=True)
+            (hub_dir.parent / USE_LOCK).unlink(missing_ok=True)
         for d in watched:
             if d not in existed:
                 with contextlib.suppress(OSError):

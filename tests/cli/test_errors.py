@@ -41,11 +41,14 @@ EXPECTED_CODES = {
     errors.GatedRepoError: 1,
     errors.RevisionNotFoundError: 1,
     errors.HubUnreachableError: 1,
+    errors.MalformedTokenError: 2,
+    errors.RepoChangedError: 1,
     errors.ChecksumMismatchError: 3,
     errors.UnsupportedArchitectureError: 1,
     errors.LicenseNotAcceptedError: 1,
     errors.InsufficientDiskError: 1,
     errors.UnsafeWeightsError: 3,
+    errors.InconsistentModelError: 3,
 }
 
 

@@ -268,7 +268,7 @@ CASES = [
     Case(
         "files-corrupt-load",
         lambda e: _model_file(e, _flip_header, cmd="generate"),
-        ("Cannot load", "re-import"),
+        ("not a valid safetensors file", "re-import"),  # caught by the quick check, not at load
     ),
     Case("files-wrong-arch", _wrong_arch, ("'llama' model, not 'qwen2'", "re-import")),
     Case(

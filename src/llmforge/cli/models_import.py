@@ -11,6 +11,7 @@ from llmforge.cli import _render as r
 from llmforge.cli._context import workspace
 from llmforge.errors import LicenseNotAcceptedError
 from llmforge.fsutil import human_bytes, human_count
+from llmforge.untrusted import brief, terminal_text
 
 if TYPE_CHECKING:
     from llmforge.importer import ImportHooks, ImportPlan
@@ -22,8 +23,10 @@ def import_model(
     source: Annotated[
         str,
         typer.Argument(
-            help="A hub id (Qwen/Qwen2-0.5B), a hub URL (https://huggingface.co/Qwen/Qwen2-0.5B"
-            "[/tree/REV]) or a local folder in Hugging Face format.",
+            # No square brackets: Typer renders help as Rich markup ("[/tree/REV]" was read
+            # as a closing tag and crashed --help).
+            help="A hub id (Qwen/Qwen2-0.5B), a hub URL (https://huggingface.co/Qwen/Qwen2-0.5B, "
+            "optionally ending in /tree/REV) or a local folder in Hugging Face format.",
             show_default=False,
         ),
     ],
@@ -54,10 +57,17 @@ def import_model(
     ] = None,
 ) -> None:
     """Import a model from the Hugging Face Hub or a local folder into the registry."""
+    from huggingface_hub.utils import disable_progress_bars, logging
+
     from llmforge.importer import ImportRequest
     from llmforge.importer import import_model as run_import
 
+    disable_progress_bars()  # llmforge draws its own progress, with the real file names
+    logging.set_verbosity_error()  # and says itself what matters (not "Invalid model-index")
     ws = workspace(ctx)
+    # Which of --token / HF_TOKEN gave the token, for messages (never its value). Compared by
+    # name: Typer's click may be vendored (typer._click) or not.
+    from_env = getattr(ctx.get_parameter_source("token"), "name", "") == "ENVIRONMENT"
     req = ImportRequest(
         source=source,
         name=name,
@@ -65,6 +75,7 @@ def import_model(
         token=token or None,
         accept_license=accept_license,
         force=force,
+        token_from="HF_TOKEN" if from_env else "--token",
     )
     with _Progress() as progress:
         result = run_import(ws, req, progress.hooks())
@@ -73,17 +84,28 @@ def import_model(
     verb = "Replaced" if result.replaced else "Imported"
     where = f"{e.model_id}@{e.revision[:12]}" if e.revision else e.model_id
     out.print(
-        f"{verb} {e.model_name!r} from {where}: {e.architecture}, "
-        f"{human_count(e.num_parameters)} parameters, {human_bytes(e.disk_bytes)} in "
-        f"models/{e.local_path} (license {e.license}).",
+        _safe(
+            f"{verb} {e.model_name!r} from {where}: {e.architecture}, "
+            f"{human_count(e.num_parameters)} parameters, {human_bytes(e.disk_bytes)} in "
+            f"models/{e.local_path} (license {e.license})."
+        ),
         markup=False,
     )
     if result.reused_files and not result.downloaded_files:
         out.print("All files came from the local cache; nothing was downloaded.", markup=False)
 
 
+def _safe(text: str, keep_newlines: bool = False) -> str:
+    """Repository text (ids, file names, license) made safe to print: no escape sequences."""
+    return terminal_text(text, keep_newlines=keep_newlines)
+
+
 class _Progress:
-    """Rich progress (files and bytes) on a terminal, one plain line per file otherwise."""
+    """Rich progress (files and bytes) on a terminal, one plain line per file otherwise.
+
+    Everything shown comes from the repository (its id, file names, license text), so all
+    of it goes through :func:`_safe` and is printed with ``markup=False``.
+    """
 
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
@@ -108,7 +130,7 @@ class _Progress:
             on_file_start=self.file_start,
             on_bytes=self.bytes,
             on_file_done=self.file_done,
-            on_step=lambda msg: r.stderr().print(msg + "…", markup=False),
+            on_step=lambda msg: r.stderr().print(_safe(msg + "…"), markup=False),
         )
 
     def plan(self, plan: ImportPlan) -> None:
@@ -122,20 +144,27 @@ class _Progress:
             line += f" ({human_bytes(plan.download_bytes)} to download)"
         if plan.skipped:
             line += f"; skipping {len(plan.skipped)} file(s) not needed"
-        err.print(line + ".", markup=False)
+        err.print(_safe(line + "."), markup=False)
+        if plan.unsafe:
+            shown = ", ".join(brief(n, 60) for n in plan.unsafe[:5])
+            more = f" and {len(plan.unsafe) - 5} more" if len(plan.unsafe) > 5 else ""
+            r.print_warning(
+                f"Refusing {len(plan.unsafe)} file(s) whose names could write outside the model "
+                f"folder or hide text on the terminal: {shown}{more}. They are not downloaded."
+            )
         if plan.convert:
             err.print("Weights are pickled .bin files: they will be converted.", markup=False)
         self._plan = plan
 
     def confirm_license(self, info: LicenseInfo) -> bool:
         err = r.stderr()
-        err.print(info.describe(), markup=False)
+        err.print(_safe(info.describe()), markup=False)
         if info.excerpt:
-            err.print(info.excerpt, markup=False, style="dim")
+            err.print(_safe(info.excerpt, keep_newlines=True), markup=False, style="dim")
         if not sys.stdin.isatty():
             raise LicenseNotAcceptedError(
-                f"The model's license ({info.label}) must be accepted and there is no terminal "
-                "to ask on; nothing was imported.",
+                f"The model's license ({_safe(info.label)}) must be accepted and there is no "
+                "terminal to ask on; nothing was imported.",
                 "Read the license, then re-run with --accept-license.",
             )
         return typer.confirm("Do you accept this license?", default=False, err=True)
@@ -145,7 +174,7 @@ class _Progress:
 
         plan = self._plan
         self._rich = Progress(
-            TextColumn("{task.description:<28}"),
+            TextColumn("{task.description:<28}", markup=False),
             BarColumn(),
             TextColumn("{task.fields[amount]}"),
             TimeRemainingColumn(),
@@ -171,7 +200,7 @@ class _Progress:
         if self.tty and self._rich is None:
             self._start_rich()
         if self._rich is not None:
-            self._rich.update(self._bytes_task, description=name[:28])
+            self._rich.update(self._bytes_task, description=_safe(name)[:28])
 
     def bytes(self, n: int) -> None:
         if self._rich is not None:
@@ -186,4 +215,4 @@ class _Progress:
             self._refresh()
         else:
             how = "downloaded" if downloaded else "from cache" if self._plan.revision else "copied"
-            r.stderr().print(f"  {name} ({how})", markup=False)
+            r.stderr().print(_safe(f"  {name} ({how})"), markup=False)

@@ -234,6 +234,15 @@ def load_optimizer_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
+        if "weights only load failed" in str(e).lower():  # never pass on torch's advice
+            raise CheckpointError(
+                f"{path / OPTIMIZER_FILE} was refused: it is a pickle that holds more than "
+                "tensors, and loading it could run code on this machine (llmforge loads it "
+                "only with weights_only=True, which stopped it; nothing from it ran).",
+                "llmforge writes a tensors-only optimizer state, so this file came from "
+                "elsewhere: use another checkpoint of the run, and never load a file you do "
+                "not trust with weights_only=False (that runs its code).",
+            ) from None
         raise CheckpointError(
             f"Cannot load {path / OPTIMIZER_FILE}: {type(e).__name__}.",
             "The file is corrupt or not a tensors-only optimizer state; use another "
