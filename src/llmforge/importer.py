@@ -10,7 +10,6 @@ registry and ``models/`` as they were. See :mod:`llmforge.store` for caching and
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -27,9 +26,9 @@ from llmforge.errors import (
     InsufficientDiskError,
     InvalidSourceError,
     LicenseNotAcceptedError,
-    UnsafePathError,
     UnsupportedArchitectureError,
 )
+from llmforge.folder_commit import FolderChange
 from llmforge.fsutil import human_bytes
 from llmforge.licensing import LicenseInfo
 from llmforge.registry import (
@@ -298,37 +297,24 @@ def commit_staged(
 ) -> bool:
     """Rename ``staging`` to ``models/<name>`` and register ``entry``, all or nothing.
 
+    Both happen under the registry lock through :class:`~llmforge.folder_commit.FolderChange`
+    (a replaced folder goes to ``models/.trash/`` and is deleted after the lock is released);
+    a failure or a kill before the registry write leaves the old folder and entry in place.
+
     Returns:
         Whether an existing entry was replaced.
     """
-    target = ws.models_dir / entry.model_name
-    trash = staging.with_name(staging.name + ".old")
-    moved_old = moved_new = False
-    replaced_entry: ModelEntry | None = None
-    try:
-        with registry.transaction() as models:
-            if entry.model_name in models and not force:
-                raise name_taken_error(entry.model_name)
-            replaced_entry = models.get(entry.model_name)
-            if target.exists() or target.is_symlink():
-                os.replace(target, trash)
-                moved_old = True
-            os.replace(staging, target)
-            moved_new = True
-            models[entry.model_name] = entry
-    except BaseException:
-        if moved_new:
-            os.replace(target, staging)
-        if moved_old:
-            os.replace(trash, target)
-        raise
-    store.discard(trash)
-    if replaced_entry is not None and replaced_entry.local_path != entry.local_path:
-        still_used = any(e.local_path == replaced_entry.local_path for e in registry.list())
-        if not still_used:
-            with contextlib.suppress(UnsafePathError):
-                old = ws.model_path(replaced_entry.local_path)
-                if old != ws.models_dir.resolve():
-                    store.discard(old)
+    with registry.transaction() as models:
+        if entry.model_name in models and not force:
+            raise name_taken_error(entry.model_name)
+        replaced = entry.model_name in models
+        assert registry.digest is not None
+        change = FolderChange(ws, entry.model_name, registry.digest, moves_in=True)
+        registry.undo_on_failure(change.undo)
+        change.move_old_aside()
+        change.move_in(staging)
+        models[entry.model_name] = entry
+    change.finish()
+    registry.tidy_trash()
     store.prune_cache(ws)
-    return replaced_entry is not None
+    return replaced

@@ -12,6 +12,7 @@ from llmforge.cli import models_import
 from llmforge.cli._context import workspace
 from llmforge.errors import EXIT_INTEGRITY, ConfirmationRequiredError
 from llmforge.fsutil import human_bytes, human_count
+from llmforge.untrusted import terminal_text
 
 app = typer.Typer(help="Manage the model registry (models/registry.json).", no_args_is_help=True)
 
@@ -116,34 +117,45 @@ def delete(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The model to delete.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Delete even if LoRA adapters or checkpoints load onto this model (they then "
+            "can no longer load); implies --yes.",
+        ),
+    ] = False,
 ) -> None:
     """Delete a model: its registry entry and its files."""
-    from llmforge.modelops import delete_model
-    from llmforge.registry import ModelRegistry
+    from llmforge.modelops import delete_model, model_users
 
     ws = workspace(ctx)
-    registry = ModelRegistry(ws)
-    entry = registry.get(name)
-    children = [c.model_name for c in registry.children(name)]
-    if children:
-        r.print_warning(
-            f"{', '.join(children)} name {name!r} as fine_tuned_from; their lineage will point "
-            "at a model that no longer exists (their own weights are not affected)."
-        )
-    if not yes:
+    users = model_users(ws, name)
+    for note in users.notes():
+        r.print_warning(note)
+    if users.broken and not force:
+        if yes or not sys.stdin.isatty():
+            raise users.in_use_error()
+        r.print_warning(users.in_use_error().message)
+        typer.confirm(f"Delete {name!r} anyway?", abort=True)
+        force = True
+    elif not (yes or force):
         if not sys.stdin.isatty():
             raise ConfirmationRequiredError(
                 f"Deleting {name!r} needs confirmation and there is no terminal to ask on.",
                 "Pass --yes to delete without asking.",
             )
-        typer.confirm(
-            f"Delete model {name!r} and its files in models/{entry.local_path}?", abort=True
+        typer.confirm(f"Delete model {name!r} and its files in models/{name}?", abort=True)
+    result = delete_model(ws, name, force=force)
+    r.stdout().print(
+        terminal_text(f"Deleted {name!r}: freed {human_bytes(result.bytes_freed)}."),
+        markup=False,
+    )
+    if result.users.broken:
+        r.print_warning(
+            "These can no longer load, generate or resume until a model with the same files is "
+            f"registered as {name!r} again: {'; '.join(result.users.broken)}."
         )
-    result = delete_model(ws, name)
-    msg = f"Deleted {name!r}: freed {human_bytes(result.bytes_freed)}."
-    if result.files_kept_for:
-        msg += f" Its files stay: {', '.join(result.files_kept_for)} still use(s) them."
-    r.stdout().print(msg, markup=False)
 
 
 @app.command("validate")

@@ -1,0 +1,279 @@
+"""The model store under attack: hand-edited registries, kills and races, shared files, odd
+filesystems, hostile text. Nothing a user has is lost, and every refusal is one clear paragraph.
+
+Kills and races are made deterministic with a Python audit hook in a small launcher: the real
+``llmforge`` command runs in a subprocess and is SIGKILLed (or paused) exactly when it is
+about to rename, delete or write a given path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from helpers import flat, make_model, snapshot
+from llmforge.cli import app
+from llmforge.registry import ModelRegistry
+from llmforge.workspace import Workspace
+from train_helpers import small_corpus, write_config
+
+# Runs ``llmforge ARGS`` and SIGKILLs itself at the NTH audit event EVENT whose argument ARG
+# contains NEEDLE (the hook runs before the operation: the rename or delete does not happen).
+KILLER = r"""
+import os, signal, sys
+event, arg, needle, nth = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+seen = [0]
+def hook(ev, args):
+    if ev == event and len(args) > arg and needle in str(args[arg]):
+        seen[0] += 1
+        if seen[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+from llmforge.cli import main
+sys.argv = ["llmforge", *sys.argv[5:]]
+main()
+"""
+
+# Runs ``llmforge ARGS`` and, at its first shutil.rmtree, writes MARKER and waits for GO.
+PAUSER = r"""
+import os, sys, time
+marker, go = sys.argv[1], sys.argv[2]
+paused = [False]
+def hook(ev, args):
+    if ev == "shutil.rmtree" and not paused[0]:
+        paused[0] = True
+        open(marker, "w").close()
+        end = time.time() + 60
+        while not os.path.exists(go) and time.time() < end:
+            time.sleep(0.01)
+sys.addaudithook(hook)
+from llmforge.cli import main
+sys.argv = ["llmforge", *sys.argv[3:]]
+main()
+"""
+
+
+def llmforge(home: Path, *args: str, stdin: str | None = None):
+    """``llmforge --home HOME ARGS`` in-process (stderr separate)."""
+    return CliRunner().invoke(app, ["--home", str(home), *args], input=stdin)
+
+
+def killed_at(home: Path, event: str, arg: int, needle: str, *args: str, nth: int = 1):
+    """Run ``llmforge --home HOME ARGS`` in a subprocess that is killed at the given event."""
+    cmd = [sys.executable, "-c", KILLER, event, str(arg), needle, str(nth), "--home", str(home)]
+    return subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=120, env=_env(), check=False
+    )
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "LLMFORGE_DEBUG": ""}
+    env.pop("HF_TOKEN", None)
+    return env
+
+
+def refused(res, *phrases: str, code: int | None = None) -> str:
+    """A clean refusal: non-zero exit, one ``Error:`` paragraph naming ``phrases``."""
+    out = res.stdout + res.stderr if isinstance(res, subprocess.CompletedProcess) else res.output
+    rc = res.returncode if isinstance(res, subprocess.CompletedProcess) else res.exit_code
+    assert rc != 0, out
+    if code is not None:
+        assert rc == code, out
+    assert "Traceback" not in out and "This is a bug" not in out, out
+    err = flat(res.stderr)
+    assert err.startswith("Error:"), err
+    for p in phrases:
+        assert p in err, (p, err)
+    return err
+
+
+def visible(models: Path) -> list[str]:
+    """Model folders (hidden bookkeeping folders are not models)."""
+    return sorted(p.name for p in models.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def write_registry(ws: Workspace, text: str) -> None:
+    ws.models_dir.mkdir(parents=True, exist_ok=True)
+    ws.registry_path.write_text(text)
+
+
+def entry_json(name: str, **fields: object) -> dict:
+    base = {"model_name": name, "source": "local", "architecture": "qwen2", "local_path": name}
+    return {**base, **fields}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with the 4-step from-scratch run ``scratch`` (checkpoint step-000004)."""
+    base = tmp_path_factory.mktemp("store-trained")
+    home = base / "ws"
+    home.mkdir()
+    data = small_corpus(base / "c.txt", chars=8000)
+    cfg = write_config(base / "scratch.yaml", data_path=str(data), max_steps=4)
+    res = llmforge(home, "train", str(cfg))
+    assert res.exit_code == 0, res.output
+    return base
+
+
+@pytest.fixture
+def run_ws(trained: Path, tmp_path: Path) -> Workspace:
+    """A private copy of the ``trained`` workspace (its config at ``../scratch.yaml``)."""
+    shutil.copy(trained / "scratch.yaml", tmp_path / "scratch.yaml")
+    shutil.copy(trained / "c.txt", tmp_path / "c.txt")
+    shutil.copytree(trained / "ws", tmp_path / "ws")
+    return Workspace(root=(tmp_path / "ws").resolve())
+
+
+# -- 1. an entry's folder is models/<its own name>; reserved names are refused everywhere -------
+@pytest.mark.parametrize("local_path", ["registry.json", ".cache", ".staging", "keep", "."])
+def test_an_entry_pointing_at_the_workspace_files_is_refused_not_deleted(
+    workspace: Workspace, local_path: str
+) -> None:
+    make_model(workspace, "keep")
+    (workspace.models_dir / ".cache" / "blobs").mkdir(parents=True)
+    (workspace.models_dir / ".cache" / "blobs" / "abc").write_bytes(b"blob")
+    (workspace.models_dir / ".staging").mkdir()
+    data = json.loads(workspace.registry_path.read_text())
+    data["models"]["evil"] = entry_json("evil", local_path=local_path)
+    workspace.registry_path.write_text(json.dumps(data))
+    before = snapshot(workspace.root)
+    for args in (("delete", "evil", "--yes"), ("validate", "evil"), ("info", "evil")):
+        res = llmforge(workspace.root, "models", *args)
+        refused(res, "models.evil", "local_path must be the model's own name 'evil'", code=3)
+        assert snapshot(workspace.root) == before  # registry.json and the cache are intact
+
+
+RESERVED = ["registry.json", "readme.md", "registry.lock", "x.tmp", "y.incomplete"]
+
+
+@pytest.mark.parametrize("name", RESERVED)
+def test_reserved_names_are_refused_by_import_before_anything_is_written(
+    workspace: Workspace, tiny_qwen_repo: Path, name: str
+) -> None:
+    make_model(workspace, "keep")
+    before = snapshot(workspace.root)
+    res = llmforge(
+        workspace.root, "models", "import", str(tiny_qwen_repo), "--name", name, "--accept-license"
+    )
+    refused(res, "is not a valid model name", "reserved", code=2)
+    assert snapshot(workspace.root) == before
+
+
+@pytest.mark.parametrize("name", RESERVED)
+def test_reserved_names_are_refused_by_register_and_init_from(run_ws: Workspace, name: str) -> None:
+    cfg = str(run_ws.root.parent / "scratch.yaml")
+    before = snapshot(run_ws.root)
+    for args in (
+        ("ckpt", "register", "scratch", "--name", name),
+        ("train", cfg, "--init-from", "scratch", "--name", name),
+        ("train", cfg, "--init-from", "scratch", "--name", name, "--run-name", "branch"),
+    ):
+        res = llmforge(run_ws.root, *args)
+        refused(res, "is not a valid model name", "reserved", code=2)
+        assert snapshot(run_ws.root) == before, args
+
+
+# -- 2. delete is all-or-nothing under the lock; a kill anywhere leaves nothing behind ---------
+MODEL_FILES = {f"w{i}.bin": bytes([i]) * 100 for i in range(4)}
+
+
+def _settled(ws: Workspace) -> None:
+    """The next command that takes the registry lock settles what a kill left."""
+    res = llmforge(ws.root, "models", "validate")
+    assert res.exit_code == 0, res.output
+    assert not (ws.models_dir / ".trash").exists()
+    assert not (ws.models_dir / ".staging").exists() or not any(
+        (ws.models_dir / ".staging").iterdir()
+    )
+
+
+@pytest.mark.parametrize(
+    ("event", "arg", "needle", "survives"),
+    [
+        ("os.rename", 0, "models/victim", True),  # about to move the folder aside
+        ("os.rename", 1, "registry.json", True),  # folder moved aside, registry not yet written
+        ("shutil.rmtree", 0, "victim", False),  # committed, the folder not yet deleted
+        ("os.remove", 0, "w2.bin", False),  # committed, half the folder deleted
+    ],
+)
+def test_a_kill_at_any_step_of_delete_leaves_the_model_whole_or_gone(
+    workspace: Workspace, event: str, arg: int, needle: str, survives: bool
+) -> None:
+    make_model(workspace, "keep")
+    make_model(workspace, "victim", files=MODEL_FILES)
+    res = killed_at(workspace.root, event, arg, needle, "models", "delete", "victim", "--yes")
+    assert res.returncode == -9, res.stdout + res.stderr  # the kill point was reached
+    _settled(workspace)
+    assert ModelRegistry(workspace).names() == (["keep", "victim"] if survives else ["keep"])
+    assert visible(workspace.models_dir) == ModelRegistry(workspace).names()
+
+
+def test_a_kill_before_the_registry_write_of_an_import_force_keeps_the_old_model(
+    workspace: Workspace, tiny_qwen_repo: Path
+) -> None:
+    old = make_model(workspace, "m", files=MODEL_FILES)
+    args = ("models", "import", str(tiny_qwen_repo), "--name", "m", "--force", "--accept-license")
+    res = killed_at(workspace.root, "os.rename", 1, "registry.json", *args)
+    assert res.returncode == -9, res.stdout + res.stderr
+    _settled(workspace)  # the old folder is back under its entry, the new one discarded
+    assert ModelRegistry(workspace).get("m").files == old.files
+    assert visible(workspace.models_dir) == ["m"]
+
+
+@pytest.mark.parametrize(
+    ("event", "arg", "needle", "registered"),
+    [
+        ("os.rename", 1, "registry.json", False),  # new folder in place, entry not written
+        ("shutil.rmtree", 0, ".trash", True),  # committed, the replaced folder not yet deleted
+    ],
+)
+def test_a_kill_during_ckpt_register_leaves_no_unregistered_folder(
+    run_ws: Workspace, event: str, arg: int, needle: str, registered: bool
+) -> None:
+    make_model(run_ws, "reg", files=MODEL_FILES)  # replaced with --force
+    args = ("ckpt", "register", "scratch", "--name", "reg", "--force")
+    res = killed_at(run_ws.root, event, arg, needle, *args)
+    assert res.returncode == -9, res.stdout + res.stderr
+    _settled(run_ws)
+    entry = ModelRegistry(run_ws).get("reg")
+    assert (entry.source == "fine-tune") is registered
+    assert visible(run_ws.models_dir) == ["reg"]
+
+
+def test_delete_racing_an_import_force_of_the_same_name_keeps_the_new_model(
+    workspace: Workspace, tiny_qwen_repo: Path, tmp_path: Path
+) -> None:
+    imp = ("models", "import", str(tiny_qwen_repo), "--name", "m", "--accept-license")
+    assert llmforge(workspace.root, *imp).exit_code == 0
+    marker, go = tmp_path / "paused", tmp_path / "go"
+    cmd = [sys.executable, "-c", PAUSER, str(marker), str(go), "--home", str(workspace.root)]
+    delete = subprocess.Popen(
+        [*cmd, "models", "delete", "m", "--yes"],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(6000):  # the delete released the lock and is about to remove files
+            if marker.exists() or delete.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert marker.exists(), delete.communicate()
+        res = llmforge(workspace.root, *imp, "--force")
+        assert res.exit_code == 0, res.output
+    finally:
+        go.touch()
+        out, err = delete.communicate(timeout=60)
+    assert delete.returncode == 0, out + err
+    assert ModelRegistry(workspace).names() == ["m"]
+    res = llmforge(workspace.root, "models", "validate", "m")
+    assert res.exit_code == 0, res.output  # the import's folder was not deleted under it
