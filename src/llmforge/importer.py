@@ -172,6 +172,7 @@ def import_model(
     origin = source.repo_id if source.kind == "hub" else (source.path.name if source.path else "")
     name = check_model_name(req.name or _derive_name(origin or "model"))
     registry = ModelRegistry(ws)
+    registry.check_writable()
     if registry.exists(name) and not req.force:
         raise name_taken_error(name)
     if source.kind == "hub":

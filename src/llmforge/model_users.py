@@ -60,7 +60,7 @@ class ModelUsers:
         ]
 
     def notes(self) -> list[str]:
-        """True sentences about what is not broken but worth knowing before deleting."""
+        """Warnings about what is not broken but will point at a model that is gone."""
         out = []
         if self.children:
             out.append(
@@ -73,19 +73,30 @@ class ModelUsers:
                 f"The run(s) {_join(self.fine_tune_runs)} fine-tuned {self.name!r}; their "
                 "checkpoints hold their own weights and still load and resume."
             )
-        if self.linked_checkpoints:
-            out.append(
-                f"Its files are shared by hard link with {_join(self.linked_checkpoints)}: "
-                "deleting it frees none of those bytes, and the checkpoint(s) stay whole."
-            )
         return out
+
+    def kept_note(self) -> str:
+        """Why deleting frees less than the model's size (its files live on in checkpoints)."""
+        if not self.linked_checkpoints:
+            return ""
+        return (
+            f" Its files shared by hard link with {_join(self.linked_checkpoints)} stay on disk "
+            "there; that checkpoint is unaffected."
+        )
 
     def in_use_error(self) -> ModelInUseError:
         """The refusal to delete without ``--force``."""
         broken = self.broken
+        unaffected = self.children + [f"run {r}" for r in self.fine_tune_runs]
         return ModelInUseError(
             f"Deleting {self.name!r} would leave {len(broken)} adapter(s) and checkpoint(s) "
-            f"that load onto it unable to load, generate or resume: {'; '.join(broken)}.",
+            f"that load onto it unable to load, generate or resume: {'; '.join(broken)}."
+            + (
+                f" (Its full fine-tunes, {_join(unaffected)}, hold their own weights and are "
+                "not affected.)"
+                if unaffected
+                else ""
+            ),
             f"Delete or merge them first (`llmforge ckpt register CKPT --name NEW --merge` "
             f"makes a standalone model), or pass --force to delete {self.name!r} anyway; "
             f"registering the same files again under the name {self.name!r} makes them load "

@@ -394,6 +394,25 @@ class ModelRegistry:
         assert self._undo is not None, "undo_on_failure outside a transaction"
         self._undo.append(step)
 
+    def check_writable(self) -> None:
+        """Refuse early what would make the registry transaction fail (before slow work).
+
+        Raises:
+            WorkspaceError: If ``models`` is a file.
+            RegistryError: If the lock path is a folder.
+        """
+        self._check_models_dir()
+        if self._lock_path.is_dir():
+            raise self._lock_error("is a folder")
+
+    def _lock_error(self, what: str) -> RegistryError:
+        return RegistryError(
+            f"The registry lock {self._lock_path} {what}, so the registry cannot be "
+            "changed safely; nothing was changed.",
+            "It holds no data: remove it (`rm -r models/.registry.lock`) if no llmforge "
+            "command is running, then run the command again.",
+        )
+
     def _lock(self) -> FileLock:
         lock = FileLock(str(self._lock_path), timeout=LOCK_TIMEOUT_S)
         try:
@@ -406,12 +425,7 @@ class ModelRegistry:
             ) from e
         except OSError as e:
             what = "is a folder" if self._lock_path.is_dir() else f"cannot be opened ({e.strerror})"
-            raise RegistryError(
-                f"The registry lock {self._lock_path} {what}, so the registry cannot be "
-                "changed safely; nothing was changed.",
-                "It holds no data: remove it (`rm -r models/.registry.lock`) if no llmforge "
-                "command is running, then run the command again.",
-            ) from e
+            raise self._lock_error(what) from e
         return lock
 
     def _write(self, models: dict[str, Any]) -> None:

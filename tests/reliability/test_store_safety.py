@@ -277,3 +277,254 @@ def test_delete_racing_an_import_force_of_the_same_name_keeps_the_new_model(
     assert ModelRegistry(workspace).names() == ["m"]
     res = llmforge(workspace.root, "models", "validate", "m")
     assert res.exit_code == 0, res.output  # the import's folder was not deleted under it
+
+
+# -- 4. a registry.json with a name twice is corrupt, never rewritten -------------------------
+def test_a_duplicated_name_in_the_registry_is_refused_and_never_overwritten(
+    workspace: Workspace, tiny_qwen_repo: Path
+) -> None:
+    make_model(workspace, "m")
+    make_model(workspace, "n")
+    text = workspace.registry_path.read_text()
+    one = json.dumps(json.loads(text)["models"]["m"])
+    # the same name twice, as a merge conflict resolved by hand can leave it
+    write_registry(workspace, text.replace('"models": {', f'"models": {{"m": {one},', 1))
+    before = snapshot(workspace.root)
+    for args in (
+        ("models", "list"),
+        ("models", "delete", "n", "--yes"),
+        ("models", "import", str(tiny_qwen_repo), "--name", "x", "--accept-license"),
+        ("models", "validate"),
+    ):
+        res = llmforge(workspace.root, *args)
+        refused(res, "names the model 'm' twice", "delete the other", code=3)
+        assert snapshot(workspace.root) == before, args
+
+
+def test_a_duplicated_key_inside_an_entry_is_refused(workspace: Workspace) -> None:
+    write_registry(
+        workspace,
+        '{"schema_version": 1, "models": {"m": {"model_name": "m", "source": "local", '
+        '"architecture": "qwen2", "local_path": "m", "local_path": "../../etc"}}}',
+    )
+    refused(llmforge(workspace.root, "models", "list"), "the key 'local_path' twice", code=3)
+
+
+# -- 5. deleting what adapters and checkpoints need: say so, list them, ask for --force ------
+@pytest.fixture(scope="module")
+def family(trained: Path) -> Path:
+    """``cbase`` registered from ``scratch``; a LoRA run ``lr`` on it, the adapter model
+    ``adapter`` registered from that run, and a full fine-tune run ``fr`` of it."""
+    home = trained.parent / "family"
+    subprocess.run(["cp", "-a", str(trained), str(home)], check=True)  # keeps hard links
+    ws = home / "ws"
+    assert llmforge(ws, "ckpt", "register", "scratch", "--name", "cbase").exit_code == 0
+    common = {"model_name": "cbase", "data_path": str(home / "c.txt"), "block_size": 32}
+    common.update(batch_size=4, max_steps=2, warmup_steps=1, sample_interval=0, eval_steps=1)
+    for run, finetune in (("lr", "lora"), ("fr", "full")):
+        (home / f"{run}.yaml").write_text(json.dumps({**common, "finetune": finetune}))
+        res = llmforge(ws, "train", str(home / f"{run}.yaml"))
+        assert res.exit_code == 0, res.output
+    assert llmforge(ws, "ckpt", "register", "lr", "--name", "adapter").exit_code == 0
+    return home
+
+
+@pytest.fixture
+def fam(family: Path, tmp_path: Path) -> Workspace:
+    subprocess.run(["cp", "-a", str(family), str(tmp_path / "f")], check=True)
+    return Workspace(root=(tmp_path / "f" / "ws").resolve())
+
+
+def test_deleting_the_base_of_lora_adapters_and_runs_needs_force(fam: Workspace) -> None:
+    before = snapshot(fam.root)
+    res = llmforge(fam.root, "models", "delete", "cbase", "--yes")
+    err = refused(res, "would leave 2 adapter(s) and checkpoint(s)", "--force", code=1)
+    assert "the LoRA adapter model 'adapter'" in err
+    assert "the LoRA checkpoint runs/lr/checkpoints/step-000002" in err
+    assert "full fine-tunes, run fr, hold their own weights" in err
+    assert snapshot(fam.root) == before
+    # What the messages promise is what happens: the full fine-tune still loads after --force.
+    res = llmforge(fam.root, "models", "delete", "cbase", "--force")
+    assert res.exit_code == 0, res.output
+    warn = flat(res.stderr)
+    assert "These can no longer load" in warn and "'adapter'" in warn and "runs/lr/" in warn
+    assert "still load and resume" in warn
+    # every file of cbase is still held by the checkpoint it was registered from
+    assert "freed 0 B" in res.stdout
+    assert "shared by hard link with runs/scratch/checkpoints/step-000004 stay" in flat(res.stdout)
+    gen = ("--prompt", "def", "--max-new-tokens", "2")
+    assert llmforge(fam.root, "generate", "fr", *gen).exit_code == 0
+    assert llmforge(fam.root, "generate", "scratch", *gen).exit_code == 0
+    for broken in ("lr", "adapter"):
+        res = llmforge(fam.root, "generate", broken, *gen)
+        refused(res, "'cbase', which is not in the registry")
+
+
+def test_deleting_a_lora_base_on_a_terminal_asks_with_the_list(
+    fam: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import typer.testing
+
+    wrapper = getattr(typer.testing, "_NamedTextIOWrapper", None)
+    if wrapper is None:  # older typer: click's runner
+        import click.testing
+
+        wrapper = click.testing._NamedTextIOWrapper
+    monkeypatch.setattr(wrapper, "isatty", lambda self: True)
+    before = snapshot(fam.root)
+    res = llmforge(fam.root, "models", "delete", "cbase", stdin="n\n")
+    assert res.exit_code == 1 and "Delete 'cbase' anyway?" in res.output
+    assert "runs/lr/checkpoints/step-000002" in flat(res.stderr)
+    assert snapshot(fam.root) == before
+    res = llmforge(fam.root, "models", "delete", "cbase", stdin="y\n")
+    assert res.exit_code == 0, res.output
+    assert "cbase" not in ModelRegistry(fam).names()
+
+
+def test_deleting_an_adapter_needs_no_force_and_frees_what_only_it_held(fam: Workspace) -> None:
+    res = llmforge(fam.root, "models", "delete", "adapter", "--yes")
+    assert res.exit_code == 0, res.output
+    assert res.stderr == ""  # nothing loads onto an adapter
+    assert "freed 0 B" in res.stdout and "runs/lr/checkpoints/step-000002" in flat(res.stdout)
+    assert (
+        llmforge(fam.root, "generate", "lr", "--prompt", "def", "--max-new-tokens", "2").exit_code
+        == 0
+    )
+
+
+# -- 6. odd filesystems: a lock that is a folder, models or runs that are files, long names,
+#       a full disk while the registry is written ---------------------------------------------
+def test_a_registry_lock_that_is_a_folder_is_a_clear_error(
+    workspace: Workspace, tiny_qwen_repo: Path
+) -> None:
+    make_model(workspace, "m")
+    (workspace.models_dir / ".registry.lock").unlink(missing_ok=True)
+    (workspace.models_dir / ".registry.lock").mkdir()
+    before = snapshot(workspace.root)
+    for args in (
+        ("models", "delete", "m", "--yes"),
+        ("models", "import", str(tiny_qwen_repo), "--name", "x", "--accept-license"),
+    ):
+        res = llmforge(workspace.root, *args)
+        refused(res, ".registry.lock is a folder", "nothing was changed", "remove it", code=1)
+        assert snapshot(workspace.root) == before, args
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("models", "list"),
+        ("models", "list", "--json"),
+        ("models", "info", "m"),
+        ("models", "delete", "m", "--yes"),
+        ("models", "validate"),
+        ("models", "import", "{repo}", "--name", "x", "--accept-license"),
+    ],
+)
+def test_models_that_is_a_file_is_a_clear_error(
+    workspace: Workspace, tiny_qwen_repo: Path, args: tuple[str, ...]
+) -> None:
+    workspace.models_dir.write_text("not a folder")
+    before = snapshot(workspace.root)
+    res = llmforge(workspace.root, *(a.format(repo=tiny_qwen_repo) for a in args))
+    refused(res, "models is a file, not a folder", "Move or rename that file")
+    assert snapshot(workspace.root) == before
+
+
+def test_runs_that_is_a_file(workspace: Workspace) -> None:
+    make_model(workspace, "m")
+    workspace.runs_dir.write_text("not a folder")
+    assert llmforge(workspace.root, "models", "list").exit_code == 0
+    before = snapshot(workspace.root)
+    refused(llmforge(workspace.root, "ckpt", "list"), "runs is a file, not a folder")
+    assert snapshot(workspace.root) == before
+    res = llmforge(workspace.root, "models", "delete", "m", "--yes")  # no run can need it
+    assert res.exit_code == 0, res.output
+
+
+LONG = "a" * 5000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("info", LONG),
+        ("info", LONG, "--json"),
+        ("delete", LONG, "--yes"),
+        ("validate", LONG),
+        ("import", "{repo}", "--name", LONG, "--accept-license"),
+    ],
+)
+def test_a_5000_character_name_is_a_short_clear_error(
+    workspace: Workspace, tiny_qwen_repo: Path, args: tuple[str, ...]
+) -> None:
+    make_model(workspace, "m")
+    before = snapshot(workspace.root)
+    res = llmforge(workspace.root, "models", *(a.format(repo=tiny_qwen_repo) for a in args))
+    err = refused(res, "5,000")
+    assert len(err) < 600, err  # the name is shown cut short, not 5,000 characters of it
+    assert snapshot(workspace.root) == before
+
+
+def _under_file_size_limit(home: Path, limit: int, *args: str) -> subprocess.CompletedProcess:
+    def apply() -> None:  # in the child: a write past the limit fails with EFBIG
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    cmd = [sys.executable, "-m", "llmforge", "--home", str(home), *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env=_env(), preexec_fn=apply
+    )
+
+
+def test_a_full_disk_while_the_registry_is_written_changes_nothing(run_ws: Workspace) -> None:
+    # A registry bigger than the file-size limit: every other file these commands write
+    # (the journal, hard links) is smaller, so the registry write is what fails.
+    for i in range(60):
+        make_model(run_ws, f"m{i:02d}", files=MODEL_FILES)
+    assert run_ws.registry_path.stat().st_size > 40_000
+    before = snapshot(run_ws.root)
+    for args in (
+        ("models", "delete", "m07", "--yes"),
+        ("ckpt", "register", "scratch", "--name", "new"),
+        ("ckpt", "register", "scratch", "--name", "m08", "--force"),
+    ):
+        res = _under_file_size_limit(run_ws.root, 20_000, *args)
+        refused(res, "Could not write", "registry.json", "File too large", "unchanged", code=1)
+        assert snapshot(run_ws.root) == before, args
+
+
+# -- 7. markup and escape sequences in registry fields never reach the terminal -------------
+def test_markup_and_escapes_in_registry_fields_are_shown_inert(workspace: Workspace) -> None:
+    hostile = entry_json(
+        "m",
+        model_id="\x1b[31mOrg/Red\x1b[0m",
+        license="[/] [bold]MIT[/bold] \x9b2J",
+        tokenizer="tok\x1b]0;pwned\x07",
+        fine_tuned_from="base",
+        details={"note\x1b[2J": "[link=file:///etc]x[/link] \u202eevil", "[/]": "[red]"},
+        files={"w\x1b[2J.bin": {"size": 1, "sha256": "0" * 64}},
+    )
+    write_registry(workspace, json.dumps({"schema_version": 1, "models": {"m": hostile}}))
+    outputs = []
+    for args in (
+        ("info", "m"),
+        ("info", "m", "--json"),
+        ("list",),
+        ("list", "--json"),
+        ("validate", "m"),
+        ("validate", "m", "--json"),
+        ("delete", "m", "--yes"),
+    ):
+        res = llmforge(workspace.root, "models", *args)
+        assert "Traceback" not in res.output and "This is a bug" not in res.output, res.output
+        assert res.exit_code == (3 if args[0] == "validate" else 0), res.output
+        outputs.append(res.output)
+    for out in outputs:
+        for bad in ("\x1b", "\x9b", "\x07", "\u202e"):
+            assert bad not in out, (bad, out)
+    assert "[/] [bold]MIT[/bold]" in outputs[0]  # shown as written, not read as markup
+    assert json.loads(outputs[1])["license"].startswith("[/] [bold]MIT[/bold]")

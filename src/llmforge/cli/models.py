@@ -131,11 +131,11 @@ def delete(
 
     ws = workspace(ctx)
     users = model_users(ws, name)
+    if users.broken and not force and (yes or not sys.stdin.isatty()):
+        raise users.in_use_error()
     for note in users.notes():
         r.print_warning(note)
     if users.broken and not force:
-        if yes or not sys.stdin.isatty():
-            raise users.in_use_error()
         r.print_warning(users.in_use_error().message)
         typer.confirm(f"Delete {name!r} anyway?", abort=True)
         force = True
@@ -148,7 +148,9 @@ def delete(
         typer.confirm(f"Delete model {name!r} and its files in models/{name}?", abort=True)
     result = delete_model(ws, name, force=force)
     r.stdout().print(
-        terminal_text(f"Deleted {name!r}: freed {human_bytes(result.bytes_freed)}."),
+        terminal_text(
+            f"Deleted {name!r}: freed {human_bytes(result.bytes_freed)}." + result.users.kept_note()
+        ),
         markup=False,
     )
     if result.users.broken:
