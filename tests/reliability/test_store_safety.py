@@ -509,6 +509,7 @@ def test_markup_and_escapes_in_registry_fields_are_shown_inert(workspace: Worksp
         files={"w\x1b[2J.bin": {"size": 1, "sha256": "0" * 64}},
     )
     write_registry(workspace, json.dumps({"schema_version": 1, "models": {"m": hostile}}))
+    (workspace.models_dir / "m").mkdir()  # validate then names the missing file
     outputs = []
     for args in (
         ("info", "m"),
@@ -527,4 +528,5 @@ def test_markup_and_escapes_in_registry_fields_are_shown_inert(workspace: Worksp
         for bad in ("\x1b", "\x9b", "\x07", "\u202e"):
             assert bad not in out, (bad, out)
     assert "[/] [bold]MIT[/bold]" in outputs[0]  # shown as written, not read as markup
+    assert "w.bin is missing" in outputs[4]  # the escape sequence removed, the name shown
     assert json.loads(outputs[1])["license"].startswith("[/] [bold]MIT[/bold]")

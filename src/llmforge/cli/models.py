@@ -6,6 +6,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from llmforge.cli import _render as r
 from llmforge.cli import models_import
@@ -189,11 +190,12 @@ def validate(
             out.print("No models registered; nothing to validate.", markup=False)
         for rep in reports:
             if rep.ok:
-                out.print(f"[green]OK[/green]   {rep.model_name} ({rep.files_checked} files)")
+                line = f"   {rep.model_name} ({rep.files_checked} files)"
+                out.print(Text.assemble(("OK", "green"), r.cell(line)))
             else:
-                out.print(f"[red]FAIL[/red] {rep.model_name}")
+                out.print(Text.assemble(("FAIL", "red"), r.cell(f" {rep.model_name}")))
                 for p in rep.problems:
-                    out.print(f"       - {p}", markup=False)
+                    out.print(r.cell(f"       - {p}"))  # file names come from the registry
     if bad:
         names = " ".join(x.model_name for x in bad)
         r.print_error(
