@@ -25,13 +25,19 @@ from llmforge.importer import commit_staged
 from llmforge.modelops import build_manifest
 from llmforge.registry import ModelEntry, ModelRegistry, check_model_name, name_taken_error
 from llmforge.training import checkpoint as ck
-from llmforge.training import lineage, sharded
+from llmforge.training import ckpt_manifest, lineage, sharded
 from llmforge.training import lora as lora_run
 from llmforge.training.runs import resolve_checkpoint
 from llmforge.workspace import Workspace
 
 # Files of a checkpoint that are training state, not the model.
-_NOT_MODEL = {ck.META_FILE, ck.STATE_FILE, ck.OPTIMIZER_FILE, ck.TOKENIZER_DIR}
+_NOT_MODEL = {
+    ck.META_FILE,
+    ck.STATE_FILE,
+    ck.OPTIMIZER_FILE,
+    ck.TOKENIZER_DIR,
+    ckpt_manifest.MANIFEST_FILE,
+}
 
 
 @dataclass
@@ -64,12 +70,14 @@ class CheckpointInfo:
         state: ``trainer_state.json`` facts (step, best validation loss, losses recorded).
         registered_as: Registry models made from this checkpoint.
         files: Relative file names with sizes.
+        integrity: What comparing it with its manifest found (sizes and small files).
     """
 
     summary: CheckpointSummary
     state: dict[str, Any]
     registered_as: list[str] = field(default_factory=list)
     files: dict[str, int] = field(default_factory=dict)
+    integrity: str = ""
 
 
 def _summary(path: Path) -> CheckpointSummary:
@@ -140,7 +148,8 @@ def checkpoint_info(ws: Workspace, ref: str) -> CheckpointInfo:
         for p in sorted(path.rglob("*"))
         if p.is_file()
     }
-    return CheckpointInfo(summary, state, registered, files)
+    integrity = ckpt_manifest.check_manifest(path).status  # check_complete refused damage
+    return CheckpointInfo(summary, state, registered, files, integrity)
 
 
 def _rel(ws: Workspace, path: Path) -> str:
@@ -210,7 +219,7 @@ def register_checkpoint(
     """
     check_model_name(name)
     path = resolve_checkpoint(ws, ref)
-    ck.check_complete(path)
+    ck.check_complete(path, full=True)  # its bytes become a model: every sha256 is compared
     meta = ck.load_meta(path)
     if not isinstance(meta.get("architecture"), str):
         raise CheckpointError(

@@ -11,6 +11,7 @@ from llmforge.fsutil import iter_files, sha256_file
 from llmforge.model_users import ModelUsers, find_users
 from llmforge.registry import FileRecord, ModelEntry, ModelRegistry, not_found_error
 from llmforge.store import prune_cache, unshared_bytes
+from llmforge.training.ckpt_manifest import ManifestCheck, check_manifest, checkpoint_dirs
 from llmforge.workspace import Workspace, resolve_inside
 
 
@@ -114,6 +115,15 @@ def validate_models(workspace: Workspace, name: str | None = None) -> list[Valid
     registry.settle()  # finish or undo what a killed delete or import left
     entries = [registry.get(name)] if name is not None else registry.list()
     return [validate_entry(workspace, e) for e in entries]
+
+
+def validate_checkpoints(workspace: Workspace) -> list[ManifestCheck]:
+    """Compare every checkpoint under ``runs/`` with its manifest, sha256 of every file.
+
+    Checkpoints saved before manifests existed are reported as unverified (``has_manifest``
+    False), not as failures.
+    """
+    return [check_manifest(p, full=True) for p in checkpoint_dirs(workspace.runs_dir)]
 
 
 @dataclass

@@ -530,3 +530,152 @@ def test_markup_and_escapes_in_registry_fields_are_shown_inert(workspace: Worksp
     assert "[/] [bold]MIT[/bold]" in outputs[0]  # shown as written, not read as markup
     assert "w.bin is missing" in outputs[4]  # the escape sequence removed, the name shown
     assert json.loads(outputs[1])["license"].startswith("[/] [bold]MIT[/bold]")
+
+
+# -- 3. shared files are read-only; checkpoints carry a manifest that every command checks ---
+def _writable(path: Path) -> bool:
+    return bool(path.stat().st_mode & 0o222)
+
+
+def test_files_shared_by_hard_link_are_read_only_and_everything_still_works(
+    run_ws: Workspace, tiny_qwen_repo: Path
+) -> None:
+    imp = ("models", "import", str(tiny_qwen_repo), "--accept-license", "--name")
+    for name in ("a", "b"):  # b shares a's blobs
+        assert llmforge(run_ws.root, *imp, name).exit_code == 0
+    assert llmforge(run_ws.root, "ckpt", "register", "scratch", "--name", "c").exit_code == 0
+    models = run_ws.models_dir
+    shared = [p for p in models.rglob("*") if p.is_file() and not p.is_symlink()]
+    shared = [p for p in shared if p.parent.name != ".cache" and not p.name.endswith(".lock")]
+    assert len([p for p in shared if "blobs" in p.parts]) >= 7
+    ckpt = run_ws.runs_dir / "scratch/checkpoints/step-000004"
+    linked = [p for p in ckpt.rglob("*") if p.is_file() and p.stat().st_nlink > 1]
+    assert {p.name for p in linked} >= {"model.safetensors", "config.json"}
+    writable = [p for p in shared + linked if _writable(p) and p.name != "registry.json"]
+    writable = [p for p in writable if p.name != "README.md" or p.parent != models]
+    assert writable == [], writable  # `>>` on any name of a shared file would change them all
+    assert _writable(run_ws.registry_path)
+    # Replacing, deleting and pruning work on read-only files.
+    assert llmforge(run_ws.root, *imp, "a", "--force").exit_code == 0
+    for name in ("a", "b", "c"):
+        res = llmforge(run_ws.root, "models", "delete", name, "--yes")
+        assert res.exit_code == 0, res.output
+    assert not [p for p in (models / ".cache" / "blobs").iterdir()]  # every blob pruned
+    from llmforge.training.checkpoint import prune_checkpoints
+
+    shutil.copytree(ckpt, ckpt.with_name("step-000008"))  # a newer one, so step-4 is pruned
+    assert prune_checkpoints(run_ws.runs_dir / "scratch", keep_last=1) == [ckpt]
+    assert not ckpt.exists()
+
+
+def test_every_checkpoint_lists_its_files_with_size_and_sha256(run_ws: Workspace) -> None:
+    import hashlib
+
+    ckpt = run_ws.runs_dir / "scratch/checkpoints/step-000004"
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    files = sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file())
+    assert sorted(manifest["files"]) == [f for f in files if f != "manifest.json"]
+    for rel, rec in manifest["files"].items():
+        data = (ckpt / rel).read_bytes()
+        assert rec == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _append(p: Path) -> None:
+    with open(p, "ab") as f:  # `echo x >> file`: what an editor keeping hard links does
+        f.write(b"\n")
+
+
+def _truncate(p: Path) -> None:
+    p.write_bytes(p.read_bytes()[:-10])
+
+
+def _flip_last_byte(p: Path) -> None:
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0x01
+    p.write_bytes(bytes(data))
+
+
+def _add_file(p: Path) -> None:
+    (p.parent / "model.safetensors.index.json").write_text("{}")
+
+
+# (mutation, file, commands that must notice it). Loading checks sizes and the small files'
+# sha256; `models validate`, `ckpt register` and `ckpt export` check every sha256.
+LOAD = ("info", "generate", "resume", "validate", "register", "export")
+FULL = ("validate", "register", "export")
+DAMAGE = [
+    pytest.param(_append, "model.safetensors", LOAD, id="appended-weights"),
+    pytest.param(_truncate, "optimizer.pt", LOAD, id="truncated-optimizer"),
+    pytest.param(_flip_last_byte, "trainer_state.json", LOAD, id="edited-state"),
+    pytest.param(_flip_last_byte, "tokenizer/char_vocab.json", LOAD, id="edited-tokenizer"),
+    pytest.param(_add_file, "model.safetensors", LOAD, id="added-file"),
+    pytest.param(_flip_last_byte, "model.safetensors", FULL, id="same-size-weights"),
+]
+
+
+def _checkpoint_commands(ws: Workspace) -> dict[str, tuple[str, ...]]:
+    cfg = str(ws.root.parent / "scratch.yaml")
+    return {
+        "info": ("ckpt", "info", "scratch"),
+        "generate": ("generate", "scratch", "--prompt", "def", "--max-new-tokens", "2"),
+        "resume": ("train", cfg, "--resume", "latest", "--max-steps", "6"),
+        "validate": ("models", "validate"),
+        "register": ("ckpt", "register", "scratch", "--name", "reg"),
+        "export": ("ckpt", "export", "scratch", str(ws.root / "exported")),
+    }
+
+
+@pytest.mark.parametrize(("damage", "rel", "noticed_by"), DAMAGE)
+def test_a_changed_or_truncated_checkpoint_file_is_noticed(
+    run_ws: Workspace, damage, rel: str, noticed_by: tuple[str, ...]
+) -> None:
+    ckpt = run_ws.runs_dir / "scratch/checkpoints/step-000004"
+    damage(ckpt / rel)
+    shown = "model.safetensors.index.json" if damage is _add_file else rel
+    before = snapshot(run_ws.root)
+    for what, args in _checkpoint_commands(run_ws).items():
+        if what not in noticed_by:
+            continue
+        res = llmforge(run_ws.root, *args)
+        err = refused(res, "step-000004", code=3)
+        if what == "validate":  # the report on stdout names the file, stderr sums up
+            assert "failed validation" in err and shown in flat(res.stdout), res.output
+        else:
+            assert "is damaged or was changed after it was saved" in err and shown in err, err
+        assert snapshot(run_ws.root) == before, what
+
+
+def test_a_checkpoint_saved_before_manifests_loads_unverified(run_ws: Workspace) -> None:
+    ckpt = run_ws.runs_dir / "scratch/checkpoints/step-000004"
+    (ckpt / "manifest.json").unlink()
+    cmds = _checkpoint_commands(run_ws)
+    res = llmforge(run_ws.root, *cmds["info"])
+    assert res.exit_code == 0, res.output
+    assert "unverified: saved before checkpoints had a manifest" in flat(res.stdout)
+    res = llmforge(run_ws.root, *cmds["validate"])
+    assert res.exit_code == 0, res.output
+    assert "-- runs/scratch/checkpoints/step-000004 (unverified" in flat(res.stdout)
+    for what in ("generate", "register", "export", "resume"):
+        res = llmforge(run_ws.root, *cmds[what])
+        assert res.exit_code == 0, (what, res.output)
+
+
+def test_a_sharded_checkpoint_has_a_manifest_too(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    data = small_corpus(tmp_path / "c.txt", chars=8000)
+    cfg = write_config(
+        tmp_path / "f.yaml", data_path=str(data), max_steps=2, warmup_steps=1, strategy="fsdp"
+    )
+    assert llmforge(home, "train", str(cfg)).exit_code == 0
+    ckpt = home / "runs/f/checkpoints/step-000002"
+    listed = json.loads((ckpt / "manifest.json").read_text())["files"]
+    assert "shards/.metadata" in listed and "shards/__0_0.distcp" in listed
+    assert llmforge(home, "ckpt", "info", "f").exit_code == 0
+    _truncate(ckpt / "shards/__0_0.distcp")
+    for args in (
+        ("generate", "f", "--prompt", "def", "--max-new-tokens", "2"),
+        ("train", str(cfg), "--resume", "latest", "--max-steps", "4"),
+        ("ckpt", "consolidate", "f"),
+    ):
+        refused(llmforge(home, *args), "shards/__0_0.distcp has", code=3)

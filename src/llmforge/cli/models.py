@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.text import Text
@@ -14,6 +15,11 @@ from llmforge.cli._context import workspace
 from llmforge.errors import EXIT_INTEGRITY, ConfirmationRequiredError
 from llmforge.fsutil import human_bytes, human_count
 from llmforge.untrusted import terminal_text
+from llmforge.workspace import Workspace
+
+if TYPE_CHECKING:
+    from llmforge.modelops import ValidationReport
+    from llmforge.training.ckpt_manifest import ManifestCheck
 
 app = typer.Typer(help="Manage the model registry (models/registry.json).", no_args_is_help=True)
 
@@ -164,43 +170,92 @@ def delete(
 @app.command("validate")
 def validate(
     ctx: typer.Context,
-    name: Annotated[str | None, typer.Argument(help="One model; all models when omitted.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Argument(help="One model; all models and all checkpoints in runs/ when omitted."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every file of a model (or all models) against its recorded size and sha256."""
-    from llmforge.modelops import validate_models
+    """Check every file of a model (or all models and checkpoints) against its recorded size
+    and sha256."""
+    from llmforge.modelops import validate_checkpoints, validate_models
 
-    reports = validate_models(workspace(ctx), name)
+    ws = workspace(ctx)
+    reports = validate_models(ws, name)
+    ckpts = validate_checkpoints(ws) if name is None else []
     bad = [rep for rep in reports if not rep.ok]
+    bad_ckpts = [c for c in ckpts if not c.ok]
     if as_json:
-        r.print_json(
-            [
-                {
-                    "model_name": x.model_name,
-                    "ok": x.ok,
-                    "files_checked": x.files_checked,
-                    "problems": x.problems,
-                }
-                for x in reports
-            ]
-        )
+        items = [
+            {
+                "model_name": x.model_name,
+                "ok": x.ok,
+                "files_checked": x.files_checked,
+                "problems": x.problems,
+            }
+            for x in reports
+        ]
+        items += [
+            {
+                "checkpoint": _rel(ws, c.path),
+                "ok": c.ok,
+                "verified": c.has_manifest,
+                "files_checked": c.files_checked,
+                "problems": c.problems,
+            }
+            for c in ckpts
+        ]
+        r.print_json(items)
     else:
-        out = r.stdout()
-        if not reports:
-            out.print("No models registered; nothing to validate.", markup=False)
-        for rep in reports:
-            if rep.ok:
-                line = f"   {rep.model_name} ({rep.files_checked} files)"
-                out.print(Text.assemble(("OK", "green"), r.cell(line)))
-            else:
-                out.print(Text.assemble(("FAIL", "red"), r.cell(f" {rep.model_name}")))
-                for p in rep.problems:
-                    out.print(r.cell(f"       - {p}"))  # file names come from the registry
-    if bad:
-        names = " ".join(x.model_name for x in bad)
-        r.print_error(
-            f"{len(bad)} of {len(reports)} model(s) failed validation: {names}.",
-            "Re-import each one (`llmforge models import SOURCE --name NAME --force`), or "
-            "delete it with `llmforge models delete NAME`.",
-        )
+        _print_validation(ws, reports, ckpts)
+    if bad or bad_ckpts:
+        names = " ".join([x.model_name for x in bad] + [_rel(ws, c.path) for c in bad_ckpts])
+        counts = []
+        if bad:
+            counts.append(f"{len(bad)} of {len(reports)} model(s)")
+        if bad_ckpts:
+            counts.append(f"{len(bad_ckpts)} of {len(ckpts)} checkpoint(s)")
+        hints = []
+        if bad:
+            hints.append(
+                "Re-import each model (`llmforge models import SOURCE --name NAME --force`), or "
+                "delete it with `llmforge models delete NAME`."
+            )
+        if bad_ckpts:
+            hints.append(
+                "A damaged checkpoint cannot be repaired: use another checkpoint of its run "
+                "(`llmforge ckpt list`), or delete it."
+            )
+        r.print_error(f"{' and '.join(counts)} failed validation: {names}.", " ".join(hints))
         raise typer.Exit(EXIT_INTEGRITY)
+
+
+def _rel(ws: Workspace, path: Path) -> str:
+    return path.relative_to(ws.root).as_posix() if path.is_relative_to(ws.root) else str(path)
+
+
+def _print_validation(
+    ws: Workspace, reports: list[ValidationReport], ckpts: list[ManifestCheck]
+) -> None:
+    out = r.stdout()
+    if not reports and not ckpts:
+        out.print("No models registered; nothing to validate.", markup=False)
+    for rep in reports:
+        if rep.ok:
+            line = f"   {rep.model_name} ({rep.files_checked} files)"
+            out.print(Text.assemble(("OK", "green"), r.cell(line)))
+        else:
+            out.print(Text.assemble(("FAIL", "red"), r.cell(f" {rep.model_name}")))
+            for p in rep.problems:
+                out.print(r.cell(f"       - {p}"))  # file names come from the registry
+    for c in ckpts:
+        where = _rel(ws, c.path)
+        if not c.has_manifest:
+            out.print(Text.assemble(("--", "yellow"), r.cell(f"   {where} ({c.status})")))
+        elif c.ok:
+            line = f"   {where} ({c.files_checked} files)"
+            out.print(Text.assemble(("OK", "green"), r.cell(line)))
+        else:
+            out.print(Text.assemble(("FAIL", "red"), r.cell(f" {where}")))
+            for p in c.problems:
+                out.print(r.cell(f"       - {p}"))
