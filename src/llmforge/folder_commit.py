@@ -64,7 +64,6 @@ class FolderChange:
         self.name = name
         self.target = ws.models_dir / name
         base = trash_dir(ws)
-        base.mkdir(parents=True, exist_ok=True)
         self.id = f"{name}.{os.getpid()}.{secrets.token_hex(4)}"
         self.journal = base / f"{self.id}{_JOURNAL}"
         self.old = base / f"{self.id}.old"
@@ -75,7 +74,17 @@ class FolderChange:
             "replaces": os.path.lexists(self.target),
             "moves_in": moves_in,
         }
-        atomic_write_json(self.journal, record)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.journal, record)
+        except OSError as e:
+            remove_empty_trash(ws)
+            raise RegistryError(
+                f"Cannot record the change of models/{name} in {base} ({e.strerror or e}); "
+                "nothing was changed.",
+                f"{base} must be a folder llmforge can write (free disk space, or move away "
+                "a file of that name), then run the command again.",
+            ) from e
 
     def move_old_aside(self) -> bool:
         """Rename the current ``models/<name>`` (if any) into the trash; return whether one was."""

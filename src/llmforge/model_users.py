@@ -27,6 +27,7 @@ from typing import Any
 
 from llmforge.errors import ModelInUseError
 from llmforge.registry import ModelEntry
+from llmforge.training.ckpt_manifest import checkpoint_dirs
 from llmforge.workspace import Workspace
 
 
@@ -145,12 +146,11 @@ def find_users(ws: Workspace, name: str, models: dict[str, ModelEntry]) -> Model
 def _checkpoints(ws: Workspace) -> list[tuple[Path, dict[str, Any]]]:
     """Every checkpoint under ``runs/`` with its ``meta.json`` (unreadable ones are skipped)."""
     found = []
-    with contextlib.suppress(OSError):  # no runs/, or runs is a file
-        for meta_file in sorted(ws.runs_dir.glob("*/checkpoints/step-*/meta.json")):
-            with contextlib.suppress(OSError, ValueError, RecursionError):
-                meta = json.loads(meta_file.read_text(encoding="utf-8"))
-                if isinstance(meta, dict):
-                    found.append((meta_file.parent, meta))
+    for ckpt in checkpoint_dirs(ws.runs_dir):  # none when runs/ is missing or a file
+        with contextlib.suppress(OSError, ValueError, RecursionError):
+            meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
+            if isinstance(meta, dict):
+                found.append((ckpt, meta))
     return found
 
 

@@ -229,6 +229,15 @@ def test_a_registry_lock_that_is_a_folder_is_a_clear_error(
         assert snapshot(workspace.root) == before, args
 
 
+def test_a_trash_that_is_a_file_is_a_clear_error(workspace: Workspace) -> None:
+    make_model(workspace, "m")
+    (workspace.models_dir / ".trash").write_text("not a folder")
+    before = snapshot(workspace.root)
+    res = llmforge(workspace.root, "models", "delete", "m", "--yes")
+    refused(res, ".trash", "must be a folder", "nothing was changed", code=1)
+    assert snapshot(workspace.root) == before
+
+
 @pytest.mark.parametrize(
     "args",
     [
