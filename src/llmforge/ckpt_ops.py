@@ -12,6 +12,7 @@ save goes to a fresh directory), so registering costs no disk. The folder is sta
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,18 +20,24 @@ from typing import Any
 
 from llmforge import store
 from llmforge.adapters import lora as peft_lora
-from llmforge.errors import CheckpointError, ModelExistsError
+from llmforge.errors import CheckpointError, ModelExistsError, WorkspaceError
 from llmforge.importer import commit_staged
 from llmforge.modelops import build_manifest
 from llmforge.registry import ModelEntry, ModelRegistry, check_model_name, name_taken_error
 from llmforge.training import checkpoint as ck
-from llmforge.training import lineage, sharded
+from llmforge.training import ckpt_manifest, lineage, sharded
 from llmforge.training import lora as lora_run
 from llmforge.training.runs import resolve_checkpoint
 from llmforge.workspace import Workspace
 
 # Files of a checkpoint that are training state, not the model.
-_NOT_MODEL = {ck.META_FILE, ck.STATE_FILE, ck.OPTIMIZER_FILE, ck.TOKENIZER_DIR}
+_NOT_MODEL = {
+    ck.META_FILE,
+    ck.STATE_FILE,
+    ck.OPTIMIZER_FILE,
+    ck.TOKENIZER_DIR,
+    ckpt_manifest.MANIFEST_FILE,
+}
 
 
 @dataclass
@@ -63,12 +70,14 @@ class CheckpointInfo:
         state: ``trainer_state.json`` facts (step, best validation loss, losses recorded).
         registered_as: Registry models made from this checkpoint.
         files: Relative file names with sizes.
+        integrity: What comparing it with its manifest found (sizes and small files).
     """
 
     summary: CheckpointSummary
     state: dict[str, Any]
     registered_as: list[str] = field(default_factory=list)
     files: dict[str, int] = field(default_factory=dict)
+    integrity: str = ""
 
 
 def _summary(path: Path) -> CheckpointSummary:
@@ -94,6 +103,12 @@ def list_all(ws: Workspace, run: str | None = None) -> list[CheckpointSummary]:
         CheckpointError: If ``run`` is given and no such run exists.
     """
     runs_dir = ws.runs_dir
+    if os.path.lexists(runs_dir) and not runs_dir.is_dir():
+        raise WorkspaceError(
+            f"{runs_dir} is a file, not a folder; llmforge keeps training runs and their "
+            "checkpoints there.",
+            "Move or rename that file (llmforge creates runs/ when a run starts).",
+        )
     runs = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
     if run is not None:
         if not (runs_dir / run / ck.CHECKPOINTS).is_dir():
@@ -133,7 +148,8 @@ def checkpoint_info(ws: Workspace, ref: str) -> CheckpointInfo:
         for p in sorted(path.rglob("*"))
         if p.is_file()
     }
-    return CheckpointInfo(summary, state, registered, files)
+    integrity = ckpt_manifest.check_manifest(path).status  # check_complete refused damage
+    return CheckpointInfo(summary, state, registered, files, integrity)
 
 
 def _rel(ws: Workspace, path: Path) -> str:
@@ -203,7 +219,7 @@ def register_checkpoint(
     """
     check_model_name(name)
     path = resolve_checkpoint(ws, ref)
-    ck.check_complete(path)
+    ck.check_complete(path, full=True)  # its bytes become a model: every sha256 is compared
     meta = ck.load_meta(path)
     if not isinstance(meta.get("architecture"), str):
         raise CheckpointError(
@@ -212,6 +228,7 @@ def register_checkpoint(
     chain = [str(x) for x in meta.get("lineage") or []]
     names, origin = lineage.split(chain)
     registry = ModelRegistry(ws)
+    registry.check_writable()
     if name in names:
         raise ModelExistsError(
             f"{name!r} is in the lineage of {path}; registering the checkpoint under that name "
@@ -257,6 +274,7 @@ def register_checkpoint(
     license_label = meta.get("license")
     if license_label is None and parent and registry.exists(parent):
         license_label = registry.get(parent).license
+    had_staging = (ws.models_dir / store.STAGING).exists()
     staging = store.new_staging_dir(ws, name)
     try:
         if merged is not None or rebuilt is not None:
@@ -300,6 +318,11 @@ def register_checkpoint(
             },
         )
         commit_staged(ws, registry, entry, staging, force)
-    finally:
+    except BaseException:
         store.discard(staging)
+        if not had_staging:  # a failed register leaves models/ as it was
+            with contextlib.suppress(OSError):
+                staging.parent.rmdir()
+        raise
+    store.discard(staging)
     return entry

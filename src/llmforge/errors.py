@@ -81,6 +81,10 @@ class UnsafePathError(LLMForgeError):
     exit_code = EXIT_INTEGRITY
 
 
+class ModelInUseError(LLMForgeError):
+    """Deleting a model would leave adapters or checkpoints that need it unable to load."""
+
+
 class ConfirmationRequiredError(LLMForgeError):
     """A destructive command needs confirmation and none could be asked for."""
 
@@ -93,6 +97,12 @@ class DataError(LLMForgeError):
 
 class CheckpointError(LLMForgeError):
     """A checkpoint is missing, incomplete, or does not fit the model."""
+
+
+class CheckpointDamagedError(CheckpointError):
+    """A checkpoint file differs from its manifest (changed or truncated after it was saved)."""
+
+    exit_code = EXIT_INTEGRITY
 
 
 class AdapterNotFoundError(LLMForgeError):

@@ -203,7 +203,7 @@ def export_checkpoint(
             checkpoint that is not LoRA.
     """
     ckpt = resolve_checkpoint(ws, ref)
-    ck.check_complete(ckpt)
+    ck.check_complete(ckpt, full=True)  # its bytes are copied out: every sha256 is compared
     meta = ck.load_meta(ckpt)
     dest = dest.expanduser().resolve()
     _check_dest(ws, ckpt, dest, force)

@@ -10,7 +10,6 @@ registry and ``models/`` as they were. See :mod:`llmforge.store` for caching and
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
@@ -28,21 +27,19 @@ from llmforge.errors import (
     InvalidModelNameError,
     InvalidSourceError,
     LicenseNotAcceptedError,
-    ModelExistsError,
-    UnsafePathError,
     UnsupportedArchitectureError,
 )
+from llmforge.folder_commit import FolderChange
 from llmforge.fsutil import human_bytes
 from llmforge.import_undo import leave_no_trace
 from llmforge.licensing import LicenseInfo
 from llmforge.modelcheck import MAX_CONFIG_BYTES, parse_config
 from llmforge.registry import (
-    MAX_NAME_LENGTH,
     ModelEntry,
     ModelRegistry,
     check_model_name,
-    name_problem,
-    suggest_model_name,
+    free_name,
+    name_taken_error,
     utc_now,
 )
 from llmforge.untrusted import brief
@@ -191,6 +188,7 @@ def import_model(
     origin = source.repo_id if source.kind == "hub" else (source.path.name if source.path else "")
     registry = ModelRegistry(ws)
     name = _check_name(req.name or _derive_name(origin or "model"), registry, req.force)
+    registry.check_writable()
     if source.kind == "hub":
         from llmforge.import_sources import gather_from_hub
 
@@ -207,28 +205,6 @@ def import_model(
     return result
 
 
-def free_name(text: str, taken: set[str]) -> str:
-    """A valid model name derived from ``text`` that no model has yet.
-
-    Args:
-        text: A hub id, a folder name or a name the user typed.
-        taken: The names in use.
-
-    Returns:
-        ``suggest_model_name(text)``, or it with ``-2``, ``-3``, ... appended.
-    """
-    base = suggest_model_name(text)
-    if base not in taken:
-        return base
-    n = 2
-    while True:
-        suffix = f"-{n}"
-        candidate = base[: MAX_NAME_LENGTH - len(suffix)] + suffix
-        if candidate not in taken and name_problem(candidate) is None:
-            return candidate
-        n += 1
-
-
 def _check_name(name: str, registry: ModelRegistry, force: bool) -> str:
     """Check the name; a refusal suggests a name that is valid and free."""
     try:
@@ -237,16 +213,8 @@ def _check_name(name: str, registry: ModelRegistry, force: bool) -> str:
         free = free_name(str(name), set(registry.names()))
         raise InvalidModelNameError(e.message, f"Try --name {free!r}.") from None
     if registry.exists(name) and not force:
-        raise _name_taken(name, set(registry.names()))
+        raise name_taken_error(name, set(registry.names()))
     return name
-
-
-def _name_taken(name: str, taken: set[str]) -> ModelExistsError:
-    free = free_name(name, taken)
-    return ModelExistsError(
-        f"A model named {name!r} is already in the registry.",
-        f"Choose another name with --name (e.g. --name {free}), or pass --force to replace it.",
-    )
 
 
 def _derive_name(origin: str) -> str:
@@ -354,37 +322,24 @@ def commit_staged(
 ) -> bool:
     """Rename ``staging`` to ``models/<name>`` and register ``entry``, all or nothing.
 
+    Both happen under the registry lock through :class:`~llmforge.folder_commit.FolderChange`
+    (a replaced folder goes to ``models/.trash/`` and is deleted after the lock is released);
+    a failure or a kill before the registry write leaves the old folder and entry in place.
+
     Returns:
         Whether an existing entry was replaced.
     """
-    target = ws.models_dir / entry.model_name
-    trash = staging.with_name(staging.name + ".old")
-    moved_old = moved_new = False
-    replaced_entry: ModelEntry | None = None
-    try:
-        with registry.transaction() as models:
-            if entry.model_name in models and not force:
-                raise _name_taken(entry.model_name, set(models))
-            replaced_entry = models.get(entry.model_name)
-            if target.exists() or target.is_symlink():
-                os.replace(target, trash)
-                moved_old = True
-            os.replace(staging, target)
-            moved_new = True
-            models[entry.model_name] = entry
-    except BaseException:
-        if moved_new:
-            os.replace(target, staging)
-        if moved_old:
-            os.replace(trash, target)
-        raise
-    store.discard(trash)
-    if replaced_entry is not None and replaced_entry.local_path != entry.local_path:
-        still_used = any(e.local_path == replaced_entry.local_path for e in registry.list())
-        if not still_used:
-            with contextlib.suppress(UnsafePathError):
-                old = ws.model_path(replaced_entry.local_path)
-                if old != ws.models_dir.resolve():
-                    store.discard(old)
+    with registry.transaction() as models:
+        if entry.model_name in models and not force:
+            raise name_taken_error(entry.model_name, set(models))
+        replaced = entry.model_name in models
+        assert registry.digest is not None
+        change = FolderChange(ws, entry.model_name, registry.digest, moves_in=True)
+        registry.undo_on_failure(change.undo)
+        change.move_old_aside()
+        change.move_in(staging)
+        models[entry.model_name] = entry
+    change.finish()
+    registry.tidy_trash()
     store.prune_cache(ws)
-    return replaced_entry is not None
+    return replaced

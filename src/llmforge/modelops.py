@@ -6,9 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmforge.errors import ModelFilesMissingError, UnsafePathError
-from llmforge.fsutil import iter_files, remove_tree, sha256_file
+from llmforge.folder_commit import FolderChange
+from llmforge.fsutil import iter_files, sha256_file
+from llmforge.model_users import ModelUsers, find_users
 from llmforge.registry import FileRecord, ModelEntry, ModelRegistry, not_found_error
 from llmforge.store import prune_cache, unshared_bytes
+from llmforge.training.ckpt_manifest import ManifestCheck, check_manifest, checkpoint_dirs
 from llmforge.weights import safetensors_problem
 from llmforge.workspace import Workspace, resolve_inside
 
@@ -90,6 +93,9 @@ def require_model_files(workspace: Workspace, entry: ModelEntry) -> Path:
         ModelFilesMissingError: If the folder or a recorded file is missing or resized.
     """
     report = validate_entry(workspace, entry, hashes=False)
+    if not report.ok:  # a delete or import killed half-way may hold the folder: settle it
+        ModelRegistry(workspace).settle()
+        report = validate_entry(workspace, entry, hashes=False)
     if not report.ok:
         raise ModelFilesMissingError(
             f"The files of model {entry.model_name!r} are not intact: "
@@ -109,8 +115,18 @@ def validate_models(workspace: Workspace, name: str | None = None) -> list[Valid
         ModelNotFoundError: If ``name`` is given and unknown.
     """
     registry = ModelRegistry(workspace)
+    registry.settle()  # finish or undo what a killed delete or import left
     entries = [registry.get(name)] if name is not None else registry.list()
     return [validate_entry(workspace, e) for e in entries]
+
+
+def validate_checkpoints(workspace: Workspace) -> list[ManifestCheck]:
+    """Compare every checkpoint under ``runs/`` with its manifest, sha256 of every file.
+
+    Checkpoints saved before manifests existed are reported as unverified (``has_manifest``
+    False), not as failures.
+    """
+    return [check_manifest(p, full=True) for p in checkpoint_dirs(workspace.runs_dir)]
 
 
 @dataclass
@@ -119,54 +135,64 @@ class DeleteResult:
 
     Attributes:
         entry: The removed registry entry.
-        bytes_freed: Bytes of files removed from disk.
-        files_kept_for: Other models that share its folder (files then stay).
-        orphaned_children: Models whose ``fine_tuned_from`` names the deleted model.
+        bytes_freed: Bytes of files removed from disk (hard-linked files that something else
+            still holds are not freed).
+        users: What depended on it (see :mod:`llmforge.model_users`); ``users.broken`` lists
+            what can no longer load (only after ``force``).
     """
 
     entry: ModelEntry
     bytes_freed: int
-    files_kept_for: list[str]
-    orphaned_children: list[str]
+    users: ModelUsers
 
 
-def delete_model(workspace: Workspace, name: str) -> DeleteResult:
-    """Remove a model's registry entry, then its folder unless another entry uses it.
-
-    The entry goes first (under the registry lock), so a crash in between leaves an
-    unreferenced folder, never an entry pointing at half-deleted files.
+def model_users(workspace: Workspace, name: str) -> ModelUsers:
+    """What depends on the model ``name`` (a preview for the confirmation; no lock).
 
     Raises:
         ModelNotFoundError: If there is no such model.
     """
+    models = {e.model_name: e for e in ModelRegistry(workspace).list()}
+    if name not in models:
+        raise not_found_error(name, sorted(models))
+    return find_users(workspace, name, models)
+
+
+def delete_model(workspace: Workspace, name: str, *, force: bool = False) -> DeleteResult:
+    """Remove a model's registry entry and its folder ``models/<name>``, all or nothing.
+
+    Under the registry lock the folder is renamed into ``models/.trash/`` and the entry is
+    removed (:mod:`llmforge.folder_commit`); the files are deleted after the lock is released.
+    A concurrent import of the same name therefore never loses its new folder, and a kill at
+    any point leaves either the model whole and registered or gone (its trash is removed by
+    the next command that takes the lock).
+
+    Args:
+        workspace: The workspace.
+        name: The model.
+        force: Delete even if LoRA adapters or checkpoints load onto it.
+
+    Raises:
+        ModelNotFoundError: If there is no such model.
+        ModelInUseError: If something can no longer load without it and ``force`` is False.
+        RegistryError: If the registry cannot be written (nothing changes then).
+    """
     registry = ModelRegistry(workspace)
-
-    def folder_of(e: ModelEntry) -> Path | None:
-        try:
-            return workspace.model_path(e.local_path)
-        except UnsafePathError:
-            return None  # never delete outside models/
-
     with registry.transaction() as models:
         if name not in models:
             raise not_found_error(name, sorted(models))
+        users = find_users(workspace, name, models)
+        if users.broken and not force:
+            raise users.in_use_error()
         entry = models.pop(name)
-        folder = folder_of(entry)
-        # Compare resolved folders ("a", "a/", "./a" are one folder), and keep a folder that
-        # holds, or lies inside, another model's folder.
-        sharing = sorted(
-            n
-            for n, e in models.items()
-            if folder is not None
-            and (other := folder_of(e)) is not None
-            and (other == folder or folder in other.parents or other in folder.parents)
-        )
-        children = sorted(n for n, e in models.items() if e.fine_tuned_from == name)
-    freed = 0
-    if not sharing and folder is not None and folder != workspace.models_dir.resolve():
-        # Files hard-linked to the import cache (llmforge.store) or to another model are
-        # not freed by removing the folder; the cache prune below frees what became unused.
-        freed = unshared_bytes(folder) if folder.exists() else 0
-        remove_tree(folder)
+        assert registry.digest is not None
+        change = FolderChange(workspace, name, registry.digest, moves_in=False)
+        registry.undo_on_failure(change.undo)
+        change.move_old_aside()
+    # Files still linked from the import cache or a checkpoint are not freed by this; the
+    # cache prune below frees the blobs no model uses any more.
+    freed = 0 if change.old.is_symlink() or not change.old.exists() else unshared_bytes(change.old)
+    change.finish()
+    registry.tidy_trash()
     freed += prune_cache(workspace)
-    return DeleteResult(entry, freed, sharing, children)
+    return DeleteResult(entry, freed, users)

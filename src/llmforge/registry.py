@@ -9,177 +9,83 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
-from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Any
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from llmforge.errors import (
-    InvalidModelNameError,
     ModelExistsError,
     ModelNotFoundError,
     RegistryCorruptError,
     RegistryError,
+    WorkspaceError,
 )
+from llmforge.folder_commit import registry_digest, settle_changes, trash_dir
 from llmforge.fsutil import atomic_write_json
+
+# The name rule and the entry schema, re-exported: `from llmforge.registry import ModelEntry`.
+from llmforge.registry_schema import (
+    MAX_NAME_LENGTH,
+    NAME_PATTERN,
+    RESERVED_NAMES,
+    RESERVED_SUFFIXES,
+    SCHEMA_VERSION,
+    FileRecord,
+    ModelEntry,
+    RegistryFile,
+    Source,
+    check_model_name,
+    name_problem,
+    suggest_model_name,
+    utc_now,
+)
+from llmforge.untrusted import brief
 from llmforge.workspace import Workspace
 
-SCHEMA_VERSION = 1
-MAX_NAME_LENGTH = 64
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "NAME_PATTERN",
+    "RESERVED_NAMES",
+    "RESERVED_SUFFIXES",
+    "SCHEMA_VERSION",
+    "FileRecord",
+    "ModelEntry",
+    "ModelRegistry",
+    "RegistryFile",
+    "Source",
+    "check_model_name",
+    "name_problem",
+    "name_taken_error",
+    "not_found_error",
+    "suggest_model_name",
+    "utc_now",
+]
+
 LOCK_TIMEOUT_S = 60.0
 
-Source = Literal["huggingface", "local", "fine-tune", "init"]
+
+class _DuplicateKey(ValueError):
+    def __init__(self, where: str) -> None:
+        super().__init__(where)
+        self.where = where
 
 
-def utc_now() -> datetime:
-    """The current time, timezone-aware UTC, to the second."""
-    return datetime.now(timezone.utc).replace(microsecond=0)
-
-
-# Names of the workspace's own files beside the model folders (compared case-insensitively:
-# on a case-insensitive filesystem README.md and readme.md are one file). Hidden names
-# (.cache, .staging, .registry.lock) cannot match NAME_PATTERN at all.
-RESERVED_NAMES = frozenset({"registry.json", "readme.md"})
-RESERVED_SUFFIXES = (".lock", ".tmp", ".incomplete")
-
-
-def name_problem(name: object) -> str | None:
-    """Why ``name`` cannot be a model name, or None if it can.
-
-    The one rule for model names, used by every command that creates or reads one (import,
-    register, ``--init-from --name``, the registry file itself).
-    """
-    if not isinstance(name, str):
-        return f"a model name is text, not {type(name).__name__}"
-    if len(name) > MAX_NAME_LENGTH:
-        return f"it is {len(name):,} characters long (at most {MAX_NAME_LENGTH})"
-    if not NAME_PATTERN.fullmatch(name):
-        return (
-            "names use lowercase letters, digits, '.', '_' and '-', and start with a letter or "
-            "digit (a name is never a path)"
-        )
-    if name.lower() in RESERVED_NAMES or name.lower().endswith(RESERVED_SUFFIXES):
-        return "it is reserved for the workspace's own files in models/"
-    return None
-
-
-def check_model_name(name: str) -> str:
-    """Validate a model name and return it.
-
-    A name is what the user types (``qwen-0.5b-base``); it is also a folder name under
-    ``models/``, so it can never be a path, nor one of the workspace's own file names.
-
-    Raises:
-        InvalidModelNameError: If the name is empty, too long, has other characters than
-            lowercase letters, digits, ``.``, ``_`` and ``-`` (first character a letter or
-            digit), or is reserved (``registry.json``, ``README.md``, ``*.lock``, ...).
-    """
-    problem = name_problem(name)
-    if problem is not None:
-        from llmforge.untrusted import brief
-
-        raise InvalidModelNameError(
-            f"{brief(name, 80)} is not a valid model name: {problem}.",
-            f"Try --name {suggest_model_name(str(name))!r}.",
-        )
-    return name
-
-
-def suggest_model_name(text: str) -> str:
-    """Derive a valid model name from free text or a hub id (``Qwen/Qwen2-0.5B`` -> ``qwen2-0.5b``).
-
-    Args:
-        text: A hub id, a folder name, or any string.
-
-    Returns:
-        A name matching the registry's pattern (``model`` if nothing usable remains).
-    """
-    last = text.rstrip("/").split("/")[-1].lower()
-    cleaned = re.sub(r"[^a-z0-9._-]+", "-", last).strip("-._")
-    cleaned = cleaned[:MAX_NAME_LENGTH].rstrip("-._") or "model"
-    if name_problem(cleaned) is not None:  # reserved: registry.json -> registry.json-model
-        cleaned = f"{cleaned[: MAX_NAME_LENGTH - 6]}-model"
-        cleaned = cleaned if name_problem(cleaned) is None else "model"
-    return cleaned
-
-
-class FileRecord(BaseModel):
-    """Size and checksum of one file of a model."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    size: int = Field(ge=0)
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-
-
-class ModelEntry(BaseModel):
-    """One registered model. ``model_name`` is local; ``model_id`` says where it came from."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model_name: str
-    model_id: str | None = None
-    revision: str | None = None
-    source: Source
-    architecture: str
-    local_path: str
-    files: dict[str, FileRecord] = Field(default_factory=dict)
-    num_parameters: int | None = Field(default=None, ge=0)
-    disk_bytes: int | None = Field(default=None, ge=0)
-    license: str | None = None
-    license_accepted_at: datetime | None = None
-    fine_tuned_from: str | None = None
-    created_at: datetime = Field(default_factory=utc_now)
-    tokenizer: str | None = None
-    details: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("model_name")
-    @classmethod
-    def _valid_name(cls, v: str) -> str:
-        problem = name_problem(v)
-        if problem is not None:
-            raise ValueError(f"invalid model name: {problem}")
-        return v
-
-    @field_validator("fine_tuned_from")
-    @classmethod
-    def _valid_parent_name(cls, v: str | None) -> str | None:
-        # the parent is a model name too (it is shown, looked up, and never a path)
-        if v is not None and name_problem(v) is not None:
-            raise ValueError(f"fine_tuned_from must be a model name: {name_problem(v)}")
-        return v
-
-    @field_validator("local_path")
-    @classmethod
-    def _relative_path(cls, v: str) -> str:
-        p = PurePosixPath(v)
-        if not v or p.is_absolute() or ".." in p.parts or "\\" in v:
-            raise ValueError(f"local_path must be relative to models/ without '..', got {v!r}")
-        return v
-
-    @field_validator("files")
-    @classmethod
-    def _relative_files(cls, v: dict[str, FileRecord]) -> dict[str, FileRecord]:
-        for name in v:
-            p = PurePosixPath(name)
-            if not name or p.is_absolute() or ".." in p.parts or "\\" in name:
-                raise ValueError(f"file names must be relative without '..', got {name!r}")
-        return v
-
-
-class RegistryFile(BaseModel):
-    """The whole ``registry.json``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: int
-    models: dict[str, ModelEntry] = Field(default_factory=dict)
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: refuse an object with a key twice (json keeps the last silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            # Entries are keyed by model name: say "the model X"; other keys by their name.
+            is_entry = isinstance(value, dict) and "model_name" in value
+            raise _DuplicateKey(
+                f"the model {brief(key, 80)}" if is_entry else f"the key {brief(key, 80)}"
+            )
+        out[key] = value
+    return out
 
 
 class ModelRegistry:
@@ -193,39 +99,70 @@ class ModelRegistry:
         self.workspace = workspace
         self.path = workspace.registry_path
         self._lock_path = workspace.models_dir / ".registry.lock"
+        self.digest: str | None = None
+        self._undo: list[Callable[[], None]] | None = None
 
     # -- reading -------------------------------------------------------------------------
     def _read(self) -> dict[str, ModelEntry]:
         """Parse the file; a missing file is an empty registry."""
+        return self._parse(self._raw())
+
+    def _check_models_dir(self) -> None:
+        models_dir = self.workspace.models_dir
+        if os.path.lexists(models_dir) and not models_dir.is_dir():
+            raise WorkspaceError(
+                f"{models_dir} is a file, not a folder; llmforge keeps registry.json and the "
+                "model folders there.",
+                "Move or rename that file, then run the command again (llmforge creates "
+                "models/ when it needs it).",
+            )
+
+    def _raw(self) -> bytes | None:
+        """The file's bytes, or None when there is no registry yet."""
+        self._check_models_dir()
         try:
-            raw = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
-            return {}
+            return None
         except OSError as e:
             raise RegistryError(f"Cannot read {self.path}: {e.strerror}.", None) from e
+
+    def _parse(self, raw: bytes | None) -> dict[str, ModelEntry]:
+        if raw is None:
+            return {}
         fix = (
             "llmforge will not overwrite it. Restore it from git (`git checkout -- "
             "models/registry.json`) or a backup, or fix it by hand; models/README.md "
             "describes the format."
         )
         try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RegistryCorruptError(f"{self.path} is not valid JSON ({e}).", fix) from e
+            data = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        except _DuplicateKey as e:
+            raise RegistryCorruptError(
+                f"{self.path} names {e.where} twice; loading it would silently keep only the "
+                "last one, so llmforge will not read or overwrite it.",
+                "Open the file, keep the one copy you want (compare them with `git diff`) and "
+                "delete the other, or restore the file from git (`git checkout -- "
+                "models/registry.json`).",
+            ) from None
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise RegistryCorruptError(
+                f"{self.path} is not valid JSON ({brief(str(e), 200)}).", fix
+            ) from None
         if not isinstance(data, dict):
             raise RegistryCorruptError(f"{self.path} does not hold a JSON object.", fix)
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise RegistryCorruptError(
-                f"{self.path} has schema_version {version!r}; this llmforge reads version "
-                f"{SCHEMA_VERSION}.",
+                f"{self.path} has schema_version {brief(version, 40)}; this llmforge reads "
+                f"version {SCHEMA_VERSION}.",
                 "Use the llmforge version that wrote it, or restore the file. " + fix,
             )
         try:
             parsed = RegistryFile.model_validate(data)
         except ValidationError as e:
             first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
+            where = brief(".".join(str(p) for p in first["loc"]), 100).strip("'\"")
             raise RegistryCorruptError(
                 f"{self.path} has an invalid entry at '{where}': {first['msg']} "
                 f"({e.error_count()} problem(s) in all).",
@@ -234,7 +171,8 @@ class ModelRegistry:
         for key, entry in parsed.models.items():
             if key != entry.model_name:
                 raise RegistryCorruptError(
-                    f"{self.path}: the entry stored under {key!r} is named {entry.model_name!r}.",
+                    f"{self.path}: the entry stored under {brief(key, 80)} is named "
+                    f"{entry.model_name!r}.",
                     fix,
                 )
         return parsed.models
@@ -290,13 +228,65 @@ class ModelRegistry:
     def transaction(self) -> Iterator[dict[str, ModelEntry]]:
         """Lock the registry, yield its entries for changing, and write them back atomically.
 
-        The file is rewritten only if the block finishes without an exception; an
-        exception leaves it exactly as it was.
+        The file is rewritten only if the block finishes without an exception; an exception
+        (or a failed write) leaves it exactly as it was, and runs the undo steps registered
+        with :meth:`undo_on_failure` while the lock is still held. Before reading, changes of
+        model folders that a killed process left half done are settled
+        (:mod:`llmforge.folder_commit`). Inside the block, :attr:`digest` identifies the
+        registry as read (for :class:`~llmforge.folder_commit.FolderChange`).
 
         Raises:
-            RegistryError: If the lock cannot be taken within a minute.
+            RegistryError: If the lock cannot be taken (held for over a minute, or its path
+                is not a file), or the file cannot be written (disk full).
         """
+        self._check_models_dir()
         self.workspace.models_dir.mkdir(parents=True, exist_ok=True)
+        lock = self._lock()
+        undo: list[Callable[[], None]] = []
+        try:
+            raw = self._raw()
+            settle_changes(self.workspace, registry_digest(raw))  # never writes registry.json
+            models = self._parse(raw)
+            before = {k: v.model_dump(mode="json") for k, v in models.items()}
+            self.digest, self._undo = registry_digest(raw), undo
+            try:
+                yield models
+                after = {k: v.model_dump(mode="json") for k, v in sorted(models.items())}
+                if after != before:
+                    self._write(after)
+            except BaseException:
+                for step in reversed(undo):
+                    step()
+                raise
+        finally:
+            self.digest, self._undo = None, None
+            lock.release()
+
+    def undo_on_failure(self, step: Callable[[], None]) -> None:
+        """Inside :meth:`transaction`: run ``step`` (under the lock) if the change fails."""
+        assert self._undo is not None, "undo_on_failure outside a transaction"
+        self._undo.append(step)
+
+    def check_writable(self) -> None:
+        """Refuse early what would make the registry transaction fail (before slow work).
+
+        Raises:
+            WorkspaceError: If ``models`` is a file.
+            RegistryError: If the lock path is a folder.
+        """
+        self._check_models_dir()
+        if self._lock_path.is_dir():
+            raise self._lock_error("is a folder")
+
+    def _lock_error(self, what: str) -> RegistryError:
+        return RegistryError(
+            f"The registry lock {self._lock_path} {what}, so the registry cannot be "
+            "changed safely; nothing was changed.",
+            "It holds no data: remove it (`rm -r models/.registry.lock`) if no llmforge "
+            "command is running, then run the command again.",
+        )
+
+    def _lock(self) -> FileLock:
         lock = FileLock(str(self._lock_path), timeout=LOCK_TIMEOUT_S)
         try:
             lock.acquire()
@@ -306,15 +296,40 @@ class ModelRegistry:
                 f"over {LOCK_TIMEOUT_S:.0f} s.",
                 "Wait for it to finish; if none is running, delete the lock file.",
             ) from e
+        except OSError as e:
+            what = "is a folder" if self._lock_path.is_dir() else f"cannot be opened ({e.strerror})"
+            raise self._lock_error(what) from e
+        return lock
+
+    def _write(self, models: dict[str, Any]) -> None:
         try:
-            models = self._read()
-            before = {k: v.model_dump(mode="json") for k, v in models.items()}
-            yield models
-            after = {k: v.model_dump(mode="json") for k, v in sorted(models.items())}
-            if after != before:
-                atomic_write_json(self.path, {"schema_version": SCHEMA_VERSION, "models": after})
-        finally:
-            lock.release()
+            atomic_write_json(self.path, {"schema_version": SCHEMA_VERSION, "models": models})
+        except OSError as e:
+            raise RegistryError(
+                f"Could not write {self.path}: {e.strerror or e}. The registry and the model "
+                "folders are unchanged.",
+                "Free some disk space (or raise the file-size limit) and run the command again.",
+            ) from e
+
+    def settle(self) -> None:
+        """Finish or undo folder changes a killed process left (no-op when there are none)."""
+        base = trash_dir(self.workspace)
+        if base.is_dir():
+            with self.transaction():
+                pass
+
+    def tidy_trash(self) -> None:
+        """Remove an empty ``models/.trash`` if the registry lock is free right now."""
+        base = trash_dir(self.workspace)
+        if not base.is_dir():
+            return
+        lock = FileLock(str(self._lock_path), timeout=0)
+        try:
+            with lock:
+                if not any(base.iterdir()):
+                    base.rmdir()
+        except (Timeout, OSError):
+            pass  # the next transaction removes it
 
     def add(self, entry: ModelEntry, *, replace: bool = False) -> None:
         """Add an entry.
@@ -348,16 +363,43 @@ def not_found_error(name: str, available: list[str]) -> ModelNotFoundError:
     if not available:
         hint = "The registry is empty: import a model with `llmforge models import HUB_ID`."
     else:
-        close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+        close = (
+            difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+            if len(name) <= 4 * MAX_NAME_LENGTH
+            else []
+        )
         hint = (f"Did you mean {close[0]!r}? " if close else "") + (
             "Available models: " + ", ".join(available) + "."
         )
-    return ModelNotFoundError(f"No model named {name!r} is in the registry.", hint)
+    return ModelNotFoundError(f"No model named {brief(name, 80)} is in the registry.", hint)
 
 
-def name_taken_error(name: str) -> ModelExistsError:
-    """Build the 'name already taken' error."""
+def free_name(text: str, taken: set[str]) -> str:
+    """A valid model name derived from ``text`` that no model has yet.
+
+    Args:
+        text: A hub id, a folder name or a name the user typed.
+        taken: The names in use.
+
+    Returns:
+        ``suggest_model_name(text)``, or it with ``-2``, ``-3``, ... appended.
+    """
+    base = suggest_model_name(text)
+    if base not in taken:
+        return base
+    n = 2
+    while True:
+        suffix = f"-{n}"
+        candidate = base[: MAX_NAME_LENGTH - len(suffix)] + suffix
+        if candidate not in taken and name_problem(candidate) is None:
+            return candidate
+        n += 1
+
+
+def name_taken_error(name: str, taken: set[str] | None = None) -> ModelExistsError:
+    """Build the 'name already taken' error, suggesting a name that is free."""
+    free = free_name(name, (taken or set()) | {name})
     return ModelExistsError(
         f"A model named {name!r} is already in the registry.",
-        "Choose another name with --name, or pass --force to replace it.",
+        f"Choose another name with --name (e.g. --name {free}), or pass --force to replace it.",
     )

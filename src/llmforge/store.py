@@ -12,9 +12,10 @@ Layout under ``models/`` (hidden folders are never models)::
 Caching: because downloads go through huggingface_hub's cache with the resolved commit sha,
 importing the same ``model_id@revision`` again sends no file request at all. Dedup: a model
 folder holds hard links, so two names for the same weights (or a re-import) use the disk
-once. Deleting a model removes its folder and then prunes every cached blob whose link count
-dropped to 1 (only the cache still holds it): exactly the bytes no other model uses. Where
-hard links are impossible, files are copied (correct, just without sharing).
+once; shared files are read-only, so no in-place edit changes them all. Deleting a model
+removes its folder and then prunes every cached blob whose link count dropped to 1 (only
+the cache still holds it): exactly the bytes no other model uses. Where hard links are
+impossible, files are copied (correct, just without sharing).
 """
 
 from __future__ import annotations
@@ -91,14 +92,29 @@ def new_staging_dir(ws: Workspace, name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{name}.{os.getpid()}.", dir=base))
 
 
+def make_read_only(path: Path) -> None:
+    """Clear the write bits of a shared file (every hard link to it shares the mode).
+
+    A file shared by hard link between models, the cache and a checkpoint is one file: an
+    in-place edit (``>>``, an editor that keeps links) through any name would change all of
+    them. Deleting, renaming and replacing it still work (they need the folder's write bit).
+    """
+    with contextlib.suppress(OSError):  # another user's file, a filesystem without modes
+        mode = os.stat(path).st_mode
+        if mode & 0o222:
+            os.chmod(path, mode & ~0o222)
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Make ``dst`` a hard link to the file behind ``src`` (symlinks followed), else a copy."""
+    """Make ``dst`` a read-only hard link to the file behind ``src`` (symlinks followed), else
+    a read-only copy."""
     real = src.resolve()
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(real, dst)
     except OSError:
         shutil.copyfile(real, dst)
+    make_read_only(dst)
 
 
 def hash_file(path: Path) -> tuple[str, str]:
@@ -136,6 +152,7 @@ def adopt(ws: Workspace, src: Path, dst: Path, *, move: bool = False) -> str:
                 os.replace(src, tmp)
             else:
                 shutil.copyfile(src, tmp)
+            make_read_only(tmp)
             os.replace(tmp, blob)
         except BaseException:  # a full disk: no half copy left in the store
             with contextlib.suppress(FileNotFoundError):

@@ -29,6 +29,8 @@ EXPECTED_CODES = {
     errors.DataError: 1,
     errors.BadRecordError: 1,
     errors.CheckpointError: 1,
+    errors.CheckpointDamagedError: 3,
+    errors.ModelInUseError: 1,
     errors.AdapterNotFoundError: 1,
     errors.TrainingError: 1,
     errors.DistributedError: 1,

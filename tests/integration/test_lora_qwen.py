@@ -208,7 +208,8 @@ def test_a_changed_base_is_refused_unless_allowed(done: Path) -> None:
 
 def test_a_missing_base_is_named(done: Path) -> None:
     home = done
-    assert run_cli(home, "models", "delete", "qwen-base", "--yes").exit_code == 0
+    refused(home, "models", "delete", "qwen-base", "--yes", needle="runs/lora/checkpoints")
+    assert run_cli(home, "models", "delete", "qwen-base", "--force").exit_code == 0
     refused(home, "generate", "lora", "-p", "x", needle="not in the registry")
 
 

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from hubserver import LocalHub
 from llmforge.cli import app
+from llmforge.training.ckpt_manifest import MANIFEST_FILE, write_manifest
 from train_helpers import run_cli, small_corpus, tree_digest, write_config
 
 CK = "runs/tiny/checkpoints/step-000004"
@@ -102,6 +103,10 @@ def _wrong_arch(e: Env) -> list[str]:
 
 def _ckpt(e: Env, change: Callable[[Path], None], cmd: str = "resume") -> list[str]:
     change(e.ws / CK)
+    if (e.ws / CK / MANIFEST_FILE).exists():
+        # A checkpoint crafted to match its manifest (as one from elsewhere can be): the checks
+        # behind the manifest (tensors-only unpickling, safetensors headers) must hold too.
+        write_manifest(e.ws / CK)
     if cmd == "resume":
         return ["train", str(e.cfg), "--resume", "latest"]
     return ["generate", "tiny/step-4", "-n", "3"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -43,10 +44,21 @@ def cell(value: object) -> Text:
 
 
 def print_json(obj: Any) -> None:
-    """Print JSON for scripts: plain text, no Rich wrapping or colour."""
+    """Print JSON for scripts: plain text, no Rich wrapping or colour.
+
+    Non-ASCII text stays readable, but every character a terminal could act on (C1 controls
+    such as the 8-bit CSI, DEL, bidi overrides, line separators) is written as a ``\\uXXXX``
+    escape: the same JSON for a parser, inert on a screen. (``json`` escapes C0 itself.)
+    """
     import sys
 
-    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write(_INERT.sub(lambda m: json.dumps(m.group())[1:-1], text) + "\n")
+
+
+# Outside strings, json.dumps writes only ASCII punctuation, digits and whitespace, so these
+# characters can only occur inside strings, where an escape means the same character.
+_INERT = re.compile("[\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:

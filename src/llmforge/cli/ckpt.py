@@ -120,6 +120,7 @@ def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
                 "state": ci.state,
                 "registered_as": ci.registered_as,
                 "files": ci.files,
+                "integrity": ci.integrity,
             }
         )
         return
@@ -143,6 +144,7 @@ def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
         ("registered_as", ", ".join(ci.registered_as) or "-"),
         ("created", str(s.created)),
         ("size", human_bytes(s.size)),
+        ("integrity", ci.integrity),
     ]
     if meta.get("finetune") == "lora":
         lora, base = meta.get("lora") or {}, meta.get("base") or {}

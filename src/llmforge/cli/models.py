@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.text import Text
 
 from llmforge.cli import _render as r
 from llmforge.cli import models_import
 from llmforge.cli._context import workspace
 from llmforge.errors import EXIT_INTEGRITY, ConfirmationRequiredError
 from llmforge.fsutil import human_bytes, human_count
+from llmforge.untrusted import terminal_text
+from llmforge.workspace import Workspace
+
+if TYPE_CHECKING:
+    from llmforge.modelops import ValidationReport
+    from llmforge.training.ckpt_manifest import ManifestCheck
 
 app = typer.Typer(help="Manage the model registry (models/registry.json).", no_args_is_help=True)
 
@@ -116,75 +124,138 @@ def delete(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="The model to delete.")],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Delete even if LoRA adapters or checkpoints load onto this model (they then "
+            "can no longer load); implies --yes.",
+        ),
+    ] = False,
 ) -> None:
     """Delete a model: its registry entry and its files."""
-    from llmforge.modelops import delete_model
-    from llmforge.registry import ModelRegistry
+    from llmforge.modelops import delete_model, model_users
 
     ws = workspace(ctx)
-    registry = ModelRegistry(ws)
-    entry = registry.get(name)
-    children = [c.model_name for c in registry.children(name)]
-    if children:
-        r.print_warning(
-            f"{', '.join(children)} name {name!r} as fine_tuned_from; their lineage will point "
-            "at a model that no longer exists (their own weights are not affected)."
-        )
-    if not yes:
+    users = model_users(ws, name)
+    if users.broken and not force and (yes or not sys.stdin.isatty()):
+        raise users.in_use_error()
+    for note in users.notes():
+        r.print_warning(note)
+    if users.broken and not force:
+        r.print_warning(users.in_use_error().message)
+        typer.confirm(f"Delete {name!r} anyway?", abort=True)
+        force = True
+    elif not (yes or force):
         if not sys.stdin.isatty():
             raise ConfirmationRequiredError(
                 f"Deleting {name!r} needs confirmation and there is no terminal to ask on.",
                 "Pass --yes to delete without asking.",
             )
-        typer.confirm(
-            f"Delete model {name!r} and its files in models/{entry.local_path}?", abort=True
+        typer.confirm(f"Delete model {name!r} and its files in models/{name}?", abort=True)
+    result = delete_model(ws, name, force=force)
+    r.stdout().print(
+        terminal_text(
+            f"Deleted {name!r}: freed {human_bytes(result.bytes_freed)}." + result.users.kept_note()
+        ),
+        markup=False,
+    )
+    if result.users.broken:
+        r.print_warning(
+            "These can no longer load, generate or resume until a model with the same files is "
+            f"registered as {name!r} again: {'; '.join(result.users.broken)}."
         )
-    result = delete_model(ws, name)
-    msg = f"Deleted {name!r}: freed {human_bytes(result.bytes_freed)}."
-    if result.files_kept_for:
-        msg += f" Its files stay: {', '.join(result.files_kept_for)} still use(s) them."
-    r.stdout().print(msg, markup=False)
 
 
 @app.command("validate")
 def validate(
     ctx: typer.Context,
-    name: Annotated[str | None, typer.Argument(help="One model; all models when omitted.")] = None,
+    name: Annotated[
+        str | None,
+        typer.Argument(help="One model; all models and all checkpoints in runs/ when omitted."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every file of a model (or all models) against its recorded size and sha256."""
-    from llmforge.modelops import validate_models
+    """Check every file of a model (or all models and checkpoints) against its recorded size
+    and sha256."""
+    from llmforge.modelops import validate_checkpoints, validate_models
 
-    reports = validate_models(workspace(ctx), name)
+    ws = workspace(ctx)
+    reports = validate_models(ws, name)
+    ckpts = validate_checkpoints(ws) if name is None else []
     bad = [rep for rep in reports if not rep.ok]
+    bad_ckpts = [c for c in ckpts if not c.ok]
     if as_json:
-        r.print_json(
-            [
-                {
-                    "model_name": x.model_name,
-                    "ok": x.ok,
-                    "files_checked": x.files_checked,
-                    "problems": x.problems,
-                }
-                for x in reports
-            ]
-        )
+        items = [
+            {
+                "model_name": x.model_name,
+                "ok": x.ok,
+                "files_checked": x.files_checked,
+                "problems": x.problems,
+            }
+            for x in reports
+        ]
+        items += [
+            {
+                "checkpoint": _rel(ws, c.path),
+                "ok": c.ok,
+                "verified": c.has_manifest,
+                "files_checked": c.files_checked,
+                "problems": c.problems,
+            }
+            for c in ckpts
+        ]
+        r.print_json(items)
     else:
-        out = r.stdout()
-        if not reports:
-            out.print("No models registered; nothing to validate.", markup=False)
-        for rep in reports:
-            if rep.ok:
-                out.print(f"[green]OK[/green]   {rep.model_name} ({rep.files_checked} files)")
-            else:
-                out.print(f"[red]FAIL[/red] {rep.model_name}")
-                for p in rep.problems:
-                    out.print(f"       - {p}", markup=False)
-    if bad:
-        names = " ".join(x.model_name for x in bad)
-        r.print_error(
-            f"{len(bad)} of {len(reports)} model(s) failed validation: {names}.",
-            "Re-import each one (`llmforge models import SOURCE --name NAME --force`), or "
-            "delete it with `llmforge models delete NAME`.",
-        )
+        _print_validation(ws, reports, ckpts)
+    if bad or bad_ckpts:
+        names = " ".join([x.model_name for x in bad] + [_rel(ws, c.path) for c in bad_ckpts])
+        counts = []
+        if bad:
+            counts.append(f"{len(bad)} of {len(reports)} model(s)")
+        if bad_ckpts:
+            counts.append(f"{len(bad_ckpts)} of {len(ckpts)} checkpoint(s)")
+        hints = []
+        if bad:
+            hints.append(
+                "Re-import each model (`llmforge models import SOURCE --name NAME --force`), or "
+                "delete it with `llmforge models delete NAME`."
+            )
+        if bad_ckpts:
+            hints.append(
+                "A damaged checkpoint cannot be repaired: use another checkpoint of its run "
+                "(`llmforge ckpt list`), or delete it."
+            )
+        r.print_error(f"{' and '.join(counts)} failed validation: {names}.", " ".join(hints))
         raise typer.Exit(EXIT_INTEGRITY)
+
+
+def _rel(ws: Workspace, path: Path) -> str:
+    return path.relative_to(ws.root).as_posix() if path.is_relative_to(ws.root) else str(path)
+
+
+def _print_validation(
+    ws: Workspace, reports: list[ValidationReport], ckpts: list[ManifestCheck]
+) -> None:
+    out = r.stdout()
+    if not reports and not ckpts:
+        out.print("No models registered; nothing to validate.", markup=False)
+    for rep in reports:
+        if rep.ok:
+            line = f"   {rep.model_name} ({rep.files_checked} files)"
+            out.print(Text.assemble(("OK", "green"), r.cell(line)))
+        else:
+            out.print(Text.assemble(("FAIL", "red"), r.cell(f" {rep.model_name}")))
+            for p in rep.problems:
+                out.print(r.cell(f"       - {p}"))  # file names come from the registry
+    for c in ckpts:
+        where = _rel(ws, c.path)
+        if not c.has_manifest:
+            out.print(Text.assemble(("--", "yellow"), r.cell(f"   {where} ({c.status})")))
+        elif c.ok:
+            line = f"   {where} ({c.files_checked} files)"
+            out.print(Text.assemble(("OK", "green"), r.cell(line)))
+        else:
+            out.print(Text.assemble(("FAIL", "red"), r.cell(f" {where}")))
+            for p in c.problems:
+                out.print(r.cell(f"       - {p}"))

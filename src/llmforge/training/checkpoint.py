@@ -8,7 +8,9 @@ A checkpoint is a directory ``runs/<run>/checkpoints/step-NNNNNN/`` holding:
 - ``tokenizer/`` (the exact tokenizer used),
 - ``optimizer.pt`` (tensors only; loaded with ``weights_only=True``),
 - ``trainer_state.json`` (step, RNG states, sampler position, losses so far),
-- ``meta.json`` (model identity, lineage, tokenizer, resolved config), written last.
+- ``meta.json`` (model identity, lineage, tokenizer, resolved config),
+- ``manifest.json`` (size and sha256 of every other file; see ``training/ckpt_manifest.py``),
+  written last.
 
 It is assembled in a hidden temporary directory and renamed into place, so a crash never
 leaves a half checkpoint under a ``step-*`` name.
@@ -33,6 +35,7 @@ from llmforge.adapters.base import ModelAdapter
 from llmforge.errors import CheckpointError
 from llmforge.fsutil import atomic_write_json, fsync_dir, iter_files
 from llmforge.tokenizers import Tokenizer, load_tokenizer
+from llmforge.training import ckpt_manifest
 from llmforge.workspace import Workspace
 
 CHECKPOINTS = "checkpoints"
@@ -144,6 +147,7 @@ def publish(tmp: Path, final: Path) -> None:
     An existing ``final`` (left by an earlier attempt of the run) is replaced only after the
     new one is in place under a hidden name, so a crash never leaves neither.
     """
+    ckpt_manifest.write_manifest(tmp)  # sizes + sha256 of every file, checked on load
     _fsync_tree(tmp)
     if final.exists():
         old = final.parent / f".old-{final.name}-{os.getpid()}"
@@ -179,11 +183,17 @@ def clean_temporaries(run_dir: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def check_complete(path: Path) -> None:
-    """Raise if ``path`` is not a complete checkpoint directory.
+def check_complete(path: Path, *, full: bool = False) -> None:
+    """Raise if ``path`` is not a complete checkpoint directory, or differs from its manifest.
+
+    Args:
+        path: The checkpoint directory.
+        full: Compare every file's sha256 with the manifest (``ckpt register``, ``export``);
+            by default sizes, and the sha256 of small files (see ``ckpt_manifest``).
 
     Raises:
         CheckpointError: Naming the checkpoint and what is missing.
+        CheckpointDamagedError: Naming the files that were changed or truncated.
     """
     if not path.is_dir():
         raise CheckpointError(
@@ -200,6 +210,7 @@ def check_complete(path: Path) -> None:
             f"The checkpoint {path} is incomplete: {', '.join(missing)} missing.",
             "Use another checkpoint of the run (an earlier step), or delete this one.",
         )
+    ckpt_manifest.require_intact(path, full=full)
 
 
 def read_json(path: Path) -> dict[str, Any]:
