@@ -1,0 +1,299 @@
+"""Data, templates, tokenizers and generation options are checked when they are read; exports
+and registrations fail cleanly on a full disk and clean up after a kill.
+
+Every bad input here used to pass the checks and fail later (a lone surrogate at the first
+checkpoint save, hours into a run) or crash ("Unexpected error"). Each case asserts the one clear
+message naming the file and line (or the template's origin), and that nothing was written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import snapshot
+from llmforge.chat import resolve_chat_format
+from llmforge.errors import BadRecordError, ChatTemplateError, CheckpointError
+from llmforge.records import read_data_file
+from llmforge.tokenizers import CharTokenizer, HFTokenizer
+from train_helpers import run_cli, small_corpus, write_config
+
+GOOD_CHAT = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+SURROGATE = '"bad \\ud800 text"'  # a JSON escape: half of a UTF-16 pair, alone
+
+
+def _lines(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+# -- item 6: text that no checkpoint could store is refused when the data is read -------------
+@pytest.mark.parametrize(
+    ("name", "content", "where", "field"),
+    [
+        ("t.jsonl", f'{{"text": "ok"}}\n{{"text": {SURROGATE}}}\n', "line 2", "'text'"),
+        (
+            "pc.jsonl",
+            f'{{"prompt": "p", "completion": "c"}}\n{{"prompt": {SURROGATE}, "completion": "c"}}',
+            "line 2",
+            "'prompt'",
+        ),
+        (
+            "c.jsonl",
+            json.dumps(GOOD_CHAT)
+            + '\n{"messages": [{"role": "user", "content": "a"}, '
+            + f'{{"role": "assistant", "content": {SURROGATE}}}]}}\n',
+            "line 2",
+            "'messages[1].content'",
+        ),
+        (
+            "extra.jsonl",  # a field the template may render is checked too
+            json.dumps(GOOD_CHAT)[:-1] + f', "meta": {{"note": {SURROGATE}}}}}\n',
+            "line 1",
+            "'meta.note'",
+        ),
+        ("a.json", f'[{{"text": "ok"}}, {{"text": {SURROGATE}}}]', "record 2", "'text'"),
+        ("d.json", f'{{"data": [{{"text": {SURROGATE}}}]}}', "record 1", "'text'"),
+    ],
+)
+def test_lone_surrogate_is_refused_with_file_and_line(
+    tmp_path: Path, name: str, content: str, where: str, field: str
+) -> None:
+    p = tmp_path / name
+    p.write_text(content, encoding="utf-8")
+    with pytest.raises(BadRecordError) as info:
+        read_data_file(str(p), "auto", skip_bad_lines=False)
+    msg = info.value.message
+    assert f"{p}, {where}: {field} is not valid Unicode text" in msg, msg
+    assert "lone surrogate \\ud800 at character 5" in msg
+
+
+def test_surrogate_data_stops_training_before_anything_is_written(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    text = small_corpus(tmp_path / "c.txt").read_text(encoding="utf-8")
+    rows = [json.dumps({"text": text[i : i + 400]}) for i in range(0, len(text), 400)]
+    rows[3] = f'{{"text": {SURROGATE}}}'
+    data = _lines(tmp_path / "s.jsonl", *rows)
+    cfg = write_config(tmp_path / "s.yaml", data_path=str(data))
+    before = snapshot(home)
+    res = run_cli(home, "train", str(cfg))
+    assert res.exit_code == 1, res.output
+    assert f"{data}, line 4: 'text' is not valid Unicode text" in res.stderr
+    assert "skip_bad_lines" in res.stderr and "Traceback" not in res.output
+    assert snapshot(home) == before  # no run folder, no half checkpoint
+    # With skip_bad_lines the line is skipped and the run saves its checkpoints.
+    cfg = write_config(tmp_path / "s.yaml", data_path=str(data), skip_bad_lines=True)
+    res = run_cli(home, "train", str(cfg), "--max-steps", "4")
+    assert res.exit_code == 0, res.output
+    assert "Skipped 1 bad line(s)" in res.stderr
+
+
+def test_data_path_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    name = os.fsdecode(os.fsencode(str(tmp_path)) + b"/d\xff.txt")  # a real non-UTF-8 name
+    shutil.copyfile(small_corpus(tmp_path / "c.txt"), name)
+    cfg = write_config(tmp_path / "p.yaml", data_path=name)  # YAML writes it as "\uDCFF"
+    res = run_cli(home, "train", str(cfg), "--max-steps", "4")
+    assert res.exit_code == 1, res.output
+    assert "is not valid UTF-8 text: it holds the byte 0xff" in res.stderr
+    assert "Rename the file" in res.stderr and not (home / "runs").exists()
+
+
+def test_char_vocabulary_cannot_hold_a_surrogate(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="surrogate"):
+        CharTokenizer(["a", "\ud800"])
+    (tmp_path / "char_vocab.json").write_text(
+        '{"type": "char", "version": 1, "unknown_id": 0, "chars": ["a", "\\ud800"]}'
+    )
+    with pytest.raises(CheckpointError, match="malformed"):
+        CharTokenizer.load(tmp_path)
+
+
+# -- item 14: records nested too deep, long CSV fields, a BOM, a JSON object file -------------
+def test_json_nested_100000_deep_is_a_bad_line(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    p = _lines(tmp_path / "deep.jsonl", '{"text": "ok"}', deep, '{"text": "fine"}')
+    with pytest.raises(BadRecordError, match=r"deep.jsonl, line 2: bad JSON: nested more than"):
+        read_data_file(str(p), "auto", skip_bad_lines=False)
+    assert len(read_data_file(str(p), "auto", skip_bad_lines=True).records) == 2
+    arr = tmp_path / "deep.json"
+    arr.write_text(deep, encoding="utf-8")
+    with pytest.raises(BadRecordError, match="nested more than"):
+        read_data_file(str(arr), "auto", skip_bad_lines=False)
+    # Deep enough to parse, too deep for the walks that follow (checks, templates).
+    p = _lines(tmp_path / "d2.jsonl", json.dumps({"text": "x", "meta": [[[[[[[[[[1]]]]]]]]]] * 8}))
+    p.write_text('{"text": "x", "meta": ' + "[" * 200 + "]" * 200 + "}\n", encoding="utf-8")
+    with pytest.raises(BadRecordError, match="nested more than 64 levels"):
+        read_data_file(str(p), "auto", skip_bad_lines=False)
+
+
+def test_csv_with_a_long_field_and_a_bom_reads(tmp_path: Path) -> None:
+    long = "word " * 60_000  # 300 KB: over csv's default field limit of 128 KB
+    p = tmp_path / "pc.csv"
+    p.write_bytes(
+        b"\xef\xbb\xbfprompt,completion\n"  # a spreadsheet's byte-order mark
+        + f'"Q1","{long}"\n"Q2","A2"\n'.encode()
+    )
+    got = read_data_file(str(p), "auto", skip_bad_lines=False)
+    assert got.format == "prompt-completion"
+    assert [r["prompt"] for r in got.records] == ["Q1", "Q2"]
+    assert got.records[0]["completion"] == long
+    p.write_text('prompt,completion\n"a","b","c"\n', encoding="utf-8")
+    with pytest.raises(BadRecordError, match=r"pc.csv, line 2: 1 more cell\(s\) than the header"):
+        read_data_file(str(p), "auto", skip_bad_lines=False)
+
+
+def test_json_object_files(tmp_path: Path) -> None:
+    p = tmp_path / "d.json"
+    rows = [{"prompt": "1+1=", "completion": "2"}, {"prompt": "2+2=", "completion": "4"}]
+    p.write_text(json.dumps({"version": "1", "data": rows}, indent=2), encoding="utf-8")
+    got = read_data_file(str(p), "auto", skip_bad_lines=False)
+    assert got.format == "prompt-completion" and got.records == rows
+    p.write_text(json.dumps(GOOD_CHAT, indent=2), encoding="utf-8")  # one record, pretty
+    assert read_data_file(str(p), "auto", skip_bad_lines=False).records == [GOOD_CHAT]
+    p.write_text(json.dumps({"rows": rows}, indent=2), encoding="utf-8")
+    with pytest.raises(BadRecordError) as info:
+        read_data_file(str(p), "auto", skip_bad_lines=False)
+    msg = info.value.message
+    assert "holds an object with keys 'rows'; expected a JSON array of records" in msg
+    assert '"data" array' in msg and "one JSON object a line" in msg
+    p.write_text('[{"text": "a"},\n {"text": "b"\n]', encoding="utf-8")  # a broken array
+    with pytest.raises(BadRecordError, match=r"d.json, line 3: bad JSON"):
+        read_data_file(str(p), "auto", skip_bad_lines=False)
+    p.write_text('{"text": "a"}\n{"text": "b"}\n', encoding="utf-8")  # JSON lines in .json
+    assert len(read_data_file(str(p), "auto", skip_bad_lines=False).records) == 2
+
+
+# -- item 14: tokenizers and chat templates -----------------------------------------------------
+@pytest.fixture
+def tok(tiny_qwen_repo: Path) -> HFTokenizer:
+    return HFTokenizer(tiny_qwen_repo, "native", "tiny")
+
+
+@pytest.mark.parametrize(
+    ("template", "needle"),
+    [
+        ("{% for m in messages %}{{ m.content }", "has a syntax error on line 1: unexpected '}'"),
+        (
+            "{{ raise_exception('System role not supported') }}",
+            "refused the conversation: System role not supported",
+        ),
+        (
+            "{{ messages.__class__.__mro__[1].__subclasses__() }}",
+            "did something Jinja's sandbox refuses: access to attribute '__class__'",
+        ),
+        ("{% for i in range(10**9) %}x{% endfor %}", "The sandbox blocks ranges larger than"),
+        ("{{ messages[0].content + 1 }}", "failed while rendering: TypeError"),
+        ("{{ '\ud800' }}", "is not valid Unicode text: it holds a lone surrogate"),
+    ],
+)
+def test_chat_template_errors_name_the_template(tok: HFTokenizer, template: str, needle: str):
+    with pytest.raises(ChatTemplateError) as info:
+        resolve_chat_format(tok, template)
+    assert info.value.message.startswith("The chat_template of the training config "), info.value
+    assert needle in info.value.message, info.value.message
+    assert "chat_template: chatml" in (info.value.hint or "")
+
+
+def test_a_models_broken_template_is_a_clean_training_error(
+    tmp_path: Path, tiny_qwen_repo: Path
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_qwen_repo, repo)
+    (repo / "chat_template.jinja").write_text("{% if %}", encoding="utf-8")
+    home = tmp_path / "ws"
+    home.mkdir()
+    res = run_cli(home, "models", "import", str(repo), "--name", "t", "--accept-license")
+    assert res.exit_code == 0, res.output
+    data = _lines(tmp_path / "c.jsonl", *[json.dumps(GOOD_CHAT)] * 4)
+    cfg = write_config(tmp_path / "c.yaml", model_name="t", data_path=str(data))
+    before = snapshot(home)
+    res = run_cli(home, "train", str(cfg))
+    assert res.exit_code == 1, res.output
+    assert "The chat template of the model's tokenizer" in res.stderr
+    assert "models/t) has a syntax error on line 1" in res.stderr
+    assert "Unexpected" not in res.stderr and snapshot(home) == before
+
+
+@pytest.mark.parametrize("broken", ["malformed", "missing"])
+def test_malformed_or_missing_tokenizer_json(
+    tmp_path: Path, tiny_qwen_repo: Path, broken: str
+) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_qwen_repo, repo)
+    if broken == "missing":
+        (repo / "tokenizer.json").unlink()
+        needle = "has no vocabulary: it turns text into no tokens"
+    else:
+        (repo / "tokenizer.json").write_text('{"model": {"type": "BPE", "vocab": 5')
+        needle = "Cannot load the tokenizer in"
+    with pytest.raises(CheckpointError, match=needle):
+        HFTokenizer(repo)
+    home = tmp_path / "ws"
+    home.mkdir()
+    res = run_cli(home, "models", "import", str(repo), "--name", "t", "--accept-license")
+    assert res.exit_code == 0, res.output
+    cfg = write_config(
+        tmp_path / "q.yaml", model_name="t", data_path=str(small_corpus(tmp_path / "q.txt"))
+    )
+    before = snapshot(home)
+    res = run_cli(home, "train", str(cfg))
+    assert res.exit_code == 1, res.output
+    assert needle in res.stderr and "re-import" in res.stderr
+    assert "Unexpected" not in res.stderr and "0 tokens" not in res.stderr
+    assert snapshot(home) == before
+
+
+# -- item 14: generation options and prompts --------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--temperature", "nan"], "--temperature must be a finite number, 0 (greedy) or more"),
+        (["--temperature", "inf"], "not inf"),
+        (["--temperature", "-inf"], "not -inf"),
+        (["--temperature", "-0.5"], "not -0.5"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "not 1.5"),
+        (["--top-p", "nan"], "not nan"),
+        (["--top-k", "-1"], "--top-k must be 0 (off) or more"),
+    ],
+)
+def test_generate_refuses_bad_sampling_options(cli, args: list[str], needle: str) -> None:
+    res = cli("generate", "anything", *args)
+    assert res.exit_code != 0, res.output
+    assert needle in res.stderr and "Pass e.g." in res.stderr
+    assert "Unexpected" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "needle"),
+    [
+        ([b"--prompt", b"ab\xffc"], None, "--prompt is not valid UTF-8 text"),
+        ([b"--chat", b"-m", b"hi", b"--system", b"\xfe"], None, "--system is not valid UTF-8"),
+        ([b"-m", b"\xc3("], None, "--message is not valid UTF-8 text"),
+        ([b"--chat"], b"hi \xff there\n", "The message on stdin is not valid UTF-8 text"),
+    ],
+)
+def test_generate_refuses_text_that_is_not_utf8(
+    tmp_path: Path, args: list[bytes], stdin: bytes | None, needle: str
+) -> None:
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "PYTHONIOENCODING": ""}
+    res = subprocess.run(
+        [sys.executable, "-m", "llmforge", "--home", str(tmp_path), "generate", "x", *args],
+        input=stdin or b"",
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
+    err = res.stderr.decode("utf-8", "replace")
+    assert res.returncode != 0, err
+    assert needle in err and "Unexpected" not in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
