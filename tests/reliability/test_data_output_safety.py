@@ -297,3 +297,145 @@ def test_generate_refuses_text_that_is_not_utf8(
     assert res.returncode != 0, err
     assert needle in err and "Unexpected" not in err and "Traceback" not in err
     assert os.listdir(tmp_path) == []
+
+
+# -- items 14 and 17: export and register on a full disk, and after a kill ---------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace with a trained tiny run ``tiny`` (checkpoint step 4)."""
+    root = tmp_path_factory.mktemp("export-base")
+    home = root / "ws"
+    home.mkdir()
+    cfg = write_config(root / "tiny.yaml", data_path=str(small_corpus(root / "c.txt")))
+    res = run_cli(home, "train", str(cfg), "--max-steps", "4")
+    assert res.exit_code == 0, res.output
+    return home
+
+
+@pytest.fixture
+def ws(trained: Path, tmp_path: Path) -> Path:
+    home = tmp_path / "ws"
+    shutil.copytree(trained, home)
+    return home
+
+
+def _llmforge(home: Path, *args: str, limit: int | None = None, launcher: Path | None = None):
+    """Run the console entry point in a child, under a file-size limit or a kill launcher."""
+
+    def apply_limit() -> None:  # in the child before exec: a write past it fails with EFBIG
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    head = [str(launcher)] if launcher else ["-m", "llmforge"]
+    return subprocess.run(
+        [sys.executable, *head, "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=apply_limit if limit else None,
+    )
+
+
+def _beside(dest: Path) -> list[str]:
+    return sorted(p.name for p in dest.parent.iterdir() if p.name.startswith(f".{dest.name}."))
+
+
+def test_export_on_a_full_disk_leaves_nothing(ws: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "out" / "deep" / "tiny-export"
+    res = _llmforge(ws, "ckpt", "export", "tiny", str(dest), limit=16_000)
+    assert res.returncode == 1, res.stderr
+    assert f"Could not write the export to {dest}: File too large" in res.stderr
+    assert "is the disk full" in res.stderr and "Unexpected" not in res.stderr
+    assert not (tmp_path / "out").exists()  # not even the parents it made
+    # An existing export replaced with --force stays whole when the new one cannot be written.
+    dest.parent.mkdir(parents=True)
+    assert _llmforge(ws, "ckpt", "export", "tiny", str(dest)).returncode == 0
+    (dest / "notes.txt").write_text("mine")
+    before = snapshot(dest)
+    res = _llmforge(ws, "ckpt", "export", "tiny", str(dest), "--force", limit=16_000)
+    assert res.returncode == 1 and "File too large" in res.stderr
+    assert snapshot(dest) == before and _beside(dest) == []
+
+
+def test_register_on_a_full_disk_changes_nothing(ws: Path) -> None:
+    assert _llmforge(ws, "ckpt", "register", "tiny", "--name", "first").returncode == 0
+    before = snapshot(ws)
+    size = (ws / "models" / "registry.json").stat().st_size
+    res = _llmforge(ws, "ckpt", "register", "tiny", "--name", "second", limit=size + 200)
+    assert res.returncode == 1, res.stderr
+    assert "Could not register" in res.stderr and "as 'second': File too large" in res.stderr
+    assert "Nothing was registered" in res.stderr and "Unexpected" not in res.stderr
+    assert snapshot(ws) == before
+
+
+# A launcher that SIGKILLs llmforge at one exact system call: the audit event EVENT (``open``
+# for writing, or ``os.rename``) whose (source) path matches the regular expression PATTERN.
+KILL_LAUNCHER = """
+import os, re, signal, sys
+
+event, needle = sys.argv[1], sys.argv[2]
+del sys.argv[1:3]
+
+
+def hook(name, args):
+    if name != event:
+        return
+    if name == "open" and not (isinstance(args[1], str) and "w" in args[1]):
+        return
+    if re.search(needle, str(args[0])):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+sys.addaudithook(hook)
+from llmforge.cli import main
+
+sys.argv[0] = "llmforge"
+main()
+"""
+
+
+def _kill_at(tmp_path: Path, event: str, needle: str) -> Path:
+    launcher = tmp_path / f"kill-{event}.py"
+    launcher.write_text(
+        KILL_LAUNCHER.replace("event, needle = sys.argv[1], sys.argv[2]", "").replace(
+            "del sys.argv[1:3]", f"event, needle = {event!r}, {needle!r}"
+        ),
+        encoding="utf-8",
+    )
+    return launcher
+
+
+def test_a_killed_export_is_tidied_by_the_next_one(ws: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "exports" / "tiny"
+    dest.parent.mkdir()
+    # Killed while copying the weights into its hidden work folder.
+    kill = _kill_at(tmp_path, "open", r"\.tiny\.export-\d+/model\.safetensors$")
+    res = _llmforge(ws, "ckpt", "export", "tiny", str(dest), launcher=kill)
+    assert res.returncode == -9, res.stderr
+    assert not dest.exists() and [n.rsplit("-", 1)[0] for n in _beside(dest)] == [".tiny.export"]
+    # A folder of an export that is still running (its PID lives: this test) is left alone.
+    live = dest.parent / f".tiny.export-{os.getpid()}"
+    live.mkdir()
+    res = _llmforge(ws, "ckpt", "export", "tiny", str(dest))
+    assert res.returncode == 0, res.stderr
+    assert _beside(dest) == [live.name]
+    live.rmdir()
+    (dest / "notes.txt").write_text("mine")
+    before = snapshot(dest)
+    # Killed between its two renames: the old folder was moved aside, the new one not yet in.
+    kill = _kill_at(tmp_path, "os.rename", r"\.tiny\.export-\d+$")
+    res = _llmforge(ws, "ckpt", "export", "tiny", str(dest), "--force", launcher=kill)
+    assert res.returncode == -9, res.stderr
+    assert not dest.exists()
+    assert [n.rsplit("-", 1)[0] for n in _beside(dest)] == [".tiny.export", ".tiny.old"]
+    # The next export puts the user's folder back before anything else, then refuses to
+    # overwrite it without --force; with --force it replaces it.
+    res = _llmforge(ws, "ckpt", "export", "tiny", str(dest))
+    assert res.returncode == 1 and "is not empty" in res.stderr, res.stderr
+    assert snapshot(dest) == before and _beside(dest) == []
+    res = _llmforge(ws, "ckpt", "export", "tiny", str(dest), "--force")
+    assert res.returncode == 0, res.stderr
+    assert not (dest / "notes.txt").exists() and _beside(dest) == []
