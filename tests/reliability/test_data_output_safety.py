@@ -439,3 +439,51 @@ def test_a_killed_export_is_tidied_by_the_next_one(ws: Path, tmp_path: Path) -> 
     res = _llmforge(ws, "ckpt", "export", "tiny", str(dest), "--force")
     assert res.returncode == 0, res.stderr
     assert not (dest / "notes.txt").exists() and _beside(dest) == []
+
+
+# -- items 13 and 24: the help of every command renders --------------------------------------
+def _command_tree() -> list[tuple[list[str], object]]:
+    """``(path, click command)`` of the root and every (sub-)command, found by walking the tree,
+    so a new command is covered without touching this test."""
+    import typer
+
+    from llmforge.cli import app
+
+    out: list[tuple[list[str], object]] = []
+
+    def walk(cmd: object, path: list[str]) -> None:
+        out.append((path, cmd))
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return out
+
+
+COMMANDS = _command_tree()
+
+
+def test_the_walk_finds_every_command() -> None:
+    paths = [" ".join(p) for p, _ in COMMANDS]
+    for known in ("", "train", "generate", "models import", "models list", "ckpt export"):
+        assert known in paths
+    assert len(paths) >= 15
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+@pytest.mark.parametrize(
+    ("path", "cmd"), COMMANDS, ids=[" ".join(p) or "llmforge" for p, _ in COMMANDS]
+)
+def test_help_of_every_command_renders(path: list[str], cmd: object, flag: str) -> None:
+    from typer.testing import CliRunner
+
+    from llmforge.cli import app
+
+    res = CliRunner().invoke(app, [*path, flag], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("Usage: llmforge"), res.output
+    assert "Unexpected error" not in res.output and "Traceback" not in res.output
+    assert "<bool>" not in res.output  # a flag takes no value
+    for param in getattr(cmd, "params", []):
+        if param.param_type_name == "option" and not param.hidden:
+            assert max(param.opts, key=len) in res.output  # every option is described
