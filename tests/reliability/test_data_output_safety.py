@@ -487,3 +487,43 @@ def test_help_of_every_command_renders(path: list[str], cmd: object, flag: str) 
     for param in getattr(cmd, "params", []):
         if param.param_type_name == "option" and not param.hidden:
             assert max(param.opts, key=len) in res.output  # every option is described
+
+
+# -- item 24: no library warning between the prompt and the generated text --------------------
+def test_qwen_generate_and_training_samples_print_no_future_warning(
+    tmp_path: Path, tiny_qwen_repo: Path
+) -> None:
+    import warnings
+
+    home = tmp_path / "ws"
+    home.mkdir()
+    res = run_cli(home, "models", "import", str(tiny_qwen_repo), "--name", "q", "--accept-license")
+    assert res.exit_code == 0, res.output
+    env = {**os.environ, "PYTHONWARNINGS": "default"}  # what a user's terminal shows
+    cmd = [sys.executable, "-m", "llmforge", "--home", str(home), "generate", "q"]
+    res = subprocess.run(
+        [*cmd, "-p", "Hi", "-n", "6", "--seed", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("Hi") and "Warning" not in res.stdout
+    assert "FutureWarning" not in res.stderr and "past_key_values" not in res.stderr
+    # Training samples generate the same way (in-process here: every warning recorded).
+    cfg = write_config(
+        tmp_path / "q.yaml",
+        model_name="q",
+        data_path=str(small_corpus(tmp_path / "q.txt", 4000)),
+        max_steps=2,
+        warmup_steps=1,
+        sample_interval=1,
+        save_interval=2,
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = run_cli(home, "train", str(cfg))
+    assert res.exit_code == 0, res.output
+    assert "sample" in res.output.lower()
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], caught
