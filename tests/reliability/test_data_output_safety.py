@@ -527,3 +527,45 @@ def test_qwen_generate_and_training_samples_print_no_future_warning(
     assert res.exit_code == 0, res.output
     assert "sample" in res.output.lower()
     assert not [w for w in caught if issubclass(w.category, FutureWarning)], caught
+
+
+# -- item 24: tables stay readable at 80 columns ---------------------------------------------
+def _body_rows(out: str) -> list[str]:
+    """The lines of a table's body (between the header rule and the bottom border)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("┡"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("└"))
+    return lines[start + 1 : end]
+
+
+@pytest.mark.parametrize("columns", ["80", "100", "200"])
+def test_lists_fit_the_terminal_with_at_most_two_lines_a_row(
+    ws: Path, columns: str, tiny_qwen_repo: Path
+) -> None:
+    from helpers import make_model
+    from llmforge.workspace import Workspace
+
+    space = Workspace(root=ws)
+    names = ["qwen2.5-0.5b-instruct-base", "qwen2.5-0.5b-instruct-my-first-finetune", "t"]
+    make_model(space, names[0], source="huggingface", architecture="qwen2", model_id="Q/Q")
+    make_model(space, names[1], source="fine-tune", fine_tuned_from=names[0])
+    make_model(space, names[2], architecture="custom-transformer")
+    shutil.copytree(ws / "runs" / "tiny", ws / "runs" / "a-rather-long-run-name-for-tables")
+    for cmd, count, first in ((("models", "list"), 3, names), (("ckpt", "list"), 2, ["tiny"])):
+        res = run_cli_env(ws, {"COLUMNS": columns}, *cmd)
+        assert res.exit_code == 0, res.output
+        body = _body_rows(res.stdout)
+        assert max(len(line) for line in res.stdout.splitlines()) <= int(columns), res.stdout
+        assert len(body) <= 2 * count, res.stdout  # at most two lines a row
+        for name in first:  # the names users type are never cut
+            assert f"│ {name} " in res.stdout, res.stdout
+        if columns == "200":  # a wide terminal shows every column, titles in full
+            assert "fine_tuned_from" in res.stdout and "created" in res.stdout
+
+
+def run_cli_env(home: Path, env: dict[str, str], *args: str):
+    from typer.testing import CliRunner
+
+    from llmforge.cli import app
+
+    return CliRunner().invoke(app, ["--home", str(home), *args], env=env)

@@ -96,7 +96,17 @@ def list_ckpts(
         )
         for s in rows
     ]
-    cols = ("run", "step", "train loss", "val loss", "model", "fine_tuned_from", "created", "size")
+    cols = (
+        r.Column("run", wrap=True),
+        r.Column("step"),
+        r.Column("train loss"),
+        r.Column("val loss", drop=1),
+        r.Column("model", wrap=True),
+        # A checkpoint's parent is its model (or, for a branch, the model it branched from).
+        r.Column("fine_tuned_from", short="parent", drop=4, wrap=True),
+        r.Column("created", drop=3, wrap=True),
+        r.Column("size", drop=2),
+    )
     r.stdout().print(r.table(f"{len(rows)} checkpoint(s)", cols, table_rows))
 
 
