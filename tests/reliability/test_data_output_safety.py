@@ -569,3 +569,21 @@ def run_cli_env(home: Path, env: dict[str, str], *args: str):
     from llmforge.cli import app
 
     return CliRunner().invoke(app, ["--home", str(home), *args], env=env)
+
+
+def test_a_missing_step_lists_the_runs_checkpoints(ws: Path) -> None:
+    shutil.copytree(
+        ws / "runs/tiny/checkpoints/step-000004", ws / "runs/tiny/checkpoints/step-000002"
+    )
+    before = snapshot(ws)
+    for cmd in (["generate", "tiny/step-150", "-n", "2"], ["ckpt", "info", "tiny/step-150"]):
+        res = run_cli(ws, *cmd)
+        assert res.exit_code == 1, res.output
+        assert (
+            "The run 'tiny' has no checkpoint at step 150; its checkpoints are at steps 2, 4"
+            in (res.stderr)
+        )
+        assert "tiny/step-4" in res.stderr and "ckpt list tiny" in res.stderr
+    res = run_cli(ws, "generate", "nope/step-3")  # no such run: the general message
+    assert "neither a checkpoint nor a registered model" in res.stderr
+    assert snapshot(ws) == before
