@@ -579,10 +579,8 @@ def test_a_missing_step_lists_the_runs_checkpoints(ws: Path) -> None:
     for cmd in (["generate", "tiny/step-150", "-n", "2"], ["ckpt", "info", "tiny/step-150"]):
         res = run_cli(ws, *cmd)
         assert res.exit_code == 1, res.output
-        assert (
-            "The run 'tiny' has no checkpoint at step 150; its checkpoints are at steps 2, 4"
-            in (res.stderr)
-        )
+        want = "The run 'tiny' has no checkpoint at step 150; its checkpoints are at steps 2, 4"
+        assert want in res.stderr, res.stderr
         assert "tiny/step-4" in res.stderr and "ckpt list tiny" in res.stderr
     res = run_cli(ws, "generate", "nope/step-3")  # no such run: the general message
     assert "neither a checkpoint nor a registered model" in res.stderr
