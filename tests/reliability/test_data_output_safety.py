@@ -585,3 +585,47 @@ def test_a_missing_step_lists_the_runs_checkpoints(ws: Path) -> None:
     res = run_cli(ws, "generate", "nope/step-3")  # no such run: the general message
     assert "neither a checkpoint nor a registered model" in res.stderr
     assert snapshot(ws) == before
+
+
+# -- item 11/6: checkpoint fields and data paths are printed as text, never as markup -------
+NASTY = "[/]x[bold]\x1b]0;pwned\x07\x1b[31m:thumbs_up:"
+
+
+def _poison_meta(ckpt: Path) -> None:
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta["data"]["source"] = f"/data/{NASTY}.txt"
+    meta["tokenizer"]["identifier"] = f"tok{NASTY}"
+    meta["run_name"] = f"tiny{NASTY}"
+    meta["config"]["data_path"] = f"/data/{NASTY}.txt"
+    meta["lineage"] = [f"hf:Org/{NASTY}"]
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+
+
+def test_untrusted_checkpoint_fields_print_as_plain_text(ws: Path, tmp_path: Path) -> None:
+    _poison_meta(ws / "runs/tiny/checkpoints/step-000004")
+    for cmd in (
+        ["ckpt", "info", "tiny"],
+        ["ckpt", "list"],
+        ["ckpt", "export", "tiny", str(tmp_path / f"out{NASTY}")],
+        ["ckpt", "register", "tiny", "--name", "poisoned"],
+        ["models", "info", "poisoned"],
+    ):
+        res = run_cli_env(ws, {"COLUMNS": "200"}, *cmd)
+        assert res.exit_code == 0, (cmd, res.output)
+        assert "\x1b" not in res.output and "\x07" not in res.output, (cmd, res.output)
+        assert "👍" not in res.output, (cmd, res.output)
+        if cmd[1] in ("info", "export"):  # list and register show none of the poisoned fields
+            assert "[/]x[bold]" in res.output and ":thumbs_up:" in res.output, (cmd, res.output)
+
+
+def test_a_data_path_with_markup_trains_and_prints_as_text(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    folder = tmp_path / "[" / "]data:thumbs_up:\x1b[31m"  # "[/]" in a path is "[" / "]"
+    folder.mkdir(parents=True)
+    data = small_corpus(folder / "c[bold].txt")
+    cfg = write_config(tmp_path / "m.yaml", data_path=str(data), sample_interval=2)
+    res = run_cli(home, "train", str(cfg), "--max-steps", "4")
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and "👍" not in res.output
+    assert "[/]data:thumbs_up:" in res.output and "c[bold].txt" in res.output

@@ -16,13 +16,26 @@ from llmforge.untrusted import terminal_text
 
 
 def stdout() -> Console:
-    """A console on the current stdout (looked up at call time, so tests can capture it)."""
-    return Console(highlight=False, soft_wrap=True)
+    """A console on the current stdout (looked up at call time, so tests can capture it).
+
+    No emoji codes: a ``:name:`` in a path or a model name stays the text it is.
+    """
+    return Console(highlight=False, soft_wrap=True, emoji=False)
 
 
 def stderr() -> Console:
     """A console on the current stderr."""
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
+
+
+def print_text(text: str, console: Console | None = None) -> None:
+    """Print a line that may hold untrusted values (a path, a checkpoint's field, model output).
+
+    The text is made printable (:func:`terminal_text`: escape sequences and control characters
+    go, newlines stay) and never read as Rich markup; long lines are not broken, so a path or a
+    command can be copied whole.
+    """
+    (console or stdout()).print(terminal_text(text), markup=False, soft_wrap=True)
 
 
 def print_error(message: str, hint: str | None) -> None:
