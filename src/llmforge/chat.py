@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llmforge.errors import ChatTemplateError, DataError
-from llmforge.untrusted import brief, unicode_problem
+from llmforge.untrusted import terminal_text, unicode_problem
 
 # ChatML as Qwen writes it (without Qwen's default system prompt).
 CHATML_TEMPLATE = (
@@ -56,7 +56,7 @@ class ChatFormat:
     template: str
     source: str
     stop_tokens: tuple[str, ...]
-    origin: str = "the chat template"
+    origin: str = "The chat template"
 
     def to_meta(self) -> dict[str, Any]:
         """The ``chat`` entry of a checkpoint's ``meta.json``."""
@@ -116,21 +116,21 @@ def resolve_chat_format(
     hf = _hf(tokenizer)
     if recorded and recorded.get("chat_template"):
         template, source = recorded["chat_template"], str(recorded.get("source", "model"))
-        origin = "the chat template recorded in the checkpoint (meta.json)"
+        origin = "The chat template recorded in the checkpoint (meta.json)"
     elif configured and configured != "chatml":
         template, source = _template_text(configured), "config"
         origin = (
-            "chat_template in the training config"
+            "The chat_template of the training config"
             if template == configured
-            else f"the chat template file {configured}"
+            else f"The chat template file {configured}"
         )
     elif configured == "chatml" or not getattr(hf, "chat_template", None):
         template, source = CHATML_TEMPLATE, "config" if configured else "chatml-default"
-        origin = "the built-in ChatML template"
+        origin = "The built-in ChatML template"
     else:
         template, source = hf.chat_template, "model"
         where = getattr(tokenizer, "folder", None)
-        origin = f"the chat template of the model's tokenizer ({where or tokenizer.identifier})"
+        origin = f"The chat template of the model's tokenizer ({where or tokenizer.identifier})"
     if not isinstance(template, str):
         raise ChatTemplateError(f"{origin} is not a string.", _TEMPLATE_HINT)
     problem = unicode_problem(template)
@@ -170,14 +170,20 @@ def _template_error(e: Exception, origin: str) -> ChatTemplateError:
     import jinja2
 
     if isinstance(e, jinja2.TemplateSyntaxError):
-        what = f"has a syntax error on line {e.lineno}: {brief(e.message or '', 200)}"
+        what = f"has a syntax error on line {e.lineno}: {_clip(e.message or '')}"
     elif isinstance(e, jinja2.exceptions.SecurityError):
-        what = f"did something Jinja's sandbox refuses: {brief(str(e), 200)}"
+        what = f"did something Jinja's sandbox refuses: {_clip(str(e))}"
     elif type(e) is jinja2.TemplateError:  # the template's own raise_exception(...)
-        what = f"refused the conversation: {brief(str(e), 200)}"
+        what = f"refused the conversation: {_clip(str(e))}"
     else:
-        what = f"failed while rendering: {type(e).__name__}: {brief(str(e), 200)}"
-    return ChatTemplateError(f"{origin[:1].upper()}{origin[1:]} {what}.", _TEMPLATE_HINT)
+        what = f"failed while rendering: {type(e).__name__}: {_clip(str(e))}"
+    return ChatTemplateError(f"{origin} {what.rstrip('.')}.", _TEMPLATE_HINT)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """A template's error text for a message: one line, printable, bounded."""
+    text = terminal_text(" ".join(text.split()), keep_newlines=False)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def stop_token_ids(tokenizer: Any, fmt: ChatFormat) -> list[int]:
@@ -190,7 +196,7 @@ def _render(
     hf: Any,
     messages: Sequence[dict[str, str]],
     add_generation_prompt: bool,
-    origin: str = "the chat template",
+    origin: str = "The chat template",
 ) -> str:
     if not messages:
         return ""
@@ -214,7 +220,7 @@ def prompt_ids(
         ChatTemplateError: If the template fails on ``messages``.
     """
     hf = _hf(tokenizer)
-    origin = fmt.origin if fmt else "the chat template"
+    origin = fmt.origin if fmt else "The chat template"
     return tokenizer.encode(_render(hf, messages, add_generation_prompt=True, origin=origin))
 
 

@@ -629,3 +629,28 @@ def test_a_data_path_with_markup_trains_and_prints_as_text(tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     assert "\x1b" not in res.output and "👍" not in res.output
     assert "[/]data:thumbs_up:" in res.output and "c[bold].txt" in res.output
+
+
+def test_a_template_refusing_a_system_message_is_a_clean_chat_error(
+    tmp_path: Path, tiny_qwen_repo: Path
+) -> None:
+    from tiny_models import CHAT_TEMPLATE
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_qwen_repo, repo)
+    refuse = (
+        "{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+    )
+    (repo / "chat_template.jinja").write_text(refuse + CHAT_TEMPLATE, encoding="utf-8")
+    home = tmp_path / "ws"
+    home.mkdir()
+    res = run_cli(home, "models", "import", str(repo), "--name", "t", "--accept-license")
+    assert res.exit_code == 0, res.output
+    res = run_cli(home, "generate", "t", "-m", "hi", "-n", "3")  # no system message: fine
+    assert res.exit_code == 0, res.output
+    res = run_cli(home, "generate", "t", "-m", "hi", "--system", "Be brief.", "-n", "3")
+    assert res.exit_code == 1, res.output
+    assert "The chat template of the model's tokenizer" in res.stderr
+    assert "refused the conversation: System role not supported" in res.stderr
+    assert "Unexpected" not in res.stderr
