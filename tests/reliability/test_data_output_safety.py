@@ -129,8 +129,7 @@ def test_json_nested_100000_deep_is_a_bad_line(tmp_path: Path) -> None:
     with pytest.raises(BadRecordError, match="nested more than"):
         read_data_file(str(arr), "auto", skip_bad_lines=False)
     # Deep enough to parse, too deep for the walks that follow (checks, templates).
-    p = _lines(tmp_path / "d2.jsonl", json.dumps({"text": "x", "meta": [[[[[[[[[[1]]]]]]]]]] * 8}))
-    p.write_text('{"text": "x", "meta": ' + "[" * 200 + "]" * 200 + "}\n", encoding="utf-8")
+    p = _lines(tmp_path / "d2.jsonl", '{"text": "x", "meta": ' + "[" * 200 + "]" * 200 + "}")
     with pytest.raises(BadRecordError, match="nested more than 64 levels"):
         read_data_file(str(p), "auto", skip_bad_lines=False)
 
