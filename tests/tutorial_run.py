@@ -29,6 +29,7 @@ from tiny_models import build_tiny_qwen  # noqa: E402
 # The tutorial's commands, in order ("python -c" lines run a snippet of the tutorial).
 COMMANDS = [
     "llmforge models import Qwen/Qwen2-0.5B --name qwen-0.5b-base --accept-license",
+    "llmforge models import Qwen/Qwen2-0.5B --name qwen-0.5b-base --accept-license --force",
     "llmforge models list",
     "llmforge models info qwen-0.5b-base",
     "llmforge train configs/qwen-base.yaml --max-steps 40 --stop-at 20",

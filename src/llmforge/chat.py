@@ -11,6 +11,12 @@ once ending in the generation prompt (``<|im_start|>assistant\\n``) and once inc
 turn. The text between the two is the turn (content, end-of-turn token, trailing newline);
 everything else is prompt. The pieces are tokenized one by one and concatenated, which is
 exactly how generation sees them: the prompt tokenized on its own, then the model's tokens.
+
+**Untrusted templates.** A template comes from a repository or a config: ``transformers``
+renders it in Jinja's immutable sandbox (no attribute access to Python internals, bounded
+ranges). Every failure (a syntax error, the template's own ``raise_exception(...)``, a sandbox
+refusal, any error while rendering) becomes a :class:`ChatTemplateError` naming where the
+template came from, and a template is tried on a small conversation as soon as it is chosen.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmforge.errors import DataError
+from llmforge.errors import ChatTemplateError, DataError
+from llmforge.untrusted import terminal_text, unicode_problem
 
 # ChatML as Qwen writes it (without Qwen's default system prompt).
 CHATML_TEMPLATE = (
@@ -43,11 +50,13 @@ class ChatFormat:
         source: ``model`` (the tokenizer's own), ``chatml-default`` (the model had none) or
             ``config`` (``chat_template`` in the training config).
         stop_tokens: Tokens that end an assistant turn (end-of-turn first, then EOS).
+        origin: Where the template came from, for messages (not recorded).
     """
 
     template: str
     source: str
     stop_tokens: tuple[str, ...]
+    origin: str = "The chat template"
 
     def to_meta(self) -> dict[str, Any]:
         """The ``chat`` entry of a checkpoint's ``meta.json``."""
@@ -102,16 +111,35 @@ def resolve_chat_format(
 
     Raises:
         DataError: If the tokenizer cannot express the template's special tokens.
+        ChatTemplateError: If the template is not valid text, or fails on a small conversation.
     """
     hf = _hf(tokenizer)
     if recorded and recorded.get("chat_template"):
         template, source = recorded["chat_template"], str(recorded.get("source", "model"))
+        origin = "The chat template recorded in the checkpoint (meta.json)"
     elif configured and configured != "chatml":
         template, source = _template_text(configured), "config"
+        origin = (
+            "The chat_template of the training config"
+            if template == configured
+            else f"The chat template file {configured}"
+        )
     elif configured == "chatml" or not getattr(hf, "chat_template", None):
         template, source = CHATML_TEMPLATE, "config" if configured else "chatml-default"
+        origin = "The built-in ChatML template"
     else:
         template, source = hf.chat_template, "model"
+        where = getattr(tokenizer, "folder", None)
+        origin = f"The chat template of the model's tokenizer ({where or tokenizer.identifier})"
+    if not isinstance(template, str):
+        raise ChatTemplateError(f"{origin} is not a string.", _TEMPLATE_HINT)
+    problem = unicode_problem(template)
+    if problem is not None:
+        raise ChatTemplateError(
+            f"{origin} is not valid Unicode text: it holds {problem}, and it is saved with "
+            "every checkpoint.",
+            _TEMPLATE_HINT,
+        )
     if template == CHATML_TEMPLATE:
         missing = [t for t in CHATML_TOKENS if not _known_token(hf, t)]
         if missing:
@@ -125,7 +153,37 @@ def resolve_chat_format(
     stops = [t for t in END_OF_TURN_CANDIDATES if t in template and _known_token(hf, t)]
     if hf.eos_token and hf.eos_token not in stops:
         stops.append(hf.eos_token)
-    return ChatFormat(template, source, tuple(stops))
+    # Try it now: a broken template fails here, with its origin, not deep inside a run.
+    _render(hf, _PROBE, add_generation_prompt=False, origin=origin)
+    _render(hf, _PROBE[:1], add_generation_prompt=True, origin=origin)
+    return ChatFormat(template, source, tuple(stops), origin)
+
+
+_PROBE = ({"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi there"})
+_TEMPLATE_HINT = (
+    "Fix the template, or set chat_template: chatml in the training config to use ChatML; "
+    "templates run in Jinja's sandbox, which refuses access to Python internals."
+)
+
+
+def _template_error(e: Exception, origin: str) -> ChatTemplateError:
+    import jinja2
+
+    if isinstance(e, jinja2.TemplateSyntaxError):
+        what = f"has a syntax error on line {e.lineno}: {_clip(e.message or '')}"
+    elif isinstance(e, jinja2.exceptions.SecurityError):
+        what = f"did something Jinja's sandbox refuses: {_clip(str(e))}"
+    elif type(e) is jinja2.TemplateError:  # the template's own raise_exception(...)
+        what = f"refused the conversation: {_clip(str(e))}"
+    else:
+        what = f"failed while rendering: {type(e).__name__}: {_clip(str(e))}"
+    return ChatTemplateError(f"{origin} {what.rstrip('.')}.", _TEMPLATE_HINT)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """A template's error text for a message: one line, printable, bounded."""
+    text = terminal_text(" ".join(text.split()), keep_newlines=False)
+    return text if len(text) <= limit else f"{text[:limit]}..."
 
 
 def stop_token_ids(tokenizer: Any, fmt: ChatFormat) -> list[int]:
@@ -134,18 +192,36 @@ def stop_token_ids(tokenizer: Any, fmt: ChatFormat) -> list[int]:
     return [hf.convert_tokens_to_ids(t) for t in fmt.stop_tokens]
 
 
-def _render(hf: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool) -> str:
+def _render(
+    hf: Any,
+    messages: Sequence[dict[str, str]],
+    add_generation_prompt: bool,
+    origin: str = "The chat template",
+) -> str:
     if not messages:
         return ""
-    return hf.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    try:
+        text = hf.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except Exception as e:  # anything a template does wrong is the template's error
+        raise _template_error(e, origin) from e
+    if not isinstance(text, str):
+        raise ChatTemplateError(f"{origin} did not render text.", _TEMPLATE_HINT)
+    return text
 
 
-def prompt_ids(tokenizer: Any, messages: Sequence[dict[str, str]]) -> list[int]:
-    """The ids that prompt the model for the next assistant turn after ``messages``."""
+def prompt_ids(
+    tokenizer: Any, messages: Sequence[dict[str, str]], fmt: ChatFormat | None = None
+) -> list[int]:
+    """The ids that prompt the model for the next assistant turn after ``messages``.
+
+    Raises:
+        ChatTemplateError: If the template fails on ``messages``.
+    """
     hf = _hf(tokenizer)
-    return tokenizer.encode(_render(hf, messages, add_generation_prompt=True))
+    origin = fmt.origin if fmt else "The chat template"
+    return tokenizer.encode(_render(hf, messages, add_generation_prompt=True, origin=origin))
 
 
 def encode_chat(
@@ -159,16 +235,17 @@ def encode_chat(
 
     Raises:
         ValueError: If the template does not render conversations as growing prefixes.
+        ChatTemplateError: If the template fails on ``messages``.
     """
     hf = _hf(tokenizer)
-    full = _render(hf, messages, add_generation_prompt=False)
+    full = _render(hf, messages, add_generation_prompt=False, origin=fmt.origin)
     pieces: list[tuple[str, bool]] = []
     pos = 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = _render(hf, messages[:i], add_generation_prompt=True)
-        through = _render(hf, messages[: i + 1], add_generation_prompt=False)
+        before = _render(hf, messages[:i], add_generation_prompt=True, origin=fmt.origin)
+        through = _render(hf, messages[: i + 1], add_generation_prompt=False, origin=fmt.origin)
         if not (through.startswith(before) and full.startswith(through) and len(before) >= pos):
             raise ValueError("the chat template does not render conversations as prefixes")
         turn = through[len(before) :]

@@ -12,6 +12,7 @@ save goes to a fresh directory), so registering costs no disk. The folder is sta
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +21,7 @@ from typing import Any
 
 from llmforge import store
 from llmforge.adapters import lora as peft_lora
-from llmforge.errors import CheckpointError, ModelExistsError, WorkspaceError
+from llmforge.errors import CheckpointError, LLMForgeError, ModelExistsError, WorkspaceError
 from llmforge.importer import commit_staged
 from llmforge.modelops import build_manifest
 from llmforge.registry import ModelEntry, ModelRegistry, check_model_name, name_taken_error
@@ -28,6 +29,7 @@ from llmforge.training import checkpoint as ck
 from llmforge.training import ckpt_manifest, lineage, sharded
 from llmforge.training import lora as lora_run
 from llmforge.training.runs import resolve_checkpoint
+from llmforge.untrusted import brief
 from llmforge.workspace import Workspace
 
 # Files of a checkpoint that are training state, not the model.
@@ -38,6 +40,22 @@ _NOT_MODEL = {
     ck.TOKENIZER_DIR,
     ckpt_manifest.MANIFEST_FILE,
 }
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_DISK_FULL_TEXTS = ("No space left", "File too large", "Disk quota", "os error 27", "os error 28")
+
+
+def write_failure(e: BaseException) -> str:
+    """Why a write failed, for a message: the OS's words, and whether the disk may be full.
+
+    safetensors and torch wrap I/O errors in their own exception types, so their text is
+    searched for the disk-full errors too.
+    """
+    if isinstance(e, OSError):
+        cause, full = e.strerror or str(e), e.errno in _DISK_FULL_ERRNOS
+    else:
+        cause = brief(str(e), 200).strip("'\"")
+        full = any(t in cause for t in _DISK_FULL_TEXTS)
+    return cause + (" (is the disk full, or a file-size limit reached?)" if full else "")
 
 
 @dataclass
@@ -216,6 +234,7 @@ def register_checkpoint(
 
     Raises:
         InvalidModelNameError, ModelExistsError, CheckpointError: Before anything is written.
+        CheckpointError: If writing fails (a full disk); nothing is registered then.
     """
     check_model_name(name)
     path = resolve_checkpoint(ws, ref)
@@ -318,11 +337,18 @@ def register_checkpoint(
             },
         )
         commit_staged(ws, registry, entry, staging, force)
-    except BaseException:
+    except BaseException as e:
         store.discard(staging)
         if not had_staging:  # a failed register leaves models/ as it was
             with contextlib.suppress(OSError):
                 staging.parent.rmdir()
+        if isinstance(e, Exception) and not isinstance(e, LLMForgeError):
+            # a full disk, or safetensors' own error for it
+            raise CheckpointError(
+                f"Could not register {path} as {name!r}: {write_failure(e)}. Nothing was "
+                "registered: registry.json and models/ are as they were.",
+                "Free some disk space, then run the command again.",
+            ) from e
         raise
     store.discard(staging)
     return entry

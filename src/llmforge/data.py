@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 
 from llmforge.errors import DataError
+from llmforge.untrusted import unicode_problem
 
 # Standard-library modules whose source is the built-in corpus: real, varied English-and-code
 # text present on every Python installation, no download. Only names present in every
@@ -90,6 +91,21 @@ def builtin_corpus() -> Corpus:
     return Corpus(text, "builtin:python-stdlib", _fingerprint(text))
 
 
+def check_path_text(path: Path) -> None:
+    """Refuse a data path that is not valid Unicode text (it is recorded in checkpoints).
+
+    Raises:
+        DataError: If the path holds a byte that is not UTF-8 (or a lone surrogate).
+    """
+    problem = unicode_problem(str(path))
+    if problem is not None:
+        raise DataError(
+            f"The data path {path} is not valid UTF-8 text: it holds {problem}. Every "
+            "checkpoint records the data path, and a checkpoint cannot store that name.",
+            "Rename the file (or its folder) to a UTF-8 name, or point data_path at another file.",
+        )
+
+
 def read_corpus(path: str | None) -> Corpus:
     """Read the training text: ``path`` (UTF-8) or, when None, the built-in corpus.
 
@@ -100,6 +116,7 @@ def read_corpus(path: str | None) -> Corpus:
         return builtin_corpus()
     p = Path(path).expanduser()
     hint = "Point data_path at a UTF-8 text file (or remove it to use the built-in corpus)."
+    check_path_text(p)
     if not p.exists():
         raise DataError(f"The data file {p} does not exist.", hint)
     if not p.is_file():

@@ -197,3 +197,7 @@ class ExportError(LLMForgeError):
 
 class BadRecordError(DataError):
     """A record of a data file (JSONL line, CSV row) is malformed; names the file and line."""
+
+
+class ChatTemplateError(DataError):
+    """A chat template (the model's, the config's or a checkpoint's) fails to render; names it."""

@@ -18,6 +18,7 @@ Face folder whose weights have the adapter folded in.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -26,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from llmforge import store
-from llmforge.ckpt_ops import model_files
-from llmforge.errors import ExportError
+from llmforge.ckpt_ops import model_files, write_failure
+from llmforge.errors import ExportError, LLMForgeError
 from llmforge.fsutil import atomic_write_json, atomic_write_text
 from llmforge.registry import ModelRegistry
 from llmforge.training import checkpoint as ck
@@ -177,6 +178,88 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True
+
+
+def clean_stale_exports(dest: Path) -> list[Path]:
+    """Tidy what killed exports to ``dest`` left beside it; return the paths handled.
+
+    An export assembles ``.DEST.export-PID`` and, replacing a folder, first moves the old one to
+    ``.DEST.old-PID``. A process killed in between leaves them: a stale copy is deleted; an old
+    folder comes back to ``dest`` when the kill came between the two renames (``dest`` is
+    missing), else it is deleted. Folders of an export still running (its PID is alive) stay.
+    """
+    parent, prefix = dest.parent, f".{dest.name}."
+    if not parent.is_dir():
+        return []
+    handled = []
+    for p in sorted(parent.iterdir()):
+        kind, _, pid = p.name.removeprefix(prefix).rpartition("-")
+        if not p.name.startswith(prefix) or kind not in ("export", "old") or not pid.isdigit():
+            continue
+        if int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        if kind == "old" and not (dest.exists() or dest.is_symlink()):
+            os.replace(p, dest)  # the user's folder, as it was before the killed export
+        else:
+            store.discard(p)
+        handled.append(p)
+    return handled
+
+
+def _write(
+    dest: Path,
+    files: dict[str, Path],
+    model: Any,
+    base_ref: str | None,
+    generation: dict[str, Any] | None,
+    card: str,
+) -> None:
+    """Assemble the folder beside ``dest`` and rename it into place (all or nothing)."""
+    missing = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.export-{os.getpid()}"
+    trash = dest.parent / f".{dest.name}.old-{os.getpid()}"
+    store.discard(tmp)
+    done = False
+    try:
+        tmp.mkdir()
+        if model is not None:
+            model.save(tmp)
+        for rel, src in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, tmp / rel)
+        if base_ref is not None:
+            from llmforge.adapters import lora as peft_lora
+
+            peft_lora.set_base_reference(tmp, base_ref)
+        if generation is not None:
+            atomic_write_json(tmp / GENERATION_CONFIG, generation)
+        atomic_write_text(tmp / CARD, card)
+        if dest.exists():
+            os.replace(dest, trash)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if trash.exists() and not dest.exists():
+                os.replace(trash, dest)  # put the user's folder back
+            raise
+        store.discard(trash)
+        done = True
+    finally:
+        store.discard(tmp)
+        for folder in missing if not done else []:  # parents this export made, if empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
 def export_checkpoint(
     ws: Workspace,
     ref: str,
@@ -193,19 +276,21 @@ def export_checkpoint(
     with the adapter folded in (the base is checked like on every load; an accepted
     mismatch is reported in ``warnings``).
 
-    The folder is assembled next to ``dest`` and renamed into place, so a failure leaves
-    ``dest`` as it was.
+    The folder is assembled next to ``dest`` (``.DEST.export-PID``) and renamed into place,
+    so a failure leaves ``dest`` as it was; what a killed export left beside ``dest`` is
+    tidied first (:func:`clean_stale_exports`).
 
     Raises:
         CheckpointError: If ``ref`` matches no complete checkpoint.
         ExportError: If ``dest`` is a non-empty folder (without ``force``), a file, or
             overlaps the workspace's ``models/`` or ``runs/``, or ``merge`` is given for a
-            checkpoint that is not LoRA.
+            checkpoint that is not LoRA, or writing fails (a full disk; nothing is left).
     """
     ckpt = resolve_checkpoint(ws, ref)
     ck.check_complete(ckpt, full=True)  # its bytes are copied out: every sha256 is compared
     meta = ck.load_meta(ckpt)
     dest = dest.expanduser().resolve()
+    clean_stale_exports(dest)
     _check_dest(ws, ckpt, dest, force)
     arch = str(meta.get("architecture"))
     hf = arch != "custom-transformer"
@@ -231,31 +316,19 @@ def export_checkpoint(
         files = {r: p for r, p in files.items() if p.is_relative_to(ckpt / ck.TOKENIZER_DIR)}
     base = meta.get("base") or {}
     base_ref = str(base.get("model_id") or base.get("model_name"))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.export-{os.getpid()}"
-    store.discard(tmp)
+    kind = ("merged" if merge else "adapter") if is_lora else None
+    card = model_card(ckpt, meta, _license(ws, meta), hf, kind)
+    gen = _generation_config(ckpt, meta) if hf else None
     try:
-        tmp.mkdir()
-        if merged is not None:
-            merged.save(tmp)
-        for rel, src in files.items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tmp / rel)
-        if is_lora and not merge:
-            from llmforge.adapters import lora as peft_lora
-
-            peft_lora.set_base_reference(tmp, base_ref)
-        if hf:
-            atomic_write_json(tmp / GENERATION_CONFIG, _generation_config(ckpt, meta))
-        kind = ("merged" if merge else "adapter") if is_lora else None
-        atomic_write_text(tmp / CARD, model_card(ckpt, meta, _license(ws, meta), hf, kind))
-        trash = dest.parent / f".{dest.name}.old-{os.getpid()}"
-        if dest.exists():
-            os.replace(dest, trash)
-        os.replace(tmp, dest)
-        store.discard(trash)
-    finally:
-        store.discard(tmp)
+        _write(dest, files, merged, base_ref if is_lora and not merge else None, gen, card)
+    except LLMForgeError:
+        raise
+    except Exception as e:  # a full disk, or safetensors' own error for it
+        raise ExportError(
+            f"Could not write the export to {dest}: {write_failure(e)}. Nothing was left "
+            f"behind; {dest} is unchanged.",
+            "Free some disk space (or choose another destination), then export again.",
+        ) from e
     loads = (
         f"transformers.AutoModelForCausalLM.from_pretrained({str(dest)!r})"
         if hf

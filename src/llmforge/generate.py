@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,8 @@ import torch
 from llmforge.adapters.base import ModelAdapter
 from llmforge.chat import prompt_ids, resolve_chat_format, stop_token_ids
 from llmforge.device import model_device
-from llmforge.errors import CheckpointError, ConfigError, DataError
+from llmforge.errors import ChatTemplateError, CheckpointError, ConfigError, DataError
+from llmforge.untrusted import unicode_problem
 
 
 @dataclass
@@ -38,12 +40,33 @@ class SamplingOptions:
         """Raise ``ConfigError`` for values that make no sense."""
         if self.max_new_tokens < 0:
             raise ConfigError("--max-new-tokens must be 0 or more.", "Pass e.g. 200.")
-        if self.temperature < 0:
-            raise ConfigError("--temperature must be 0 (greedy) or more.", "Pass e.g. 0.8.")
+        # NaN compares false with everything: test for the valid range, never for the invalid.
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(
+                f"--temperature must be a finite number, 0 (greedy) or more, not "
+                f"{self.temperature}.",
+                "Pass e.g. 0.8.",
+            )
         if self.top_k is not None and self.top_k < 0:
-            raise ConfigError("--top-k must be 0 (off) or more.", "Pass e.g. 40.")
+            raise ConfigError(
+                f"--top-k must be 0 (off) or more, not {self.top_k}.", "Pass e.g. 40."
+            )
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ConfigError("--top-p must be in (0, 1].", "Pass e.g. 0.9.")
+            raise ConfigError(f"--top-p must be in (0, 1], not {self.top_p}.", "Pass e.g. 0.9.")
+
+
+def check_text_option(option: str, value: str | None) -> None:
+    """Refuse an option's text that is not valid UTF-8 (a shell passes any bytes).
+
+    Raises:
+        ConfigError: If ``value`` holds a byte that is not UTF-8 (or a lone surrogate).
+    """
+    problem = unicode_problem(value) if value else None
+    if problem is not None:
+        raise ConfigError(
+            f"{option} is not valid UTF-8 text: it holds {problem}.",
+            "Pass UTF-8 text; `locale` shows whether the terminal uses UTF-8 (e.g. C.UTF-8).",
+        )
 
 
 def pick_next(logits: torch.Tensor, opts: SamplingOptions, gen: torch.Generator | None) -> int:
@@ -156,6 +179,8 @@ class ChatSession:
         self.adapter = adapter
         try:
             self.format = resolve_chat_format(adapter.tokenizer, None, meta.get("chat"))
+        except ChatTemplateError:
+            raise
         except DataError as e:
             raise ConfigError(
                 f"--chat needs a chat-capable model: {e.message}",
@@ -169,7 +194,7 @@ class ChatSession:
     def reply(self, message: str, opts: SamplingOptions) -> Iterator[str]:
         """Stream the reply to ``message`` as text pieces; the turn is kept in the history."""
         self.messages.append({"role": "user", "content": message})
-        ids = prompt_ids(self.adapter.tokenizer, self.messages)
+        ids = prompt_ids(self.adapter.tokenizer, self.messages, self.format)
         pieces: list[str] = []
         for piece in iter_text(self.adapter.tokenizer, stream_ids(self.adapter, ids, opts)):
             pieces.append(piece)

@@ -56,6 +56,9 @@ def _load(
     try:
         path = resolve_checkpoint(workspace, source)
     except CheckpointError as ckpt_error:
+        run = source.partition("/")[0]
+        if "/" in source and run and (workspace.runs_dir / run).is_dir():
+            raise  # RUN/step-N of a run that exists: the error lists the run's checkpoints
         registry = ModelRegistry(workspace)
         names = registry.names()
         if source not in names:

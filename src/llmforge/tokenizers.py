@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 
 from llmforge.errors import CheckpointError
 from llmforge.fsutil import atomic_write_json
+from llmforge.untrusted import brief, unicode_problem
 
 CHAR_VOCAB_FILE = "char_vocab.json"
 UNKNOWN_CHAR = "\ufffd"  # what an id for an unseen character decodes to
@@ -60,6 +61,8 @@ class CharTokenizer:
     def __init__(self, chars: Sequence[str]) -> None:
         if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
             raise ValueError("chars must be distinct single characters")
+        if any(unicode_problem(c) for c in chars):  # could never be saved as UTF-8 JSON
+            raise ValueError("chars must be valid Unicode (no lone surrogates)")
         self.chars = list(chars)
         self._ids = {c: i + 1 for i, c in enumerate(self.chars)}
         self.identifier = f"char-level ({len(self.chars)} symbols)"
@@ -125,10 +128,30 @@ class HFTokenizer:
     def __init__(self, folder: Path, kind: str = "native", identifier: str | None = None) -> None:
         from transformers import AutoTokenizer
 
-        # Never trust_remote_code: a tokenizer folder cannot run code on load.
-        self.hf = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        hint = (
+            "The tokenizer files (tokenizer.json, tokenizer_config.json) are damaged or "
+            "incomplete: re-import the model (`llmforge models validate` checks its files), or "
+            "use another checkpoint or tokenizer folder."
+        )
+        try:
+            # Never trust_remote_code: a tokenizer folder cannot run code on load.
+            self.hf = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        except Exception as e:  # the files are untrusted: any parse failure is theirs
+            raise CheckpointError(
+                f"Cannot load the tokenizer in {folder}: {type(e).__name__}: {brief(str(e), 200)}.",
+                hint,
+            ) from e
+        # Without tokenizer.json transformers can build a tokenizer holding only the special
+        # tokens, which turns every text into no ids at all ("the data has 0 tokens").
+        if not self.hf.encode("Hello world 123", add_special_tokens=False):
+            raise CheckpointError(
+                f"The tokenizer in {folder} has no vocabulary: it turns text into no tokens "
+                "(is tokenizer.json missing?).",
+                hint,
+            )
         self.kind = kind
         self.identifier = identifier or self.hf.name_or_path
+        self.folder = folder
 
     @property
     def vocab_size(self) -> int:

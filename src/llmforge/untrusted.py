@@ -5,7 +5,8 @@ untrusted: a 440-byte YAML file can expand to gigabytes through aliases ("billio
 a license can carry terminal escape sequences that hide or fake what the user accepts. Every
 YAML document llmforge reads goes through :func:`load_yaml`, every piece of untrusted text that
 reaches a terminal goes through :func:`terminal_text`, and every value echoed into a message
-goes through :func:`brief`.
+goes through :func:`brief`, and every string that llmforge will save (a data file's text, a
+chat template, a path) is checked by :func:`unicode_problem` when it is read.
 """
 
 from __future__ import annotations
@@ -173,3 +174,32 @@ def brief(value: Any, limit: int = 120) -> str:
         size = f", {full:,} long" if full is not None else ""
         text = f"{text[:limit]}... ({type(value).__name__}{size})"
     return terminal_text(text, keep_newlines=False)
+
+
+# A lone UTF-16 surrogate (U+D800..U+DFFF) can sit in a Python str (a JSON escape like "\\ud800",
+# a YAML "\\ud800", or a byte that is not UTF-8 in a file name or argv, kept by surrogateescape
+# as U+DC80..U+DCFF), but it cannot be encoded as UTF-8: a file holding it can never be written.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why ``text`` cannot be written as UTF-8, or None when it can.
+
+    Text read from JSON, YAML, a file name or the command line can hold code points that no
+    UTF-8 file can store; finding them when the text is read turns a failure at the first
+    save (hours later) into a clear error at the start.
+
+    Args:
+        text: A string from a data file, a config, a file name or the command line.
+
+    Returns:
+        A phrase such as ``"a lone surrogate \\ud800 at character 5"`` or ``"the byte 0xff
+        (not UTF-8) at character 3"``, or None.
+    """
+    found = _SURROGATE.search(text)
+    if found is None:
+        return None
+    code, where = ord(found.group()), found.start() + 1
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape: a raw byte that was not UTF-8
+        return f"the byte 0x{code - 0xDC00:02x} (not UTF-8) at character {where}"
+    return f"a lone surrogate \\u{code:04x} at character {where}"

@@ -28,6 +28,7 @@ EXPECTED_CODES = {
     errors.RegistryError: 1,
     errors.DataError: 1,
     errors.BadRecordError: 1,
+    errors.ChatTemplateError: 1,
     errors.CheckpointError: 1,
     errors.CheckpointDamagedError: 3,
     errors.ModelInUseError: 1,

@@ -364,7 +364,7 @@ CASES = [
     Case(
         "resume-unknown",
         lambda e: ["train", str(e.cfg), "--resume", "tiny/step-9"],
-        ("No checkpoint matches", "ckpt list"),
+        ("no checkpoint at step 9; its one checkpoint is at step 4", "ckpt list tiny"),
     ),
     Case(
         "run-exists",

@@ -7,6 +7,7 @@ adapter only names its architecture (the config's ``model_type``); see ``adapter
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -132,10 +133,21 @@ class HFCausalLMAdapter(ModelAdapter):
     ) -> tuple[torch.Tensor, GenerationCache]:
         # logits_to_keep=1: the prompt's prefill computes the LM head for the last position
         # only (151k-vocab logits for every prompt token would dominate time to first token).
-        out = self.model(
-            input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1
-        )
-        return out.logits[:, -1, :], out.past_key_values  # (B, V), the DynamicCache
+        name = self._cache_argument()
+        out = self.model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{name: cache})
+        return out.logits[:, -1, :], getattr(out, name)  # (B, V), the DynamicCache
+
+    def _cache_argument(self) -> str:
+        """``cache`` where the model's ``forward`` takes it (transformers 5.x), else the older
+        ``past_key_values``, which newer versions warn about on every call (FutureWarning)."""
+        name = getattr(self, "_cache_name", None)
+        if name is None:
+            model = self.model  # a peft model passes keyword arguments through to its base
+            inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+            params = inspect.signature(inner.forward).parameters
+            name = "cache" if "cache" in params else "past_key_values"
+            self._cache_name = name
+        return name
 
     @property
     def max_context(self) -> int | None:

@@ -83,7 +83,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    # Plain help text: with Rich markup every "[...]" in a help string is parsed as a tag (one
+    # "[/tree/REV]" crashed `models import --help`), and Typer's Rich panels print "<bool>"
+    # after every flag. Sub-commands inherit -h from the root context.
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 

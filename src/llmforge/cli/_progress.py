@@ -55,10 +55,8 @@ class Reporter:
         self.progress = None
 
     def _line(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(text, markup=False)
-        else:
-            r.stdout().print(text, markup=False, soft_wrap=True)
+        # Samples are model output and paths come from configs: printed as text, made printable.
+        r.print_text(text, self.progress.console if self.progress is not None else None)
 
     def on_step(self, metrics: dict[str, Any]) -> None:
         if self.progress is not None:

@@ -96,7 +96,17 @@ def list_ckpts(
         )
         for s in rows
     ]
-    cols = ("run", "step", "train loss", "val loss", "model", "fine_tuned_from", "created", "size")
+    cols = (
+        r.Column("run", wrap=True),
+        r.Column("step"),
+        r.Column("train loss"),
+        r.Column("val loss", drop=1),
+        r.Column("model", wrap=True),
+        # A checkpoint's parent is its model (or, for a branch, the model it branched from).
+        r.Column("fine_tuned_from", short="parent", drop=4, wrap=True),
+        r.Column("created", drop=3, wrap=True),
+        r.Column("size", drop=2),
+    )
     r.stdout().print(r.table(f"{len(rows)} checkpoint(s)", cols, table_rows))
 
 
@@ -210,23 +220,21 @@ def register(
     parent = entry.fine_tuned_from or "nothing (trained from scratch)"
     if entry.details.get("adapter") == "lora":
         d = entry.details
-        r.stdout().print(
+        r.print_text(
             f"Registered {entry.model_name!r}: a LoRA adapter (r={d['r']}, "
             f"{human_count(entry.num_parameters)} parameters, targets "
             f"{', '.join(d['target_modules'])}) of the base {d['base']!r}, whose identity "
             f"(manifest sha256 {str(d['base_manifest_sha256'])[:16]}…) is checked on every "
             f"load. `llmforge generate {entry.model_name}` loads base + adapter; register with "
-            "--merge for a model you can fine-tune further.",
-            markup=False,
+            "--merge for a model you can fine-tune further."
         )
         return
-    r.stdout().print(
+    r.print_text(
         f"Registered {entry.model_name!r} ({entry.architecture}, "
         f"{human_count(entry.num_parameters)} parameters, {len(entry.files)} files in "
         f"models/{entry.local_path}, weights linked to the checkpoint where possible), "
         f"fine-tuned from {parent}. Use it with `model_name: {entry.model_name}` in a config; "
-        f"`llmforge models info {entry.model_name}` shows its lineage.",
-        markup=False,
+        f"`llmforge models info {entry.model_name}` shows its lineage."
     )
 
 
@@ -260,12 +268,10 @@ def export(
     )
     for note in notes:
         r.print_warning(note)
-    out = r.stdout()
-    out.print(
-        f"Exported {res.checkpoint} ({res.architecture}) to {res.dest}: {', '.join(res.files)}.",
-        markup=False,
+    r.print_text(
+        f"Exported {res.checkpoint} ({res.architecture}) to {res.dest}: {', '.join(res.files)}."
     )
-    out.print(f"Load it with: {res.loads_with}", markup=False)
+    r.print_text(f"Load it with: {res.loads_with}")
 
 
 @app.command("consolidate")
@@ -280,8 +286,7 @@ def consolidate(ctx: typer.Context, ckpt: CkptArg) -> None:
 
     ws = workspace(ctx)
     path = consolidate_checkpoint(resolve_checkpoint(ws, ckpt))
-    r.stdout().print(
+    r.print_text(
         f"Consolidated {path}: one model file and optimizer.pt instead of the shards; it "
-        "resumes with strategy: ddp on any number of processes.",
-        markup=False,
+        "resumes with strategy: ddp on any number of processes."
     )

@@ -60,12 +60,14 @@ def generate(
     ] = "auto",
 ) -> None:
     """Generate text, decoding with the tokenizer the model was trained with."""
-    from llmforge.generate import SamplingOptions, iter_text, stream_ids
+    from llmforge.generate import SamplingOptions, check_text_option, iter_text, stream_ids
 
     opts = SamplingOptions(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
     )
     opts.check()
+    for option, value in (("--prompt", prompt), ("--message", message), ("--system", system)):
+        check_text_option(option, value)
     if chat or message is not None or system is not None:
         _chat(
             ctx,
@@ -92,6 +94,22 @@ def generate(
 
 def _stdin_is_terminal() -> bool:
     return sys.stdin.isatty()
+
+
+def _read_stdin() -> str:
+    """The message piped on stdin, which must be UTF-8 text."""
+    from llmforge.errors import ConfigError
+    from llmforge.generate import check_text_option
+
+    try:
+        text = sys.stdin.read().strip()
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"The message on stdin is not valid UTF-8 text (byte {e.start}: {e.reason}).",
+            "Pipe UTF-8 text, or pass the message with --message TEXT.",
+        ) from None
+    check_text_option("The message on stdin", text)  # a surrogateescape'd byte
+    return text
 
 
 def _load(
@@ -126,11 +144,13 @@ def _chat(
     device: str = "auto",
 ) -> None:
     """One reply to ``message``, or (no message) a chat loop on a terminal / stdin's message."""
-    from llmforge.generate import ChatSession
+    from llmforge.cli import _render as r
+    from llmforge.errors import ConfigError
+    from llmforge.generate import ChatSession, check_text_option
 
     interactive = message is None and _stdin_is_terminal()
     if message is None and not interactive:
-        message = sys.stdin.read().strip()
+        message = _read_stdin()
         if not message:
             raise typer.BadParameter("no message: pass --message TEXT or pipe one on stdin.")
     adapter, meta = _load(ctx, source, allow_base_mismatch, device)
@@ -146,9 +166,13 @@ def _chat(
     while True:
         try:
             text = input("you> ").strip()
+            check_text_option("That line", text)
         except EOFError:
             out.write("\n")
             return
+        except (UnicodeDecodeError, ConfigError):
+            r.print_warning("That line is not valid UTF-8 text; type it again.")
+            continue
         if not text or text == "/exit":
             return
         out.write("model> ")

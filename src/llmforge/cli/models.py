@@ -56,7 +56,15 @@ def list_models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         )
         for e in entries
     ]
-    cols = ("name", "architecture", "parameters", "disk", "source", "fine_tuned_from", "created")
+    cols = (
+        r.Column("name"),
+        r.Column("architecture", short="arch", wrap=True),
+        r.Column("parameters", short="params", drop=1),
+        r.Column("disk", drop=2),
+        r.Column("source", drop=3),
+        r.Column("fine_tuned_from", short="parent", wrap=True),
+        r.Column("created", drop=4, wrap=True),
+    )
     r.stdout().print(r.table(f"{len(entries)} model(s)", cols, rows))
 
 
@@ -116,7 +124,8 @@ def info(
     out.print(r.lineage_tree(name, names[1:], children, lineage.origin_label(origin)))
     out.print()
     files = [(n, human_bytes(f.size), f.sha256[:16] + "…") for n, f in sorted(entry.files.items())]
-    out.print(r.table(f"{len(files)} file(s)", ("file", "size", "sha256"), files))
+    cols = (r.Column("file", wrap=True), r.Column("size"), r.Column("sha256"))
+    out.print(r.table(f"{len(files)} file(s)", cols, files))
 
 
 @app.command("delete")

@@ -273,33 +273,31 @@ def train(
         for w in run.warnings:
             r.print_warning(w)
         cfg_run = run.trainer.cfg
-        out.print(
+        r.print_text(
             f"Dry run: {run.trainer.adapter.architecture}, "
             f"{human_count(run.trainer.adapter.num_parameters())} parameters, precision "
             f"{cfg_run.precision} (bf16 weights: {cfg_run.bf16_params}), fused loss "
-            f"{cfg_run.fused_loss}, gradient checkpointing {cfg_run.gradient_checkpointing}.",
-            markup=False,
+            f"{cfg_run.fused_loss}, gradient checkpointing {cfg_run.gradient_checkpointing}."
         )
         if run.memory is not None:
             for line in run.memory.lines():
-                out.print(line, markup=False)
+                r.print_text(line, out)
         from llmforge.training.memory import available_memory
 
-        out.print(f"Available memory: {human_bytes(available_memory(cfg_run))}.", markup=False)
-        out.print("Nothing was written (--dry-run).", markup=False)
+        r.print_text(f"Available memory: {human_bytes(available_memory(cfg_run))}.")
+        r.print_text("Nothing was written (--dry-run).")
         return
     for w in run.warnings:
         r.print_warning(w)
     for line in _start_lines(run.info, run.resumed_from is not None, run.start_step):
-        out.print(line, markup=False)
+        r.print_text(line, out)
     if run.memory is not None:
         for line in run.memory.lines():
-            out.print(line, markup=False)
+            r.print_text(line, out)
     if run.start_step >= run.trainer.cfg.max_steps:
-        out.print(
+        r.print_text(
             f"The run already completed its {run.trainer.cfg.max_steps} steps; nothing to do. "
-            "Raise --max-steps to train further.",
-            markup=False,
+            "Raise --max-steps to train further."
         )
         return
 
@@ -337,10 +335,9 @@ def train(
             torchrun = f"torchrun --nproc-per-node {world} -m llmforge train"
             again = again.replace("llmforge train", torchrun)
         stopped_by = "Interrupted" if stop_requested else "Stopped"
-        out.print(
+        r.print_text(
             f"{stopped_by} at step {result.step} of {run.trainer.cfg.max_steps}; checkpoint saved "
-            f"at {where}. Resume with: {again}",
-            markup=False,
+            f"at {where}. Resume with: {again}"
         )
         if stop_requested:
             raise typer.Exit(EXIT_INTERRUPTED)
@@ -351,10 +348,9 @@ def train(
         if skipped:
             r.print_warning(f"{skipped} step(s) were skipped because their loss was NaN or inf.")
         val = f", validation loss {result.val_loss:.4f}" if result.val_loss is not None else ""
-        out.print(
+        r.print_text(
             f"Done: {result.step} steps; training loss {first:.4f} -> {last:.4f}"
-            f"{val}. Checkpoint: {where}",
-            markup=False,
+            f"{val}. Checkpoint: {where}"
         )
         how = '--chat -m "..."' if run.info.get("chat") else '--prompt "..."'
-        out.print(f"Try it: llmforge generate {run.info['run_name']} {how}", markup=False)
+        r.print_text(f"Try it: llmforge generate {run.info['run_name']} {how}")

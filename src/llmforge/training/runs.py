@@ -54,8 +54,35 @@ def resolve_checkpoint(workspace: Workspace, ref: str, runs_dir: Path | None = N
                     "Train it first, or pick another run (`llmforge ckpt list`).",
                 )
             return latest
+    if sub and not Path(ref).is_absolute() and (runs / run / ck.CHECKPOINTS).is_dir():
+        raise missing_step_error(runs / run, sub)
     raise CheckpointError(
         f"No checkpoint matches {ref!r}.",
         "Give a checkpoint directory, a run name (its latest checkpoint) or RUN/step-N; "
         "`llmforge ckpt list` shows them.",
+    )
+
+
+def missing_step_error(run_dir: Path, wanted: str) -> CheckpointError:
+    """The error for ``RUN/WANTED`` when the run exists: it names the run's checkpoints."""
+    steps = [int(p.name.split("-")[1]) for p in ck.list_checkpoints(run_dir)]
+    run = run_dir.name
+    if not steps:
+        return CheckpointError(
+            f"The run {run!r} has no complete checkpoint.",
+            "Train it first, or pick another run (`llmforge ckpt list`).",
+        )
+    shown = ", ".join(map(str, steps[-10:]))
+    more = f" (and {len(steps) - 10} earlier)" if len(steps) > 10 else ""
+    digits = wanted.removeprefix("step-")
+    what = f"at step {int(digits)}" if digits.isdigit() else repr(wanted)
+    have = (
+        f"its checkpoints are at steps {shown}{more}"
+        if len(steps) > 1
+        else f"its one checkpoint is at step {shown}"
+    )
+    return CheckpointError(
+        f"The run {run!r} has no checkpoint {what}; {have}.",
+        f"Use e.g. {run}/step-{steps[-1]} (the latest, or just {run}); "
+        f"`llmforge ckpt list {run}` lists them.",
     )
