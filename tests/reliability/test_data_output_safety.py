@@ -22,6 +22,7 @@ from llmforge.chat import resolve_chat_format
 from llmforge.errors import BadRecordError, ChatTemplateError, CheckpointError
 from llmforge.records import read_data_file
 from llmforge.tokenizers import CharTokenizer, HFTokenizer
+from llmforge.training.ckpt_manifest import write_manifest
 from train_helpers import run_cli, small_corpus, write_config
 
 GOOD_CHAT = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
@@ -600,6 +601,9 @@ def _poison_meta(ckpt: Path) -> None:
     meta["config"]["data_path"] = f"/data/{NASTY}.txt"
     meta["lineage"] = [f"hf:Org/{NASTY}"]
     (ckpt / "meta.json").write_text(json.dumps(meta))
+    # crafted to match its manifest, as a checkpoint from elsewhere can be: what it says must
+    # still print as plain text
+    write_manifest(ckpt)
 
 
 def test_untrusted_checkpoint_fields_print_as_plain_text(ws: Path, tmp_path: Path) -> None:
