@@ -64,21 +64,54 @@ def make_model(
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file (and a marker for every directory) under ``root``.
+    """sha256 of every file under ``root``, hidden ones included, and a marker per directory.
 
-    The registry's lock file is left out: taking the lock is not a change of content.
+    The one "nothing was written" check of the suite: hidden folders (``models/.cache/hub``,
+    ``models/.staging``, ``.tmp-`` checkpoint folders) are exactly where a refused command
+    could leave something behind, so nothing is skipped but the registry's lock file (taking
+    the lock is not a change of content). A symbolic link is recorded by its target, never
+    followed, so a link pointing outside ``root`` (or nowhere) is compared as a link.
     """
     out: dict[str, str] = {}
+    if not root.exists():
+        return out
     for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = "dir"
-        for f in filenames:
-            if f == ".registry.lock":
-                continue
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+        for name in [*dirnames, *filenames]:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            if os.path.islink(p):
+                out[rel] = "link:" + os.readlink(p)
+            elif name in dirnames:
+                out[rel + "/"] = "dir"
+            elif name != ".registry.lock":
+                with open(p, "rb") as fh:
+                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
     return out
+
+
+class HiddenLeak(AssertionError):
+    """Only files under hidden folders (``models/.cache``, ...) differ from the snapshot."""
+
+
+def assert_unchanged(root: Path, before: dict[str, str]) -> None:
+    """Assert that ``root`` hashes as in ``before`` (a :func:`snapshot`).
+
+    A difference in visible files is a plain ``AssertionError``; one confined to hidden
+    folders raises :class:`HiddenLeak`, so a known leak can be marked
+    ``xfail(strict=True, raises=HiddenLeak)`` while every other check still counts.
+    """
+    after = snapshot(root)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    hidden = [k for k in changed if any(part.startswith(".") for part in Path(k).parts)]
+    # A new folder that only holds hidden changes (models/ around models/.cache) goes with them.
+    visible = [
+        k
+        for k in changed
+        if k not in hidden and not (k.endswith("/") and any(h.startswith(k) for h in hidden))
+    ]
+    assert not visible, f"changed under {root}: {visible}"
+    if changed:
+        raise HiddenLeak(f"written under hidden folders of {root}: {changed[:8]}")
 
 
 def flat(text: str) -> str:

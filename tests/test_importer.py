@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import HiddenLeak, assert_unchanged, snapshot
 from hubserver import LocalHub
 from llmforge import errors
 from llmforge.importer import ImportHooks, ImportRequest, import_model
@@ -40,16 +41,19 @@ def _import(ws: Workspace, source: str, **kw: object):
     return import_model(ws, ImportRequest(source, **kw))  # type: ignore[arg-type]
 
 
-def _snapshot(ws: Workspace) -> tuple[bytes | None, list[str]]:
-    reg = ws.registry_path
-    dirs = sorted(p.name for p in ws.models_dir.iterdir()) if ws.models_dir.exists() else []
-    return (reg.read_bytes() if reg.exists() else None), [d for d in dirs if not d.startswith(".")]
+def _snapshot(ws: Workspace) -> dict[str, str]:
+    """Every file of the workspace, hidden ones (``models/.cache``, ``.staging``) included."""
+    return snapshot(ws.root)
 
 
-def _assert_unchanged(ws: Workspace, before: tuple[bytes | None, list[str]]) -> None:
-    assert _snapshot(ws) == before
-    staging = ws.models_dir / ".staging"
-    assert not staging.exists() or not any(staging.iterdir())
+def _assert_unchanged(ws: Workspace, before: dict[str, str]) -> None:
+    assert_unchanged(ws.root, before)
+
+
+# A refused, declined or failed import still leaves hub-cache files in models/.cache.
+LEAKS_INTO_CACHE = pytest.mark.xfail(
+    strict=True, raises=HiddenLeak, reason="issue 15 item 12: fixed on branch h-import"
+)
 
 
 def test_import_by_id_records_everything(ws: Workspace, repo_id: str, hub_env: LocalHub) -> None:
@@ -142,6 +146,7 @@ def test_hub_unreachable(ws: Workspace, hub_env: LocalHub, monkeypatch: pytest.M
         _import(ws, "Qwen/anything")
 
 
+@LEAKS_INTO_CACHE
 def test_corrupt_file_is_refused(ws: Workspace, hub_env: LocalHub, tiny_qwen_repo: Path) -> None:
     _import(ws, str(tiny_qwen_repo), name="existing")
     before = _snapshot(ws)
@@ -153,6 +158,7 @@ def test_corrupt_file_is_refused(ws: Workspace, hub_env: LocalHub, tiny_qwen_rep
     assert _import(ws, "org/corrupt").entry.model_name == "corrupt"
 
 
+@LEAKS_INTO_CACHE
 def test_non_lfs_file_checked_against_git_oid(
     ws: Workspace, hub_env: LocalHub, tiny_qwen_repo: Path
 ) -> None:
@@ -175,6 +181,7 @@ def test_name_taken_and_force(ws: Workspace, repo_id: str, tiny_qwen_repo: Path)
     assert ModelRegistry(ws).names() == ["tiny"]
 
 
+@LEAKS_INTO_CACHE
 def test_unsupported_architecture(
     ws: Workspace, hub_env: LocalHub, tmp_path: Path, tiny_qwen_repo: Path
 ) -> None:
@@ -193,6 +200,7 @@ def test_unsupported_architecture(
     assert hub_env.downloads("org/llama") == 2  # only config.json and README.md were fetched
 
 
+@LEAKS_INTO_CACHE
 def test_declined_license_writes_nothing(ws: Workspace, repo_id: str, hub_env: LocalHub) -> None:
     before = _snapshot(ws)
     asked = []
@@ -204,6 +212,7 @@ def test_declined_license_writes_nothing(ws: Workspace, repo_id: str, hub_env: L
     assert hub_env.downloads(repo_id) == 2  # the card and config, never the weights
 
 
+@LEAKS_INTO_CACHE
 def test_not_enough_disk(ws: Workspace, repo_id: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from collections import namedtuple
 
@@ -259,6 +268,7 @@ class _Evil:
         return (os.system, (f"touch {self.marker}",))
 
 
+@LEAKS_INTO_CACHE
 def test_malicious_pickle_is_refused(
     ws: Workspace, hub_env: LocalHub, tmp_path: Path, tiny_qwen_repo: Path
 ) -> None:
@@ -288,6 +298,7 @@ def test_offline_import_uses_the_cache(
         _import(ws, "org/never-imported")
 
 
+@LEAKS_INTO_CACHE
 def test_interrupt_leaves_nothing(ws: Workspace, repo_id: str) -> None:
     before = _snapshot(ws)
 
@@ -303,6 +314,7 @@ def test_interrupt_leaves_nothing(ws: Workspace, repo_id: str) -> None:
     assert _import(ws, repo_id).entry.files  # and a later import works
 
 
+@LEAKS_INTO_CACHE
 def test_failed_registry_write_rolls_back(
     ws: Workspace, repo_id: str, tiny_qwen_repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

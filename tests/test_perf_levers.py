@@ -15,11 +15,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import snapshot
 from llmforge.config import TrainingConfig
 from llmforge.training.loss import fused_linear_cross_entropy
 from llmforge.training.master import MasterWeightOptimizer, to_low_precision
 from llmforge.training.memory import estimate_memory
-from train_helpers import run_cli, small_corpus, tree_digest, write_config
+from train_helpers import run_cli, small_corpus, write_config
 
 
 @pytest.mark.parametrize("autocast", [False, True])
@@ -152,12 +153,12 @@ def test_dry_run_prints_the_estimate_and_writes_nothing(tmp_path: Path) -> None:
     home.mkdir()
     data = small_corpus(tmp_path / "c.txt")
     cfg = write_config(tmp_path / "t.yaml", data_path=str(data))
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--dry-run")
     assert res.exit_code == 0, res.output
     assert "Memory estimate: about" in res.output and "tokens per step" in res.output
     assert "Nothing was written" in res.output
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(tmp_path: Path) -> None:
@@ -165,13 +166,13 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(tmp_path: P
     home.mkdir()
     data = small_corpus(tmp_path / "c.txt")
     cfg = write_config(tmp_path / "t.yaml", data_path=str(data))
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--set", "memory_limit_gb=0.01")
     assert res.exit_code == 1
     out = " ".join(res.output.split())
     assert "needs about" in out and "memory_limit_gb" in out
     assert "batch_size=2" in out and "bf16" in out and "--dry-run" in out
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 def test_the_architecture_check_of_an_import_loads_no_torch() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sysconfig
 from pathlib import Path
 
@@ -48,15 +47,6 @@ def write_config(path: Path, **overrides: object) -> Path:
 def run_cli(home: Path, *args: str):
     """Run ``llmforge --home HOME ARGS`` in-process; returns Click's Result."""
     return CliRunner().invoke(app, ["--home", str(home), *args])
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` (relative path -> digest); dirs as markers."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root).as_posix()
-        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
-    return out
 
 
 def import_from_local_hub(hub, repo_id: str, folder: Path, home: Path, name: str) -> None:

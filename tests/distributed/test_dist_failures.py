@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import snapshot
 from llmforge.training.checkpoint import latest_checkpoint
-from train_helpers import run_cli, small_corpus, tree_digest, write_config
+from train_helpers import run_cli, small_corpus, write_config
 
 LONG = {
     "n_layers": 1,
@@ -167,12 +168,12 @@ def test_device_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_pat
     home = tmp_path / "ws"
     home.mkdir()
     cfg = write_config(tmp_path / "c.yaml", max_steps=2, warmup_steps=0)
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--set", "device=cuda")
     assert res.exit_code == 2
     assert "device: cuda" in res.output and "no CUDA GPU" in res.output
     assert "Traceback" not in res.output
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
     assert run_cli(home, "train", str(cfg), "--run-name", "r").exit_code == 0
     res = run_cli(home, "generate", "r", "--prompt", "a", "--device", "cuda")
     assert res.exit_code == 2 and "no CUDA GPU" in res.output
@@ -192,7 +193,7 @@ def test_bad_input_in_a_2_process_job_is_reported_once_and_changes_nothing(
     long_cfg: tuple[Path, Path],
 ) -> None:
     home, cfg = long_cfg
-    before = tree_digest(home)
+    before = snapshot(home)
     base = [
         sys.executable,
         "-m",
@@ -221,7 +222,7 @@ def test_bad_input_in_a_2_process_job_is_reported_once_and_changes_nothing(
     assert res.stderr.count("Error:") == 1
     assert "shared by the 2 processes on this machine" in res.stderr
     assert "strategy: fsdp" in res.stderr and "Traceback" not in res.stderr
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
     # The same limit fits one process.
     one = run_cli(home, "train", str(cfg), "--set", "memory_limit_gb=1.0", "--max-steps", "2")
     assert one.exit_code == 0, one.output

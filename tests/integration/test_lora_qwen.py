@@ -13,13 +13,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from helpers import flat
+from helpers import flat, snapshot
 from hubserver import LocalHub
 from llmforge.registry import ModelRegistry
 from llmforge.training.checkpoint import STATE_FILE
 from llmforge.training.lora import manifest_sha256
 from llmforge.workspace import Workspace
-from train_helpers import import_from_local_hub, run_cli, small_corpus, tree_digest
+from train_helpers import import_from_local_hub, run_cli, small_corpus
 
 HUB_ID = "Qwen/Qwen2-Tiny"
 LORA = {
@@ -109,11 +109,11 @@ def wide(home: Path, *args: str) -> str:
 
 
 def refused(home: Path, *args: str, needle: str) -> str:
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, *args)
     assert res.exit_code != 0, res.output
     assert "Traceback" not in res.output and needle in flat(res.stderr), res.stderr
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
     return flat(res.stderr)
 
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import snapshot
 from llmforge.training.checkpoint import OPTIMIZER_FILE, STATE_FILE
-from train_helpers import run_cli, small_corpus, tree_digest, write_config
+from train_helpers import run_cli, small_corpus, write_config
 
 
 @pytest.fixture
@@ -125,22 +126,22 @@ def test_model_learns_validation_loss_falls(tmp_path: Path) -> None:
 def test_existing_run_is_not_overwritten(setup: tuple[Path, Path]) -> None:
     home, cfg = setup
     assert run_cli(home, "train", str(cfg), "--max-steps", "4").exit_code == 0
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--max-steps", "4")
     assert res.exit_code != 0
     assert "already has checkpoints" in res.stderr and "--resume latest" in res.stderr
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 def test_resume_without_checkpoint_and_unknown_reference(setup: tuple[Path, Path]) -> None:
     home, cfg = setup
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--resume", "latest")
     assert res.exit_code != 0 and "has no checkpoint" in res.stderr
     res = run_cli(home, "train", str(cfg), "--resume", "nope/step-3")
     assert res.exit_code != 0 and "No checkpoint matches" in res.stderr
     assert "Traceback" not in res.output
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 @pytest.mark.parametrize(
@@ -170,10 +171,10 @@ def test_checkpoint_with_missing_file_is_refused(setup: tuple[Path, Path]) -> No
     home, cfg = setup
     assert run_cli(home, "train", str(cfg), "--stop-at", "4").exit_code == 0
     (_ckpt(home, "tiny", 4) / OPTIMIZER_FILE).unlink()
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--resume", "latest")
     assert res.exit_code != 0 and "incomplete" in res.stderr and "optimizer.pt" in res.stderr
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 def test_generate_from_checkpoint_uses_its_tokenizer(setup: tuple[Path, Path]) -> None:
