@@ -68,6 +68,20 @@ def test_train_writes_run_folder_and_complete_checkpoints(setup: tuple[Path, Pat
     assert any(m["kind"] == "eval" and "val_ppl" in m for m in metrics)
 
 
+def test_keep_last_prunes_older_checkpoints_also_across_a_resume(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    data = str(small_corpus(tmp_path / "c.txt"))
+    cfg = write_config(
+        tmp_path / "k.yaml", data_path=data, max_steps=6, save_interval=1, keep_last=2
+    )
+    ckdir = home / "runs" / "k" / "checkpoints"
+    assert run_cli(home, "train", str(cfg), "--stop-at", "4").exit_code == 0
+    assert sorted(p.name for p in ckdir.iterdir()) == ["step-000003", "step-000004"]
+    assert run_cli(home, "train", str(cfg), "--resume", "latest").exit_code == 0
+    assert sorted(p.name for p in ckdir.iterdir()) == ["step-000005", "step-000006"]
+
+
 def test_resume_is_bit_exact_with_grad_accumulation(setup: tuple[Path, Path]) -> None:
     home, cfg = setup
     assert run_cli(home, "train", str(cfg), "--run-name", "straight").exit_code == 0
