@@ -82,10 +82,14 @@ def test_keep_last_prunes_older_checkpoints_also_across_a_resume(tmp_path: Path)
     assert sorted(p.name for p in ckdir.iterdir()) == ["step-000005", "step-000006"]
 
 
-def test_resume_is_bit_exact_with_grad_accumulation(setup: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_is_bit_exact_with_grad_accumulation(
+    setup: tuple[Path, Path], precision: str
+) -> None:
     home, cfg = setup
-    assert run_cli(home, "train", str(cfg), "--run-name", "straight").exit_code == 0
-    first = run_cli(home, "train", str(cfg), "--run-name", "split", "--stop-at", "4")
+    prec = ("--set", f"precision={precision}")
+    assert run_cli(home, "train", str(cfg), "--run-name", "straight", *prec).exit_code == 0
+    first = run_cli(home, "train", str(cfg), "--run-name", "split", "--stop-at", "4", *prec)
     assert first.exit_code == 0, first.output
     assert "Resume with" in first.stdout
     assert not _ckpt(home, "split", 8).exists()
@@ -100,9 +104,16 @@ def test_resume_is_bit_exact_with_grad_accumulation(setup: tuple[Path, Path]) ->
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    oa = torch.load(a / OPTIMIZER_FILE, weights_only=True)["state"]
-    ob = torch.load(b / OPTIMIZER_FILE, weights_only=True)["state"]
-    assert all(torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"]) for i in oa)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert {w.dtype for w in wa.values()} == {dtype}
+    oa = torch.load(a / OPTIMIZER_FILE, weights_only=True)
+    ob = torch.load(b / OPTIMIZER_FILE, weights_only=True)
+    sa, sb = oa["state"], ob["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    if precision == "bf16":  # the fp32 master weights continue exactly across the resume
+        ma, mb = oa["master_weights"], ob["master_weights"]
+        assert {m.dtype for m in ma.values()} == {torch.float32} and len(ma) == len(sa)
+        assert all(torch.equal(ma[i], mb[i]) for i in ma)
     # The metrics file of the resumed run has each step once.
     steps = [
         json.loads(x)["step"]
