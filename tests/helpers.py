@@ -114,6 +114,28 @@ def assert_unchanged(root: Path, before: dict[str, str]) -> None:
         raise HiddenLeak(f"written under hidden folders of {root}: {changed[:8]}")
 
 
+def greedy_text(home: Path, source: str, prompt: str, n: int) -> str:
+    """``prompt`` and the greedy continuation that ``llmforge generate SOURCE -t 0 -n N`` should
+    print, computed here with a full forward per token (no KV cache, no generate.py), stopping
+    before the model's first stop token, plus the final newline."""
+    import torch
+
+    from llmforge.loading import load_for_inference
+
+    adapter, _ = load_for_inference(Workspace(home.resolve()), source)
+    adapter.model.eval()
+    ids = adapter.tokenizer.encode(prompt)
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = adapter.forward(torch.tensor([ids + new]))
+            nxt = int(logits[0, -1].argmax())
+            if nxt in adapter.stop_token_ids():
+                break
+            new.append(nxt)
+    return prompt + adapter.tokenizer.decode(new) + "\n"
+
+
 def flat(text: str) -> str:
     """Collapse all whitespace (Rich wraps long lines) so phrases can be searched."""
     return " ".join(text.split())

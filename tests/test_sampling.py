@@ -1,9 +1,9 @@
 """What generation samples from and when it stops, checked on the tokens themselves.
 
 ``sampling_probs`` (temperature, top-k, top-p) is compared with a direct computation and with
-transformers' own logits warpers; ``stream_ids`` with full forwards of the model (no cache),
-for stop tokens and for generation past the context length; ``llmforge generate`` with
-``--top-k`` / ``--top-p`` end to end, seeded.
+transformers' own logits warpers; ``stream_ids`` (with its KV cache) with full forwards of every
+built-in architecture (no cache), also past the context length, and for stop tokens;
+``llmforge generate`` with ``--top-k`` / ``--top-p`` end to end, seeded.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmforge.adapters import get_adapter
 from llmforge.adapters.custom import CustomTransformerAdapter
-from llmforge.adapters.qwen import Qwen2Adapter
 from llmforge.generate import SamplingOptions, pick_next, sampling_probs, stream_ids
 from llmforge.modeling.transformer import Transformer, TransformerConfig
 from llmforge.tokenizers import CharTokenizer, HFTokenizer
+from tiny_models import TINY_CONFIGS, build_tiny_model
 from train_helpers import run_cli, small_corpus, write_config
 
 V = 50
@@ -104,10 +105,20 @@ def test_pick_next_is_argmax_at_temperature_0_and_samples_only_kept_ids() -> Non
     assert len(everything) > 10
 
 
-# -- stop tokens and the context length, against full forwards of a real model ----------------
-@pytest.fixture(scope="module")
-def qwen(tiny_qwen_repo: Path) -> Qwen2Adapter:
-    adapter = Qwen2Adapter.load(tiny_qwen_repo, HFTokenizer(tiny_qwen_repo))
+# -- stop tokens and the context length, against full forwards of real models ------------------
+# Random weights with a wide init (std 0.3): the greedy tokens depend on the context, so a
+# generation bug (a stale or missing KV cache, a wrong window) changes them. A context of 24
+# positions makes the window slide within a short generation.
+@pytest.fixture(scope="module", params=sorted(TINY_CONFIGS))
+def hf_model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    arch = request.param
+    repo = build_tiny_model(
+        tmp_path_factory.mktemp(f"sharp-{arch}") / "repo",
+        arch,
+        initializer_range=0.3,
+        max_position_embeddings=24,
+    )
+    adapter = get_adapter(arch).load(repo, HFTokenizer(repo))
     adapter.model.eval()
     return adapter
 
@@ -127,19 +138,26 @@ def _greedy_by_full_forwards(adapter, prompt: list[int], n: int, limit: int) -> 
     return out
 
 
-def test_a_stop_token_ends_generation_and_is_not_emitted(qwen: Qwen2Adapter) -> None:
-    prompt = qwen.tokenizer.encode("The quick brown fox")
-    greedy = list(stream_ids(qwen, prompt, SamplingOptions(max_new_tokens=12, temperature=0)))
-    assert greedy == _greedy_by_full_forwards(qwen, prompt, 12, 10**6)  # the KV cache is exact
+def test_greedy_with_the_kv_cache_equals_full_forwards_past_the_context(hf_model) -> None:
+    assert hf_model.max_context == 24
+    for text in ("The quick brown fox", "def add(a, b):\n    return a + b\n" * 3):
+        prompt = hf_model.tokenizer.encode(text)
+        out = list(stream_ids(hf_model, prompt, SamplingOptions(max_new_tokens=40, temperature=0)))
+        assert len(out) == 40 and len(set(out)) > 5  # the tokens vary with the context
+        assert out == _greedy_by_full_forwards(hf_model, prompt, 40, 24)
+
+
+def test_a_stop_token_ends_generation_and_is_not_emitted(hf_model) -> None:
+    prompt = hf_model.tokenizer.encode("The quick brown fox")
     # Sampled (seeded, so the same draws come in the same order), a token first drawn at step
     # 3 or later becomes a stop token: generation ends just before it.
-    opts = SamplingOptions(max_new_tokens=30, temperature=1.0, seed=4)
-    free = list(stream_ids(qwen, prompt, opts))
+    opts = SamplingOptions(max_new_tokens=20, temperature=1.0, seed=4)
+    free = list(stream_ids(hf_model, prompt, opts))
     stop = next(t for t in free[3:] if t not in free[:3])
     opts.stop_token_ids = [stop]
-    assert list(stream_ids(qwen, prompt, opts)) == free[: free.index(stop)]
-    # The model's own EOS stops it too (it is a stop token by default).
-    assert qwen.tokenizer.eos_token_id in qwen.stop_token_ids()
+    assert list(stream_ids(hf_model, prompt, opts)) == free[: free.index(stop)]
+    # The model's own EOS is a stop token by default.
+    assert hf_model.tokenizer.eos_token_id in hf_model.stop_token_ids()
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +167,12 @@ def custom() -> CustomTransformerAdapter:
     cfg = TransformerConfig(
         vocab_size=tok.vocab_size, n_layers=1, d_model=32, n_heads=2, block_size=16, dropout=0.0
     )
-    adapter = CustomTransformerAdapter(Transformer(cfg), tok)
+    model = Transformer(cfg)
+    with torch.no_grad():  # a wide init, as above: tokens that depend on the context
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.normal_(0.0, 0.3)
+    adapter = CustomTransformerAdapter(model, tok)
     adapter.model.eval()
     return adapter
 
@@ -160,7 +183,7 @@ def test_generation_past_the_context_slides_its_window(custom: CustomTransformer
     for prompt_text in ("the quick", "a" * 40):  # a short prompt, and one longer than the context
         prompt = custom.tokenizer.encode(prompt_text)
         out = list(stream_ids(custom, prompt, SamplingOptions(max_new_tokens=50, temperature=0)))
-        assert len(out) == 50  # far past the 16 positions the model has
+        assert len(out) == 50 and len(set(out)) > 5  # far past the model's 16 positions
         assert out == _greedy_by_full_forwards(custom, prompt, 50, limit)
 
 

@@ -105,6 +105,7 @@ def build_tiny_model(
     seed: int = 0,
     readme: str | None = README,
     max_position_embeddings: int = 512,
+    initializer_range: float = 0.02,
 ) -> Path:
     """Write a tiny random model of ``architecture`` (a key of TINY_CONFIGS) into ``out_dir``.
 
@@ -114,6 +115,9 @@ def build_tiny_model(
         seed: Seed of the random weights.
         readme: The model card text; None writes no README.md.
         max_position_embeddings: The model's context length.
+        initializer_range: Std of the random weights. transformers' default (0.02) makes a
+            model whose every next token is nearly equally likely, so its greedy output hardly
+            depends on the context; ~0.3 gives one whose output does (for generation tests).
 
     Returns:
         ``out_dir``.
@@ -131,6 +135,7 @@ def build_tiny_model(
         num_key_value_heads=2,
         vocab_size=vocab,
         max_position_embeddings=max_position_embeddings,
+        initializer_range=initializer_range,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=0,

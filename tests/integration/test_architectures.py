@@ -4,8 +4,9 @@ Parametrized over ``tiny_models.TINY_CONFIGS`` (qwen2, qwen3): a new built-in ar
 covered by adding its tiny config there, and the first test fails until it is. For each: import
 from the local hub; a full fine-tune and a LoRA fine-tune in bf16 that resume bit-exactly (fp32
 master weights included); their exports loaded by transformers and peft give llmforge's logits;
-a chat fine-tune whose greedy replies, and plain greedy continuations, are the tokens
-transformers' own ``generate(do_sample=False)`` produces.
+greedy generation (plain and ``--chat``, on a random model whose tokens depend on the context,
+and on a chat fine-tune) that is token for token what transformers' own
+``generate(do_sample=False)`` produces.
 
 About the bf16 tolerance: a bf16 run's weights are bf16 (the optimizer's fp32 masters are
 rounded into them), so its export is bf16 and says so (config.json ``dtype``), and transformers
@@ -75,6 +76,9 @@ def imported(request: pytest.FixtureRequest, tmp_path_factory, hub: LocalHub) ->
     repo = build_tiny_model(root / "repo", arch)
     home = root / "ws"
     import_from_local_hub(hub, f"Tiny/{arch}", repo, home, "base")
+    # Wide random weights: greedy tokens that depend on the context (see tiny_models).
+    sharp = build_tiny_model(root / "sharp-repo", arch, initializer_range=0.3)
+    import_from_local_hub(hub, f"Tiny/{arch}-sharp", sharp, home, "sharp")
     (root / "corpus.txt").write_text("\n".join(CORPUS), encoding="utf-8")
     rows = [
         {
@@ -214,18 +218,45 @@ def test_lora_bf16_fine_tune_resumes_exactly_and_exports_llmforges_logits(
     assert torch.allclose(hf_logits(merged, ids), ours, atol=1e-5, rtol=0)
 
 
-def _transformers_greedy(folder: Path, prompt_ids: list[int], n: int) -> list[int]:
+def _transformers_greedy(
+    folder: Path, prompt_ids: list[int], n: int, extra_stops: tuple[int, ...] = ()
+) -> list[int]:
     """What transformers' own generate(do_sample=False) makes, cut before the first stop id."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     stops = model.generation_config.eos_token_id
-    stops = [stops] if isinstance(stops, int) else list(stops)
+    stops = [*([stops] if isinstance(stops, int) else stops), *extra_stops]
     with torch.no_grad():
         out = model.generate(
             torch.tensor([prompt_ids]), do_sample=False, max_new_tokens=n, eos_token_id=stops
         )[0, len(prompt_ids) :].tolist()
     return next((out[:i] for i, t in enumerate(out) if t in stops), out)
+
+
+def test_greedy_generation_equals_transformers_generate(home: Path) -> None:
+    from transformers import AutoTokenizer
+
+    folder = home / "models" / "sharp"
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    n = 24
+    for text in ("The quick brown", "def add(a, b):"):
+        theirs = _transformers_greedy(folder, tok.encode(text), n)
+        assert len(set(theirs)) > 5  # tokens that vary, not one repeated
+        res = run_cli(home, "generate", "sharp", "-p", text, "-t", "0", "-n", str(n))
+        assert res.exit_code == 0, res.output
+        assert res.stdout == text + tok.decode(theirs) + "\n"
+    # --chat: the prompt is the model's chat template; <|im_end|> ends the reply too.
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    theirs = _transformers_greedy(folder, tok.encode(prompt), n, (end,))
+    res = run_cli(
+        home, "generate", "sharp", "--chat", "--system", "Be brief.", "-m", "Hi!", "-t", "0",
+        "-n", str(n),
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert res.stdout == tok.decode(theirs) + "\n"
 
 
 def test_chat_fine_tune_generates_what_transformers_generates(

@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from helpers import flat, snapshot
+from helpers import flat, greedy_text, snapshot
 from train_helpers import run_cli, small_corpus, write_config
 
 
@@ -59,8 +59,13 @@ def test_register_custom_checkpoint_and_fine_tune_it(home: Path, tmp_path: Path)
     meta = json.loads((_ckpt(home, "again", 4) / "meta.json").read_text())
     assert meta["fine_tuned_from"] == "tiny-lm" and meta["lineage"] == ["tiny-lm"]
     assert meta["tokenizer"]["kind"] == "char"
-    gen = run_cli(home, "generate", "tiny-lm", "--prompt", "def ", "-n", "5", "--seed", "1")
-    assert gen.exit_code == 0 and gen.stdout.startswith("def ")
+    # The registered model is the checkpoint's: the same seeded sample, the same greedy text.
+    seeded = ("--prompt", "def ", "-n", "12", "--seed", "1")
+    gen = run_cli(home, "generate", "tiny-lm", *seeded)
+    assert gen.exit_code == 0, gen.output
+    assert gen.stdout == run_cli(home, "generate", "tiny/step-8", *seeded).stdout
+    greedy = run_cli(home, "generate", "tiny-lm", "--prompt", "def ", "-n", "12", "-t", "0")
+    assert greedy.stdout == greedy_text(home, "tiny-lm", "def ", 12)
 
 
 def test_export_custom_is_self_contained(home: Path, tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from helpers import flat, snapshot
+from helpers import flat, greedy_text, snapshot
 from hubserver import LocalHub
 from llmforge.registry import ModelRegistry
 from llmforge.training.checkpoint import STATE_FILE
@@ -150,7 +150,7 @@ def test_lora_run_trains_and_saves_only_the_adapter(trained: Path) -> None:
     assert losses[-1] < losses[0]
     gen = run_cli(home, "generate", "lora", "-p", "The quick", "-n", "5", "--temperature", "0")
     assert gen.exit_code == 0, gen.output
-    assert gen.stdout.startswith("The quick")
+    assert gen.stdout == greedy_text(home, "lora", "The quick", 5)
     info = wide(home, "ckpt", "info", "lora")
     assert "finetune lora" in info and "qwen-base (Qwen/Qwen2-Tiny)" in info
     assert "r=4, alpha=8" in info and "q_proj" in info and manifest_sha256(entry) in info
@@ -230,8 +230,9 @@ def test_register_adapter_entry_references_its_base(done: Path) -> None:
     assert "LoRA adapter r=4, alpha=8.0, targets down_proj" in info
     assert "loads onto base 'qwen-base'" in info
     assert torch.equal(logits_of(home, "my-adapter"), logits_of(home, "lora"))
-    gen = run_cli(home, "generate", "my-adapter", "-p", "The", "-n", "4", "--seed", "1")
-    assert gen.exit_code == 0 and gen.stdout.startswith("The")
+    seeded = ("-p", "The", "-n", "8", "--seed", "1")
+    gen = run_cli(home, "generate", "my-adapter", *seeded)
+    assert gen.exit_code == 0 and gen.stdout == run_cli(home, "generate", "lora", *seeded).stdout
     # An adapter is not a full model: fine-tuning it directly is refused, with the way out.
     cfg = home.parent / "on-adapter.yaml"
     cfg.write_text(yaml.safe_dump({**LORA, "model_name": "my-adapter", "finetune": "full"}))

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import snapshot
+from helpers import greedy_text, snapshot
 from hubserver import LocalHub
 from llmforge.adapters import get_adapter
 from llmforge.generate import SamplingOptions, stream_ids
@@ -116,29 +116,19 @@ def test_generation_uses_the_kv_cache_and_stops_at_eos(home: Path) -> None:
 
 
 def test_generate_cli_on_model_name_and_checkpoint(home: Path, tmp_path: Path) -> None:
-    res = run_cli(home, "generate", "tiny-base", "--prompt", "The quick", "-n", "8", "--seed", "1")
+    res = run_cli(home, "generate", "tiny-base", "--prompt", "The quick", "-n", "8", "-t", "0")
     assert res.exit_code == 0, res.output
-    assert res.stdout.startswith("The quick")
+    assert res.stdout == greedy_text(home, "tiny-base", "The quick", 8)
     assert (
         run_cli(home, "train", str(_config(tmp_path, max_steps=4, save_interval=4))).exit_code == 0
     )
-    res = run_cli(
-        home,
-        "generate",
-        "qwen-tiny",
-        "-p",
-        "def add",
-        "-n",
-        "8",
-        "--top-p",
-        "0.9",
-        "--top-k",
-        "20",
-        "--seed",
-        "2",
-    )
+    sampled = ("generate", "qwen-tiny", "-p", "def add", "-n", "8", "-t", "0.8", "--seed", "2")
+    res = run_cli(home, *sampled, "--top-p", "0.9", "--top-k", "20")
     assert res.exit_code == 0, res.output
-    assert res.stdout.startswith("def add")
+    assert res.stdout == run_cli(home, *sampled, "--top-p", "0.9", "--top-k", "20").stdout
+    # top-k 1 leaves only the most likely token: the greedy text, whatever the temperature.
+    res = run_cli(home, *sampled, "--top-k", "1")
+    assert res.stdout == greedy_text(home, "qwen-tiny", "def add", 8)
 
 
 def test_missing_model_files_suggest_validate_and_leave_workspace_alone(

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import snapshot
+from helpers import greedy_text, snapshot
 from llmforge.training.checkpoint import OPTIMIZER_FILE, STATE_FILE
 from train_helpers import run_cli, small_corpus, write_config
 
@@ -211,8 +211,11 @@ def test_generate_from_checkpoint_uses_its_tokenizer(setup: tuple[Path, Path]) -
     assert a.exit_code == 0, a.output
     assert a.stdout == b.stdout  # seeded
     assert a.stdout.startswith("def ") and len(a.stdout.rstrip("\n")) == 24
-    greedy = run_cli(home, "generate", "tiny/step-4", "--temperature", "0", "-n", "5")
-    assert greedy.exit_code == 0
+    # Greedy: the tokens a full forward of that checkpoint's model picks, one by one.
+    for ref in ("tiny/step-4", "tiny"):
+        greedy = run_cli(home, "generate", ref, "-p", "def ", "--temperature", "0", "-n", "12")
+        assert greedy.exit_code == 0, greedy.output
+        assert greedy.stdout == greedy_text(home, ref, "def ", 12)
     bad = run_cli(home, "generate", "no-such-run")
     assert bad.exit_code != 0 and "neither a checkpoint nor a registered model" in bad.stderr
     bad = run_cli(home, "generate", "tiny", "--top-p", "1.5")
