@@ -136,6 +136,37 @@ def greedy_text(home: Path, source: str, prompt: str, n: int) -> str:
     return prompt + adapter.tokenizer.decode(new) + "\n"
 
 
+def run_on_terminal(home: Path, *args: str, typed: bytes, timeout: float = 120):
+    """``python -m llmforge --home HOME ARGS`` with a real pseudo-terminal as stdin, on which
+    ``typed`` is what the user types; stdout and stderr are captured (text).
+
+    Returns:
+        The ``subprocess.CompletedProcess``.
+    """
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmforge", "--home", str(home), *args],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(slave)
+        slave = -1
+        os.write(master, typed)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def flat(text: str) -> str:
     """Collapse all whitespace (Rich wraps long lines) so phrases can be searched."""
     return " ".join(text.split())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import snapshot
+from helpers import run_on_terminal, snapshot
 from hubserver import LocalHub
 from llmforge.chat import prompt_ids
 from llmforge.training.checkpoint import load_checkpoint_adapter
@@ -225,19 +225,17 @@ def test_chat_run_resumes_bit_exact_with_its_template(home: Path, tmp_path: Path
     assert meta["chat"]["source"] == "config"
 
 
-def test_chat_reads_stdin_or_runs_an_interactive_loop(
-    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_chat_reads_stdin_or_runs_an_interactive_loop(home: Path) -> None:
     from typer.testing import CliRunner
 
     from llmforge.cli import app
-    from llmforge.cli import generate as gen_cli
 
     args = ["--home", str(home), "generate", "tiny-base", "--chat", "-n", "3", "--seed", "1"]
     res = CliRunner().invoke(app, args, input="hello there\n")
     assert res.exit_code == 0, res.output
     assert res.stdout.endswith("\n") and "you>" not in res.stdout
-    monkeypatch.setattr(gen_cli, "_stdin_is_terminal", lambda: True)
-    res = CliRunner().invoke(app, args, input="hello\nand again\n/exit\n")
-    assert res.exit_code == 0, res.output
+    # On a terminal (a real pseudo-terminal as stdin) it is a chat loop until /exit.
+    res = run_on_terminal(home, *args[2:], typed=b"hello\nand again\n/exit\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("Chat with the model")
     assert res.stdout.count("you> ") == 3 and res.stdout.count("model> ") == 2

@@ -4,6 +4,7 @@ merged Hugging Face folder), generate."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,7 +18,6 @@ from helpers import flat, greedy_text, snapshot
 from hubserver import LocalHub
 from llmforge.registry import ModelRegistry
 from llmforge.training.checkpoint import STATE_FILE
-from llmforge.training.lora import manifest_sha256
 from llmforge.workspace import Workspace
 from train_helpers import import_from_local_hub, run_cli, small_corpus
 
@@ -74,6 +74,21 @@ def done(trained: Path, tmp_path: Path) -> Path:
     return tmp_path / "ws"
 
 
+def manifest_sha256(folder: Path) -> str:
+    """The documented base identity, computed from the model's files on disk: sha256 of the
+    JSON list ``[[file, size, sha256], ...]`` sorted by file, compact separators, UTF-8."""
+    rows = sorted(
+        [
+            p.relative_to(folder).as_posix(),
+            p.stat().st_size,
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+        ]
+        for p in folder.rglob("*")
+        if p.is_file()
+    )
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def train(home: Path, *args: str) -> str:
     res = run_cli(home, "train", str(home.parent / "lora.yaml"), *args)
     assert res.exit_code == 0, res.output
@@ -128,14 +143,14 @@ def test_lora_run_trains_and_saves_only_the_adapter(trained: Path) -> None:
     assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.pt"} <= names
     assert "model.safetensors" not in names and "config.json" not in names
     m = meta(path)
-    entry = ModelRegistry(Workspace(home.resolve())).get("qwen-base")
+    base_hash = manifest_sha256(home / "models" / "qwen-base")
     assert m["finetune"] == "lora" and m["fine_tuned_from"] == "qwen-base"
     assert m["lineage"] == ["qwen-base", f"hf:{HUB_ID}"]
     assert m["base"] == {
         "model_name": "qwen-base",
         "model_id": HUB_ID,
         "architecture": "qwen2",
-        "manifest_sha256": manifest_sha256(entry),
+        "manifest_sha256": base_hash,
     }
     assert m["lora"]["target_modules"] == PROJ and m["lora"]["r"] == 4
     # Only the adapter's matrices are trained: they are all the optimizer holds.
@@ -153,7 +168,7 @@ def test_lora_run_trains_and_saves_only_the_adapter(trained: Path) -> None:
     assert gen.stdout == greedy_text(home, "lora", "The quick", 5)
     info = wide(home, "ckpt", "info", "lora")
     assert "finetune lora" in info and "qwen-base (Qwen/Qwen2-Tiny)" in info
-    assert "r=4, alpha=8" in info and "q_proj" in info and manifest_sha256(entry) in info
+    assert "r=4, alpha=8" in info and "q_proj" in info and base_hash in info
     assert "qwen-base + LoRA" in wide(home, "ckpt", "list")
 
 
@@ -222,7 +237,8 @@ def test_register_adapter_entry_references_its_base(done: Path) -> None:
     assert entry["architecture"] == "qwen2" and entry["lineage"] == ["qwen-base"]
     d = entry["details"]
     assert d["adapter"] == "lora" and d["base"] == "qwen-base" and d["r"] == 4
-    assert d["target_modules"] == PROJ and len(d["base_manifest_sha256"]) == 64
+    assert d["target_modules"] == PROJ
+    assert d["base_manifest_sha256"] == manifest_sha256(home / "models" / "qwen-base")
     assert "adapter_model.safetensors" in entry["files"]
     assert "model.safetensors" not in entry["files"]
     info = wide(home, "models", "info", "my-adapter")

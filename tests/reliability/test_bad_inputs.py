@@ -282,7 +282,7 @@ CASES = [
     Case(
         "import-bad-source",
         lambda e: ["models", "import", "not a repo!", "--accept-license"],
-        ("not",),
+        ("'not a repo!' is not a hub id", "local model folder"),
     ),
     Case(
         "import-name-taken",
