@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import snapshot
 from llmforge.config import load_config
 from llmforge.errors import TrainingError
 from llmforge.training.checkpoint import list_checkpoints, load_checkpoint_adapter
@@ -39,7 +40,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path: Path) ->
     assert run_cli(home, "train", str(cfg), "--stop-at", "4").exit_code == 0
     run_dir = home / "runs" / "full"
     ck4 = list_checkpoints(run_dir)[-1]
-    before = {p: p.read_bytes() for p in ck4.rglob("*") if p.is_file()}
+    before = snapshot(ck4)
 
     # Resume under a file-size limit smaller than the weights file: the next save fails.
     res = subprocess.run(
@@ -65,7 +66,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path: Path) ->
     assert "--resume latest" in res.stderr and "Traceback" not in res.stderr
     assert [p.name for p in list_checkpoints(run_dir)] == ["step-000004"]
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
-    assert {p: p.read_bytes() for p in ck4.rglob("*") if p.is_file()} == before
+    assert snapshot(ck4) == before
     load_checkpoint_adapter(ck4)
     # With room again, the run continues from step 4 and completes.
     res = run_cli(home, "train", str(cfg), "--resume", "latest")
