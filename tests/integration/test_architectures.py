@@ -101,9 +101,9 @@ def imported(request: pytest.FixtureRequest, tmp_path_factory, hub: LocalHub) ->
         "chat": {
             "data_path": str(root / "chat.jsonl"),
             "precision": "fp32",
-            "max_steps": 30,
-            "save_interval": 30,
-            "eval_interval": 30,
+            "max_steps": 12,
+            "save_interval": 12,
+            "eval_interval": 12,
             "grad_accum_steps": 1,
             "weight_decay": 0.0,
         },
@@ -269,16 +269,13 @@ def test_chat_fine_tune_generates_what_transformers_generates(
     assert run_cli(home, "ckpt", "export", "chat", str(out)).exit_code == 0
     tok = AutoTokenizer.from_pretrained(str(out))
     n = 12
-    for word in ("stone", "seven"):
-        messages = [{"role": "user", "content": f"say {word}"}]
-        prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        theirs = _transformers_greedy(out, tok.encode(prompt), n)
-        res = run_cli(home, "generate", "chat", "-m", f"say {word}", "-t", "0", "-n", str(n))
-        assert res.exit_code == 0, res.output
-        assert res.stdout == tok.decode(theirs) + "\n"
-        assert len(theirs) >= 2  # it answers (the reply is not empty)
-    for text in ("The quick brown", "def add"):
-        theirs = _transformers_greedy(out, tok.encode(text), n)
-        res = run_cli(home, "generate", "chat", "-p", text, "-t", "0", "-n", str(n))
-        assert res.exit_code == 0, res.output
-        assert res.stdout == text + tok.decode(theirs) + "\n"
+    messages = [{"role": "user", "content": "say stone"}]
+    prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    theirs = _transformers_greedy(out, tok.encode(prompt), n)
+    assert len(theirs) >= 2  # it answers (the reply is not empty)
+    res = run_cli(home, "generate", "chat", "-m", "say stone", "-t", "0", "-n", str(n))
+    assert res.exit_code == 0, res.output
+    assert res.stdout == tok.decode(theirs) + "\n"
+    # The fine-tune's stop tokens reach transformers: <|im_end|> ends a reply there too.
+    stops = json.loads((out / "generation_config.json").read_text())["eos_token_id"]
+    assert tok.convert_tokens_to_ids("<|im_end|>") in stops
