@@ -42,6 +42,27 @@ def losses(home: Path, run: str) -> list[float]:
     return [r["loss"] for r in steps]
 
 
+def val_losses(home: Path, run: str) -> list[float]:
+    """Validation loss of every evaluation, from metrics.jsonl."""
+    rows = [json.loads(line) for line in (home / "runs" / run / "metrics.jsonl").open()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert evals, f"run {run} logged no validation loss"
+    return [r["val_loss"] for r in evals]
+
+
+def weights(path: Path) -> dict:
+    """The model weights of a checkpoint, whatever its layout (sharded ones consolidated)."""
+    from llmforge.training.checkpoint import load_checkpoint_adapter
+
+    adapter, _ = load_checkpoint_adapter(path)
+    return {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}
+
+
+def weights_close(a: dict, b: dict, atol: float = 1e-5) -> bool:
+    """Same tensors up to ``atol`` (other processes sum gradients in another order)."""
+    return a.keys() == b.keys() and all((a[k] - b[k]).abs().max() <= atol for k in a)
+
+
 def ckpt(home: Path, run: str, step: int) -> Path:
     return home / "runs" / run / "checkpoints" / f"step-{step:06d}"
 

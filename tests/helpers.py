@@ -71,21 +71,89 @@ def make_model(
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file (and a marker for every directory) under ``root``.
+    """sha256 of every file under ``root``, hidden ones included, and a marker per directory.
 
-    The registry's lock file is left out: taking the lock is not a change of content.
+    The one "nothing was written" check of the suite: hidden folders (``models/.cache/hub``,
+    ``models/.staging``, ``.tmp-`` checkpoint folders) are exactly where a refused command
+    could leave something behind, so nothing is skipped but the registry's lock file (taking
+    the lock is not a change of content). A symbolic link is recorded by its target, never
+    followed, so a link pointing outside ``root`` (or nowhere) is compared as a link.
     """
     out: dict[str, str] = {}
+    if not root.exists():
+        return out
     for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = "dir"
-        for f in filenames:
-            if f == ".registry.lock":
-                continue
-            p = os.path.join(dirpath, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+        for name in [*dirnames, *filenames]:
+            p = os.path.join(dirpath, name)
+            rel = os.path.relpath(p, root)
+            if os.path.islink(p):
+                out[rel] = "link:" + os.readlink(p)
+            elif name in dirnames:
+                out[rel + "/"] = "dir"
+            elif name != ".registry.lock":
+                with open(p, "rb") as fh:
+                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
     return out
+
+
+def assert_unchanged(root: Path, before: dict[str, str]) -> None:
+    """Assert that every file under ``root``, hidden ones included, hashes as in ``before``."""
+    after = snapshot(root)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"changed under {root}: {changed[:12]}"
+
+
+def greedy_text(home: Path, source: str, prompt: str, n: int) -> str:
+    """``prompt`` and the greedy continuation that ``llmforge generate SOURCE -t 0 -n N`` should
+    print, computed here with a full forward per token (no KV cache, no generate.py), stopping
+    before the model's first stop token, plus the final newline."""
+    import torch
+
+    from llmforge.loading import load_for_inference
+
+    adapter, _ = load_for_inference(Workspace(home.resolve()), source)
+    adapter.model.eval()
+    ids = adapter.tokenizer.encode(prompt)
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            logits, _ = adapter.forward(torch.tensor([ids + new]))
+            nxt = int(logits[0, -1].argmax())
+            if nxt in adapter.stop_token_ids():
+                break
+            new.append(nxt)
+    return prompt + adapter.tokenizer.decode(new) + "\n"
+
+
+def run_on_terminal(home: Path, *args: str, typed: bytes, timeout: float = 120):
+    """``python -m llmforge --home HOME ARGS`` with a real pseudo-terminal as stdin, on which
+    ``typed`` is what the user types; stdout and stderr are captured (text).
+
+    Returns:
+        The ``subprocess.CompletedProcess``.
+    """
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llmforge", "--home", str(home), *args],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(slave)
+        slave = -1
+        os.write(master, typed)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def flat(text: str) -> str:

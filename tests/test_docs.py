@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
 from llmforge.cli import app
 
@@ -104,18 +105,21 @@ def test_doc_command_parses(where: str, no: int, line: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "line",
+    ("line", "needle"),
     [
-        "llmforge train configs/x.yaml --bogus-option 3",
-        "llmforge models frobnicate NAME",
-        "llmforge ckpt register CKPT",  # --name is required
-        "llmforge generate NAME --max-new-tokens lots",
-        "llmforge nosuchcommand",
+        ("llmforge train configs/x.yaml --bogus-option 3", "No such option: --bogus-option"),
+        ("llmforge models frobnicate NAME", "No such command 'frobnicate'"),
+        ("llmforge ckpt register CKPT", "Missing option '--name'"),  # --name is required
+        ("llmforge generate NAME --max-new-tokens lots", "'--max-new-tokens'"),
+        ("llmforge nosuchcommand", "No such command 'nosuchcommand'"),
     ],
 )
-def test_a_wrong_command_fails_to_parse(line: str) -> None:
-    with pytest.raises(Exception):  # noqa: B017 - click's usage errors share no public base
-        parse(to_args(line))
+def test_a_wrong_command_fails_to_parse(line: str, needle: str, tmp_path: Path) -> None:
+    # The real app, as a user runs it: a usage error (exit 2) naming what is wrong, nothing run.
+    res = CliRunner().invoke(app, ["--home", str(tmp_path), *to_args(line)])
+    assert res.exit_code == 2, res.output
+    assert needle in " ".join(res.output.split())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_optional_parts_are_expanded() -> None:

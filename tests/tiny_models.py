@@ -31,9 +31,9 @@ tags:
 - text-generation
 ---
 
-# Tiny Qwen2
+# Tiny model
 
-A random 2-layer Qwen2 for tests.
+A random 2-layer model for tests.
 """
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + "
@@ -78,39 +78,82 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 384) -> int:
     return len(fast)
 
 
-def build_tiny_qwen(out_dir: Path, *, seed: int = 0, readme: str | None = README) -> Path:
-    """Write a tiny random Qwen2 repository into ``out_dir`` and return it.
+def _qwen2_config(**common: object):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(**common)
+
+
+def _qwen3_config(**common: object):
+    from transformers import Qwen3Config
+
+    # Qwen3 normalises queries and keys per head (q_norm / k_norm, RMSNorm over head_dim).
+    return Qwen3Config(head_dim=16, **common)
+
+
+# architecture (config.json model_type) -> its real transformers config, at a tiny size
+TINY_CONFIGS = {
+    "qwen2": _qwen2_config,
+    "qwen3": _qwen3_config,
+}
+
+
+def build_tiny_model(
+    out_dir: Path,
+    architecture: str = "qwen2",
+    *,
+    seed: int = 0,
+    readme: str | None = README,
+    max_position_embeddings: int = 512,
+    initializer_range: float = 0.02,
+) -> Path:
+    """Write a tiny random model of ``architecture`` (a key of TINY_CONFIGS) into ``out_dir``.
 
     Args:
         out_dir: The folder to create (parents included).
+        architecture: Which built-in architecture.
         seed: Seed of the random weights.
         readme: The model card text; None writes no README.md.
+        max_position_embeddings: The model's context length.
+        initializer_range: Std of the random weights. transformers' default (0.02) makes a
+            model whose every next token is nearly equally likely, so its greedy output hardly
+            depends on the context; ~0.3 gives one whose output does (for generation tests).
+
+    Returns:
+        ``out_dir``.
     """
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = build_tokenizer(out_dir)
-    config = Qwen2Config(
+    config = TINY_CONFIGS[architecture](
         hidden_size=64,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=vocab,
-        max_position_embeddings=512,
+        max_position_embeddings=max_position_embeddings,
+        initializer_range=initializer_range,
         tie_word_embeddings=True,
         bos_token_id=None,
         eos_token_id=0,
         pad_token_id=0,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = AutoModelForCausalLM.from_config(config)
+    assert model.config.model_type == architecture
     model.save_pretrained(out_dir, safe_serialization=True)
     GenerationConfig(eos_token_id=0, pad_token_id=0, max_new_tokens=32).save_pretrained(out_dir)
     if readme is not None:
         (out_dir / "README.md").write_text(readme, encoding="utf-8")
     return out_dir
+
+
+def build_tiny_qwen(out_dir: Path, *, seed: int = 0, readme: str | None = README) -> Path:
+    """Write a tiny random Qwen2 repository into ``out_dir`` and return it."""
+    return build_tiny_model(out_dir, "qwen2", seed=seed, readme=readme)
 
 
 def num_parameters(repo: Path) -> int:

@@ -83,6 +83,16 @@ def pick_next(logits: torch.Tensor, opts: SamplingOptions, gen: torch.Generator 
         )
     if opts.temperature == 0:
         return int(torch.argmax(logits))
+    return int(torch.multinomial(sampling_probs(logits, opts), 1, generator=gen))
+
+
+def sampling_probs(logits: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+    """The distribution (V,) that :func:`pick_next` samples from when ``temperature > 0``.
+
+    The logits are divided by the temperature; ``top_k`` keeps the k largest; ``top_p`` then
+    keeps the smallest set of the most likely tokens whose probability reaches p; the rest
+    get probability 0 and the kept ones are renormalised (softmax).
+    """
     logits = logits.float() / opts.temperature
     if opts.top_k:
         k = min(opts.top_k, logits.size(-1))
@@ -95,8 +105,7 @@ def pick_next(logits: torch.Tensor, opts: SamplingOptions, gen: torch.Generator 
         drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= opts.top_p
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=gen))
+    return torch.softmax(logits, dim=-1)
 
 
 @torch.no_grad()

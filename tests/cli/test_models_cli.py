@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from helpers import flat, make_model, snapshot
+from helpers import flat, make_model, run_on_terminal, snapshot
 from llmforge.fsutil import dir_size
 from llmforge.registry import ModelRegistry
 
@@ -188,32 +188,20 @@ def test_delete_without_yes_and_no_tty_changes_nothing(cli, family):
     assert_failed_cleanly(res, before, family, "confirmation", "--yes", code=2)
 
 
-@pytest.fixture
-def tty_stdin(monkeypatch):
-    """Make the CliRunner's stdin claim to be a terminal, so the confirmation is asked."""
-    import typer.testing
-
-    wrapper = getattr(typer.testing, "_NamedTextIOWrapper", None)
-    if wrapper is None:  # older typer: click's runner
-        import click.testing
-
-        wrapper = click.testing._NamedTextIOWrapper
-    monkeypatch.setattr(wrapper, "isatty", lambda self: True)
-
-
-def test_delete_confirm_no_keeps_everything(cli, family, tty_stdin):
+def test_delete_confirm_no_keeps_everything(family):
+    # A real pseudo-terminal as stdin: the confirmation is asked, the user answers "n".
     before = snapshot(family.root)
-    res = cli("models", "delete", "other", input="n\n")
-    assert "Delete model 'other'" in res.output
-    assert res.exit_code == 1  # aborted
-    assert "Traceback" not in res.output
+    res = run_on_terminal(family.root, "models", "delete", "other", typed=b"n\n")
+    assert "Delete model 'other'" in res.stdout
+    assert res.returncode == 1  # aborted
+    assert "Traceback" not in res.stdout + res.stderr
     assert snapshot(family.root) == before
 
 
-def test_delete_confirm_yes_deletes(cli, family, tty_stdin):
-    res = cli("models", "delete", "other", input="y\n")
-    assert "Delete model 'other'" in res.output
-    assert res.exit_code == 0, res.output
+def test_delete_confirm_yes_deletes(family):
+    res = run_on_terminal(family.root, "models", "delete", "other", typed=b"y\n")
+    assert "Delete model 'other'" in res.stdout
+    assert res.returncode == 0, res.stdout + res.stderr
     assert "freed 300 B" in res.stdout
     assert not (family.models_dir / "other").exists()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import assert_unchanged, snapshot
 from hubserver import LocalHub
 from llmforge.cli import app
 
@@ -49,11 +50,13 @@ def test_import_by_url_then_list_and_info(home: Path, served: str, hub_env: Loca
 
 
 def test_license_needs_acceptance_without_terminal(home: Path, served: str) -> None:
+    before = snapshot(home)
     res = run(home, served)
     assert res.exit_code == 1
     assert "--accept-license" in res.output and "apache-2.0" in res.output
     assert "Traceback" not in res.output
     assert not (home / "models").exists()  # nothing at all was written before consent
+    assert_unchanged(home, before)  # nothing, not even in models/.cache
 
 
 def test_name_taken_suggests_name_or_force(home: Path, served: str) -> None:

@@ -16,7 +16,17 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from dist_helpers import ckpt, close, llmforge, losses, ok, torchrun
+from dist_helpers import (
+    ckpt,
+    close,
+    llmforge,
+    losses,
+    ok,
+    torchrun,
+    val_losses,
+    weights,
+    weights_close,
+)
 from train_helpers import run_cli, small_corpus, write_config
 
 STEPS = 6
@@ -61,6 +71,8 @@ def test_ddp_matches_one_process_at_the_same_global_batch(ws: dict) -> None:
     assert out.count("Starting new run") == 1  # rank 1 prints nothing
     one, ddp = losses(home, "one"), losses(home, "ddp")
     assert len(one) == STEPS and close(ddp, one), (ddp, one)
+    assert len(val_losses(home, "one")) == 2  # steps 3 and 6
+    assert close(val_losses(home, "ddp"), val_losses(home, "one"))
     a = load_file(ckpt(home, "one", STEPS) / "model.safetensors")
     b = load_file(ckpt(home, "ddp", STEPS) / "model.safetensors")
     assert all((a[k] - b[k]).abs().max() <= 1e-5 for k in a)
@@ -74,6 +86,9 @@ def test_fsdp_matches_one_process_and_saves_shards(ws: dict) -> None:
     home = ws["home"]
     assert "Processes: 2 (fsdp, cpu)" in ws["fsdp"].stdout
     assert close(losses(home, "fsdp"), losses(home, "one"))
+    assert close(val_losses(home, "fsdp"), val_losses(home, "one"))
+    one = weights(ckpt(home, "one", STEPS))
+    assert weights_close(weights(ckpt(home, "fsdp", STEPS)), one)
     path = ckpt(home, "fsdp", STEPS)
     assert (path / "shards" / ".metadata").is_file()
     assert sorted(p.name for p in (path / "shards").glob("*.distcp")) == [
@@ -86,17 +101,50 @@ def test_fsdp_matches_one_process_and_saves_shards(ws: dict) -> None:
     assert "step 3 sample:" in ws["fsdp"].stdout
 
 
-def test_ddp_resume_under_torchrun_is_exact(ws: dict) -> None:
+def test_ddp_resume_under_torchrun_is_exact_and_at_one_process(ws: dict) -> None:
     home, cfg = ws["home"], ws["cfg"]
     first = ok(
         llmforge(home, "train", str(cfg), "--nproc", "2", "--run-name", "ddp-r", "--stop-at", "3")
     )
     assert "--nproc 2" in first.stdout  # the resume hint starts the same job
+    runs = home / "runs"
+    shutil.copytree(runs / "ddp-r", runs / "ddp-1")
     ok(torchrun(home, "train", str(cfg), "--run-name", "ddp-r", "--resume", "latest"))
     assert losses(home, "ddp-r") == losses(home, "ddp")
+    assert val_losses(home, "ddp-r") == val_losses(home, "ddp")
     a = load_file(ckpt(home, "ddp-r", STEPS) / "model.safetensors")
     b = load_file(ckpt(home, "ddp", STEPS) / "model.safetensors")
     assert all(a[k].equal(b[k]) for k in a)
+    one = weights(ckpt(home, "one", STEPS))
+    assert weights_close(weights(ckpt(home, "ddp-r", STEPS)), one)
+    # 2 -> 1: one process continues the 2-process checkpoint with twice the accumulation.
+    res = run_cli(home, "train", str(cfg), "--run-name", "ddp-1", "--resume", "latest")
+    assert res.exit_code == 0, res.output
+    assert "saved by 2 process(es) and resumes on 1" in res.stderr
+    assert "grad_accum_steps 1 -> 2" in res.stderr
+    assert close(losses(home, "ddp-1"), losses(home, "one"))
+    assert close(val_losses(home, "ddp-1"), val_losses(home, "one"))
+    assert weights_close(weights(ckpt(home, "ddp-1", STEPS)), one)
+
+
+def test_ddp_resume_of_a_one_process_run_on_two(ws: dict) -> None:
+    home, cfg = ws["home"], ws["cfg"]
+    # 1 -> 2: a one-process run (accumulation 2) continued by two processes (accumulation 1).
+    first = run_cli(
+        home, "train", str(cfg), "--run-name", "one-2", "--set", "grad_accum_steps=2",
+        "--stop-at", "3",
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output
+    res = ok(
+        llmforge(
+            home, "train", str(cfg), "--nproc", "2", "--run-name", "one-2", "--resume", "latest"
+        )
+    )
+    assert "saved by 1 process(es) and resumes on 2" in res.stderr
+    assert "grad_accum_steps 2 -> 1" in res.stderr
+    assert close(losses(home, "one-2"), losses(home, "one"))
+    assert close(val_losses(home, "one-2"), val_losses(home, "one"))
+    assert weights_close(weights(ckpt(home, "one-2", STEPS)), weights(ckpt(home, "one", STEPS)))
 
 
 def test_fsdp_resume_is_exact_and_reshards_onto_one_process(ws: dict) -> None:
@@ -107,12 +155,20 @@ def test_fsdp_resume_is_exact_and_reshards_onto_one_process(ws: dict) -> None:
     shutil.copytree(runs / "fsdp-r", runs / "fsdp-1")
     ok(llmforge(home, *args, "--resume", "latest"))
     assert losses(home, "fsdp-r") == losses(home, "fsdp")
+    assert val_losses(home, "fsdp-r") == val_losses(home, "fsdp")
+    one = weights(ckpt(home, "one", STEPS))
+    resumed = weights(ckpt(home, "fsdp-r", STEPS))
+    assert weights_close(resumed, one)
+    fsdp = weights(ckpt(home, "fsdp", STEPS))
+    assert all(resumed[k].equal(fsdp[k]) for k in fsdp)  # exact at the same world size
     # The same checkpoint continued by one process: the shards are redistributed, and the
     # global batch is kept by doubling the accumulation.
     res = ok(llmforge(home, "train", str(cfg), "--run-name", "fsdp-1", "--resume", "latest"))
     assert "saved by 2 process(es) and resumes on 1" in res.stderr
     assert "grad_accum_steps 1 -> 2" in res.stderr
     assert close(losses(home, "fsdp-1"), losses(home, "fsdp"))
+    assert close(val_losses(home, "fsdp-1"), val_losses(home, "one"))
+    assert weights_close(weights(ckpt(home, "fsdp-1", STEPS)), one)
 
 
 def test_a_sharded_checkpoint_generates_registers_exports_and_consolidates(
@@ -128,6 +184,10 @@ def test_a_sharded_checkpoint_generates_registers_exports_and_consolidates(
     out = tmp_path / "export"
     assert run_cli(home, "ckpt", "export", "fsdp", str(out)).exit_code == 0
     assert (out / "model.safetensors").is_file() and not (out / "shards").exists()
+    # The export holds the trained weights: those of the same model trained in one process.
+    exported = load_file(out / "model.safetensors")
+    one = load_file(ckpt(home, "one", STEPS) / "model.safetensors")
+    assert weights_close(exported, one)
 
     shutil.copytree(home / "runs" / "fsdp", home / "runs" / "fsdp-c")
     res = run_cli(home, "ckpt", "consolidate", "fsdp-c")
@@ -135,6 +195,9 @@ def test_a_sharded_checkpoint_generates_registers_exports_and_consolidates(
     path = ckpt(home, "fsdp-c", STEPS)
     assert (path / "model.safetensors").is_file() and (path / "optimizer.pt").is_file()
     assert not (path / "shards").exists()
+    consolidated = load_file(path / "model.safetensors")
+    assert consolidated.keys() == exported.keys()
+    assert all(consolidated[k].equal(exported[k]) for k in exported)
     assert run_cli(home, "generate", "fsdp-c", *gen).output == sharded.output
     again = run_cli(home, "ckpt", "consolidate", "fsdp-c")
     assert again.exit_code != 0 and "not a sharded checkpoint" in again.output

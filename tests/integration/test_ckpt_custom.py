@@ -12,8 +12,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from helpers import flat
-from train_helpers import run_cli, small_corpus, tree_digest, write_config
+from helpers import flat, greedy_text, snapshot
+from train_helpers import run_cli, small_corpus, write_config
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +59,13 @@ def test_register_custom_checkpoint_and_fine_tune_it(home: Path, tmp_path: Path)
     meta = json.loads((_ckpt(home, "again", 4) / "meta.json").read_text())
     assert meta["fine_tuned_from"] == "tiny-lm" and meta["lineage"] == ["tiny-lm"]
     assert meta["tokenizer"]["kind"] == "char"
-    gen = run_cli(home, "generate", "tiny-lm", "--prompt", "def ", "-n", "5", "--seed", "1")
-    assert gen.exit_code == 0 and gen.stdout.startswith("def ")
+    # The registered model is the checkpoint's: the same seeded sample, the same greedy text.
+    seeded = ("--prompt", "def ", "-n", "12", "--seed", "1")
+    gen = run_cli(home, "generate", "tiny-lm", *seeded)
+    assert gen.exit_code == 0, gen.output
+    assert gen.stdout == run_cli(home, "generate", "tiny/step-8", *seeded).stdout
+    greedy = run_cli(home, "generate", "tiny-lm", "--prompt", "def ", "-n", "12", "-t", "0")
+    assert greedy.stdout == greedy_text(home, "tiny-lm", "def ", 12)
 
 
 def test_export_custom_is_self_contained(home: Path, tmp_path: Path) -> None:
@@ -83,7 +88,7 @@ def test_switching_architectures_keeps_runs_separate(
 ) -> None:
     res = run_cli(home, "models", "import", str(tiny_qwen_repo), "--name", "qb", "--accept-license")
     assert res.exit_code == 0, res.output
-    custom_before = tree_digest(home / "runs" / "tiny")
+    custom_before = snapshot(home / "runs" / "tiny")
     qcfg = tmp_path / "qwen.yaml"
     qcfg.write_text(
         yaml.safe_dump(
@@ -103,7 +108,7 @@ def test_switching_architectures_keeps_runs_separate(
     )
     res = run_cli(home, "train", str(qcfg))
     assert res.exit_code == 0, res.output
-    assert tree_digest(home / "runs" / "tiny") == custom_before
+    assert snapshot(home / "runs" / "tiny") == custom_before
     listed = json.loads(run_cli(home, "ckpt", "list", "--json").stdout)
     assert {(c["run"], c["architecture"]) for c in listed} == {
         ("tiny", "custom-transformer"),
@@ -158,9 +163,9 @@ def test_bad_ckpt_input_changes_nothing(
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     args = [a.format(tmp=tmp_path, home=home) for a in args]
-    before = tree_digest(tmp_path)
+    before = snapshot(tmp_path)
     res = run_cli(home, "ckpt", *args)
     assert res.exit_code != 0
     assert needle in flat(res.stderr), res.stderr
     assert "Traceback" not in res.output
-    assert tree_digest(tmp_path) == before
+    assert snapshot(tmp_path) == before

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tiny_models import CORPUS, README, build_tokenizer
 
@@ -154,9 +155,21 @@ def test_external_adapter_imports_trains_and_generates(tmp_path: Path) -> None:
     assert (home / "runs" / "llama-tiny" / "checkpoints" / "step-000006" / "meta.json").is_file()
 
     res = _llmforge(home, "generate", "llama-tiny", "--prompt", "The quick", "-n", "12",
-                    "--seed", "0", site=site)  # fmt: skip
+                    "-t", "0", site=site)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.startswith("The quick") and len(res.stdout.strip()) > len("The quick")
+    # The checkpoint is a Hugging Face folder: transformers' own greedy generate agrees.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ckpt = home / "runs" / "llama-tiny" / "checkpoints" / "step-000006"
+    tok = AutoTokenizer.from_pretrained(str(ckpt / "tokenizer"))
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+    prompt = tok.encode("The quick", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=12)
+    new = out[0, len(prompt) :].tolist()
+    stops = {tok.eos_token_id, model.generation_config.eos_token_id} - {None}
+    new = next((new[:i] for i, t in enumerate(new) if t in stops), new)
+    assert res.stdout == "The quick" + tok.decode(new) + "\n"
 
     # Without the package, llmforge says which adapter is missing and lists the known ones.
     res = _llmforge(home, "generate", "tiny-llama", "--prompt", "x", site=None)

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from helpers import flat
+from helpers import flat, greedy_text, snapshot
 from hubserver import LocalHub
 from llmforge.training.checkpoint import STATE_FILE
 from tiny_models import build_tokenizer
-from train_helpers import import_from_local_hub, run_cli, small_corpus, tree_digest
+from train_helpers import import_from_local_hub, run_cli, small_corpus
 
 HUB_ID = "Qwen/Qwen2-Tiny"
 ORIGIN = f"hf:{HUB_ID}"
@@ -124,7 +124,7 @@ def test_fine_tune_records_lineage_and_loss_falls(ws: Path) -> None:
     ]
     assert losses[-1] < losses[0]
     gen = run_cli(ws, "generate", "ft", "--prompt", "The quick", "-n", "5", "--temperature", "0")
-    assert gen.exit_code == 0 and gen.stdout.startswith("The quick")
+    assert gen.exit_code == 0 and gen.stdout == greedy_text(ws, "ft", "The quick", 5)
 
 
 def test_resume_continues_identically_and_keeps_lineage(done: Path) -> None:
@@ -182,8 +182,8 @@ def test_register_then_fine_tune_again_shows_a_three_deep_chain(done: Path) -> N
 def test_branch_from_checkpoint_leaves_the_original_untouched(done: Path) -> None:
     ws = done
     source = ckpt(ws, "ft", 2)
-    before_ckpt = tree_digest(source)
-    before_model = tree_digest(ws / "models" / "qwen-base")
+    before_ckpt = snapshot(source)
+    before_model = snapshot(ws / "models" / "qwen-base")
     out = train(ws, "--init-from", "ft/step-2", "--name", "qwen-branch", "--max-steps", "2")
     assert "Starting new fine-tune branch 'qwen-branch' from checkpoint" in out
     assert f"run qwen-branch <- qwen-branch <- qwen-base <- {ORIGIN}" in out
@@ -194,8 +194,8 @@ def test_branch_from_checkpoint_leaves_the_original_untouched(done: Path) -> Non
     entry = json.loads(run_cli(ws, "models", "info", "qwen-branch", "--json").stdout)
     assert entry["fine_tuned_from"] == "qwen-base" and entry["source"] == "fine-tune"
     assert entry["lineage"] == ["qwen-base"] and entry["origin"] == ORIGIN
-    assert tree_digest(source) == before_ckpt
-    assert tree_digest(ws / "models" / "qwen-base") == before_model
+    assert snapshot(source) == before_ckpt
+    assert snapshot(ws / "models" / "qwen-base") == before_model
     # the branch started from the checkpoint's weights, with step 0 and a fresh optimizer
     state = json.loads((ckpt(ws, "qwen-branch", 2) / STATE_FILE).read_text())
     assert [s for s, _ in state["losses"]] == [1, 2]
@@ -216,11 +216,11 @@ def test_branch_from_checkpoint_leaves_the_original_untouched(done: Path) -> Non
 )
 def test_bad_branch_input_changes_nothing(done: Path, args: list[str], needle: str) -> None:
     ws = done
-    before = tree_digest(ws)
+    before = snapshot(ws)
     res = run_cli(ws, "train", cfg(ws), *args)
     assert res.exit_code != 0
     assert needle in flat(res.stderr) and "Traceback" not in res.output
-    assert tree_digest(ws) == before
+    assert snapshot(ws) == before
 
 
 def test_export_round_trip_has_identical_logits(done: Path, tmp_path: Path) -> None:
@@ -256,10 +256,10 @@ def test_export_round_trip_has_identical_logits(done: Path, tmp_path: Path) -> N
         theirs = plain(input_ids=x).logits
     assert torch.allclose(ours, theirs, atol=1e-6, rtol=0)
 
-    before = tree_digest(tmp_path)
+    before = snapshot(tmp_path)
     again = run_cli(ws, "ckpt", "export", "ft", str(dest))
     assert again.exit_code != 0 and "not empty" in again.stderr and "--force" in again.stderr
-    assert tree_digest(tmp_path) == before
+    assert snapshot(tmp_path) == before
     forced = run_cli(ws, "ckpt", "export", "ft", str(dest), "--force")
     assert forced.exit_code == 0, forced.output
 
@@ -286,8 +286,8 @@ def test_tokenizer_override_is_recorded_and_resizes_the_embedding(ws: Path, tmp_
     adapter, _ = load_for_inference(Workspace(root=ws), "ovr")
     assert adapter.tokenizer.kind == "override" and adapter.tokenizer.vocab_size == vocab
 
-    before = tree_digest(ws)
+    before = snapshot(ws)
     bad = run_cli(ws, "train", cfg(ws), "--set", "tokenizer_override=nope", "--run-name", "other")
     assert bad.exit_code != 0 and "tokenizer_override 'nope'" in flat(bad.stderr)
     assert "qwen-base" in bad.stderr and "Traceback" not in bad.output
-    assert tree_digest(ws) == before
+    assert snapshot(ws) == before

@@ -4,6 +4,7 @@ merged Hugging Face folder), generate."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -13,13 +14,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from helpers import flat
+from helpers import flat, greedy_text, snapshot
 from hubserver import LocalHub
 from llmforge.registry import ModelRegistry
 from llmforge.training.checkpoint import STATE_FILE
-from llmforge.training.lora import manifest_sha256
 from llmforge.workspace import Workspace
-from train_helpers import import_from_local_hub, run_cli, small_corpus, tree_digest
+from train_helpers import import_from_local_hub, run_cli, small_corpus
 
 HUB_ID = "Qwen/Qwen2-Tiny"
 LORA = {
@@ -74,6 +74,21 @@ def done(trained: Path, tmp_path: Path) -> Path:
     return tmp_path / "ws"
 
 
+def manifest_sha256(folder: Path) -> str:
+    """The documented base identity, computed from the model's files on disk: sha256 of the
+    JSON list ``[[file, size, sha256], ...]`` sorted by file, compact separators, UTF-8."""
+    rows = sorted(
+        [
+            p.relative_to(folder).as_posix(),
+            p.stat().st_size,
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+        ]
+        for p in folder.rglob("*")
+        if p.is_file()
+    )
+    return hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
 def train(home: Path, *args: str) -> str:
     res = run_cli(home, "train", str(home.parent / "lora.yaml"), *args)
     assert res.exit_code == 0, res.output
@@ -109,11 +124,11 @@ def wide(home: Path, *args: str) -> str:
 
 
 def refused(home: Path, *args: str, needle: str) -> str:
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, *args)
     assert res.exit_code != 0, res.output
     assert "Traceback" not in res.output and needle in flat(res.stderr), res.stderr
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
     return flat(res.stderr)
 
 
@@ -128,14 +143,14 @@ def test_lora_run_trains_and_saves_only_the_adapter(trained: Path) -> None:
     assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.pt"} <= names
     assert "model.safetensors" not in names and "config.json" not in names
     m = meta(path)
-    entry = ModelRegistry(Workspace(home.resolve())).get("qwen-base")
+    base_hash = manifest_sha256(home / "models" / "qwen-base")
     assert m["finetune"] == "lora" and m["fine_tuned_from"] == "qwen-base"
     assert m["lineage"] == ["qwen-base", f"hf:{HUB_ID}"]
     assert m["base"] == {
         "model_name": "qwen-base",
         "model_id": HUB_ID,
         "architecture": "qwen2",
-        "manifest_sha256": manifest_sha256(entry),
+        "manifest_sha256": base_hash,
     }
     assert m["lora"]["target_modules"] == PROJ and m["lora"]["r"] == 4
     # Only the adapter's matrices are trained: they are all the optimizer holds.
@@ -150,10 +165,10 @@ def test_lora_run_trains_and_saves_only_the_adapter(trained: Path) -> None:
     assert losses[-1] < losses[0]
     gen = run_cli(home, "generate", "lora", "-p", "The quick", "-n", "5", "--temperature", "0")
     assert gen.exit_code == 0, gen.output
-    assert gen.stdout.startswith("The quick")
+    assert gen.stdout == greedy_text(home, "lora", "The quick", 5)
     info = wide(home, "ckpt", "info", "lora")
     assert "finetune lora" in info and "qwen-base (Qwen/Qwen2-Tiny)" in info
-    assert "r=4, alpha=8" in info and "q_proj" in info and manifest_sha256(entry) in info
+    assert "r=4, alpha=8" in info and "q_proj" in info and base_hash in info
     assert "qwen-base + LoRA" in wide(home, "ckpt", "list")
 
 
@@ -223,7 +238,8 @@ def test_register_adapter_entry_references_its_base(done: Path) -> None:
     assert entry["architecture"] == "qwen2" and entry["lineage"] == ["qwen-base"]
     d = entry["details"]
     assert d["adapter"] == "lora" and d["base"] == "qwen-base" and d["r"] == 4
-    assert d["target_modules"] == PROJ and len(d["base_manifest_sha256"]) == 64
+    assert d["target_modules"] == PROJ
+    assert d["base_manifest_sha256"] == manifest_sha256(home / "models" / "qwen-base")
     assert "adapter_model.safetensors" in entry["files"]
     assert "model.safetensors" not in entry["files"]
     info = wide(home, "models", "info", "my-adapter")
@@ -231,8 +247,9 @@ def test_register_adapter_entry_references_its_base(done: Path) -> None:
     assert "LoRA adapter r=4, alpha=8.0, targets down_proj" in info
     assert "loads onto base 'qwen-base'" in info
     assert torch.equal(logits_of(home, "my-adapter"), logits_of(home, "lora"))
-    gen = run_cli(home, "generate", "my-adapter", "-p", "The", "-n", "4", "--seed", "1")
-    assert gen.exit_code == 0 and gen.stdout.startswith("The")
+    seeded = ("-p", "The", "-n", "8", "--seed", "1")
+    gen = run_cli(home, "generate", "my-adapter", *seeded)
+    assert gen.exit_code == 0 and gen.stdout == run_cli(home, "generate", "lora", *seeded).stdout
     # An adapter is not a full model: fine-tuning it directly is refused, with the way out.
     cfg = home.parent / "on-adapter.yaml"
     cfg.write_text(yaml.safe_dump({**LORA, "model_name": "my-adapter", "finetune": "full"}))

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import greedy_text, snapshot
 from hubserver import LocalHub
 from llmforge.adapters import get_adapter
 from llmforge.generate import SamplingOptions, stream_ids
 from llmforge.registry import ModelRegistry
 from llmforge.workspace import Workspace
 from tiny_models import CORPUS
-from train_helpers import import_from_local_hub, run_cli, tree_digest
+from train_helpers import import_from_local_hub, run_cli
 
 REPO = "Qwen/Qwen2-Tiny"
 
@@ -115,29 +116,19 @@ def test_generation_uses_the_kv_cache_and_stops_at_eos(home: Path) -> None:
 
 
 def test_generate_cli_on_model_name_and_checkpoint(home: Path, tmp_path: Path) -> None:
-    res = run_cli(home, "generate", "tiny-base", "--prompt", "The quick", "-n", "8", "--seed", "1")
+    res = run_cli(home, "generate", "tiny-base", "--prompt", "The quick", "-n", "8", "-t", "0")
     assert res.exit_code == 0, res.output
-    assert res.stdout.startswith("The quick")
+    assert res.stdout == greedy_text(home, "tiny-base", "The quick", 8)
     assert (
         run_cli(home, "train", str(_config(tmp_path, max_steps=4, save_interval=4))).exit_code == 0
     )
-    res = run_cli(
-        home,
-        "generate",
-        "qwen-tiny",
-        "-p",
-        "def add",
-        "-n",
-        "8",
-        "--top-p",
-        "0.9",
-        "--top-k",
-        "20",
-        "--seed",
-        "2",
-    )
+    sampled = ("generate", "qwen-tiny", "-p", "def add", "-n", "8", "-t", "0.8", "--seed", "2")
+    res = run_cli(home, *sampled, "--top-p", "0.9", "--top-k", "20")
     assert res.exit_code == 0, res.output
-    assert res.stdout.startswith("def add")
+    assert res.stdout == run_cli(home, *sampled, "--top-p", "0.9", "--top-k", "20").stdout
+    # top-k 1 leaves only the most likely token: the greedy text, whatever the temperature.
+    res = run_cli(home, *sampled, "--top-k", "1")
+    assert res.stdout == greedy_text(home, "qwen-tiny", "def add", 8)
 
 
 def test_missing_model_files_suggest_validate_and_leave_workspace_alone(
@@ -147,21 +138,21 @@ def test_missing_model_files_suggest_validate_and_leave_workspace_alone(
     entry = ModelRegistry(ws).get("tiny-base")
     (ws.model_path(entry.local_path) / "model.safetensors").unlink()
     cfg = _config(tmp_path)
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg))
     assert res.exit_code != 0
     assert "llmforge models validate tiny-base" in res.stderr and "re-import" in res.stderr
     assert "Traceback" not in res.output
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 def test_unknown_model_name_lists_the_available_ones(home: Path, tmp_path: Path) -> None:
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(_config(tmp_path, model_name="tiny-bse")))
     assert res.exit_code != 0
     assert "No model named 'tiny-bse'" in res.stderr
     assert "Did you mean 'tiny-base'" in res.stderr and "tiny-base" in res.stderr
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 def test_architecture_keys_are_ignored_with_a_warning(home: Path, tmp_path: Path) -> None:

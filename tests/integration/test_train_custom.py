@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import greedy_text, snapshot
 from llmforge.training.checkpoint import OPTIMIZER_FILE, STATE_FILE
-from train_helpers import run_cli, small_corpus, tree_digest, write_config
+from train_helpers import run_cli, small_corpus, write_config
 
 
 @pytest.fixture
@@ -67,10 +68,28 @@ def test_train_writes_run_folder_and_complete_checkpoints(setup: tuple[Path, Pat
     assert any(m["kind"] == "eval" and "val_ppl" in m for m in metrics)
 
 
-def test_resume_is_bit_exact_with_grad_accumulation(setup: tuple[Path, Path]) -> None:
+def test_keep_last_prunes_older_checkpoints_also_across_a_resume(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    data = str(small_corpus(tmp_path / "c.txt"))
+    cfg = write_config(
+        tmp_path / "k.yaml", data_path=data, max_steps=6, save_interval=1, keep_last=2
+    )
+    ckdir = home / "runs" / "k" / "checkpoints"
+    assert run_cli(home, "train", str(cfg), "--stop-at", "4").exit_code == 0
+    assert sorted(p.name for p in ckdir.iterdir()) == ["step-000003", "step-000004"]
+    assert run_cli(home, "train", str(cfg), "--resume", "latest").exit_code == 0
+    assert sorted(p.name for p in ckdir.iterdir()) == ["step-000005", "step-000006"]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_is_bit_exact_with_grad_accumulation(
+    setup: tuple[Path, Path], precision: str
+) -> None:
     home, cfg = setup
-    assert run_cli(home, "train", str(cfg), "--run-name", "straight").exit_code == 0
-    first = run_cli(home, "train", str(cfg), "--run-name", "split", "--stop-at", "4")
+    prec = ("--set", f"precision={precision}")
+    assert run_cli(home, "train", str(cfg), "--run-name", "straight", *prec).exit_code == 0
+    first = run_cli(home, "train", str(cfg), "--run-name", "split", "--stop-at", "4", *prec)
     assert first.exit_code == 0, first.output
     assert "Resume with" in first.stdout
     assert not _ckpt(home, "split", 8).exists()
@@ -85,9 +104,16 @@ def test_resume_is_bit_exact_with_grad_accumulation(setup: tuple[Path, Path]) ->
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    oa = torch.load(a / OPTIMIZER_FILE, weights_only=True)["state"]
-    ob = torch.load(b / OPTIMIZER_FILE, weights_only=True)["state"]
-    assert all(torch.equal(oa[i]["exp_avg_sq"], ob[i]["exp_avg_sq"]) for i in oa)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert {w.dtype for w in wa.values()} == {dtype}
+    oa = torch.load(a / OPTIMIZER_FILE, weights_only=True)
+    ob = torch.load(b / OPTIMIZER_FILE, weights_only=True)
+    sa, sb = oa["state"], ob["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    if precision == "bf16":  # the fp32 master weights continue exactly across the resume
+        ma, mb = oa["master_weights"], ob["master_weights"]
+        assert {m.dtype for m in ma.values()} == {torch.float32} and len(ma) == len(sa)
+        assert all(torch.equal(ma[i], mb[i]) for i in ma)
     # The metrics file of the resumed run has each step once.
     steps = [
         json.loads(x)["step"]
@@ -125,22 +151,22 @@ def test_model_learns_validation_loss_falls(tmp_path: Path) -> None:
 def test_existing_run_is_not_overwritten(setup: tuple[Path, Path]) -> None:
     home, cfg = setup
     assert run_cli(home, "train", str(cfg), "--max-steps", "4").exit_code == 0
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--max-steps", "4")
     assert res.exit_code != 0
     assert "already has checkpoints" in res.stderr and "--resume latest" in res.stderr
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 def test_resume_without_checkpoint_and_unknown_reference(setup: tuple[Path, Path]) -> None:
     home, cfg = setup
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--resume", "latest")
     assert res.exit_code != 0 and "has no checkpoint" in res.stderr
     res = run_cli(home, "train", str(cfg), "--resume", "nope/step-3")
     assert res.exit_code != 0 and "No checkpoint matches" in res.stderr
     assert "Traceback" not in res.output
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 @pytest.mark.parametrize(
@@ -170,10 +196,10 @@ def test_checkpoint_with_missing_file_is_refused(setup: tuple[Path, Path]) -> No
     home, cfg = setup
     assert run_cli(home, "train", str(cfg), "--stop-at", "4").exit_code == 0
     (_ckpt(home, "tiny", 4) / OPTIMIZER_FILE).unlink()
-    before = tree_digest(home)
+    before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--resume", "latest")
     assert res.exit_code != 0 and "incomplete" in res.stderr and "optimizer.pt" in res.stderr
-    assert tree_digest(home) == before
+    assert snapshot(home) == before
 
 
 def test_generate_from_checkpoint_uses_its_tokenizer(setup: tuple[Path, Path]) -> None:
@@ -185,8 +211,11 @@ def test_generate_from_checkpoint_uses_its_tokenizer(setup: tuple[Path, Path]) -
     assert a.exit_code == 0, a.output
     assert a.stdout == b.stdout  # seeded
     assert a.stdout.startswith("def ") and len(a.stdout.rstrip("\n")) == 24
-    greedy = run_cli(home, "generate", "tiny/step-4", "--temperature", "0", "-n", "5")
-    assert greedy.exit_code == 0
+    # Greedy: the tokens a full forward of that checkpoint's model picks, one by one.
+    for ref in ("tiny/step-4", "tiny"):
+        greedy = run_cli(home, "generate", ref, "-p", "def ", "--temperature", "0", "-n", "12")
+        assert greedy.exit_code == 0, greedy.output
+        assert greedy.stdout == greedy_text(home, ref, "def ", 12)
     bad = run_cli(home, "generate", "no-such-run")
     assert bad.exit_code != 0 and "neither a checkpoint nor a registered model" in bad.stderr
     bad = run_cli(home, "generate", "tiny", "--top-p", "1.5")

@@ -18,10 +18,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import snapshot
 from hubserver import LocalHub
 from llmforge.cli import app
 from llmforge.training.ckpt_manifest import MANIFEST_FILE, write_manifest
-from train_helpers import run_cli, small_corpus, tree_digest, write_config
+from train_helpers import run_cli, small_corpus, write_config
 
 CK = "runs/tiny/checkpoints/step-000004"
 
@@ -286,7 +287,7 @@ CASES = [
     Case(
         "import-bad-source",
         lambda e: ["models", "import", "not a repo!", "--accept-license"],
-        ("not",),
+        ("'not a repo!' is not a hub id", "local model folder"),
     ),
     Case(
         "import-name-taken",
@@ -411,11 +412,6 @@ def base(tmp_path_factory: pytest.TempPathFactory, tiny_qwen_repo: Path) -> tupl
     return ws, cfg
 
 
-def _digest(ws: Path) -> dict[str, str]:
-    # The registry's lock file is the one file a refused command may leave (empty, unused).
-    return {k: v for k, v in tree_digest(ws).items() if not k.endswith(".registry.lock")}
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_bad_input(
     case: Case, base: tuple[Path, Path], tmp_path: Path, hub: LocalHub, tiny_qwen_repo: Path
@@ -427,14 +423,14 @@ def test_bad_input(
     scratch.mkdir()
     e = Env(ws, scratch, base[1], hub)
     args = case.setup(e)
-    before = _digest(ws)
+    before = snapshot(ws)
     env = {"LLMFORGE_DEBUG": "", **(case.env(e) if case.env else {})}
     res = CliRunner().invoke(app, ["--home", str(ws), *args], env=env)
     assert res.exit_code != 0, res.output
     for needle in case.needles:
         assert needle in res.stderr, f"{needle!r} not in: {res.stderr}"
     assert "Traceback" not in res.output and "Traceback" not in res.stderr
-    assert _digest(ws) == before
+    assert snapshot(ws) == before
     assert not Path("/tmp/llmforge-pwned").exists()
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
+from helpers import snapshot
 from hubserver import LocalHub
 from llmforge.cli import app
 from llmforge.training.checkpoint import load_optimizer_state
-from train_helpers import run_cli, small_corpus, tree_digest, write_config
+from train_helpers import run_cli, small_corpus, write_config
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "llmforge"
 MARKER = Path("/tmp/llmforge-security-marker")
@@ -145,14 +146,14 @@ def test_symlinked_model_folder_pointing_outside_is_never_followed(tmp_path: Pat
     (home / "models").mkdir()
     (home / "models" / "evil").symlink_to(outside, target_is_directory=True)
     _register_outside(home, outside, "evil")
-    before = tree_digest(outside)
+    before = snapshot(outside)
     val = run_cli(home, "models", "validate", "evil")
     assert val.exit_code != 0 and "outside" in val.stdout + val.stderr
     res = run_cli(home, "train", str(write_config(tmp_path / "e.yaml", model_name="evil")))
     assert res.exit_code != 0 and "Traceback" not in res.output
     dele = run_cli(home, "models", "delete", "evil", "--yes")
     assert "Traceback" not in dele.output
-    assert tree_digest(outside) == before  # nothing outside was read into a model or deleted
+    assert snapshot(outside) == before  # nothing outside was read into a model or deleted
 
 
 def test_symlinked_file_inside_a_model_is_refused(tmp_path: Path) -> None:
