@@ -164,7 +164,7 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(tmp_path: P
     home = tmp_path / "home"
     home.mkdir()
     data = small_corpus(tmp_path / "c.txt")
-    cfg = write_config(tmp_path / "t.yaml", data_path=str(data))
+    cfg = write_config(tmp_path / "t.yaml", data_path=str(data), precision="fp32")
     before = tree_digest(home)
     res = run_cli(home, "train", str(cfg), "--set", "memory_limit_gb=0.01")
     assert res.exit_code == 1

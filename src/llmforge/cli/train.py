@@ -126,9 +126,11 @@ def _launch(ws: Any, cfg: Any, argv: list[str], nproc: int, resume_command: str)
     """Start the ``--nproc`` job and end with its exit code."""
     from llmforge.launch import launch_local
     from llmforge.training.checkpoint import latest_checkpoint
+    from llmforge.training.runlock import check_free
     from llmforge.training.runs import run_dir_for
     from llmforge.workspace import HOME_ENV
 
+    check_free(run_dir_for(ws, cfg))  # a run in training: refused before N processes start
     code = launch_local(
         argv,
         nproc,
@@ -266,12 +268,22 @@ def train(
         allow_base_mismatch=allow_base_mismatch,
         dry_run=dry_run,
         processes=nproc if dry_run else None,
+        stop_at=stop_at,
     )
-    ctx.call_on_close(run.dist.close)  # leave the process group however the command ends
+    ctx.call_on_close(run.close)  # release the run's lock, leave the process group
     out = r.stdout()
+    if run.finished and not dry_run:
+        out.print(
+            f"The run {run.run_dir.name!r} already completed its {run.trainer.cfg.max_steps} "
+            "steps; nothing to do (nothing was written). Raise --max-steps to train further.",
+            markup=False,
+        )
+        return
     if dry_run:
         for w in run.warnings:
             r.print_warning(w)
+        for line in run.notes:
+            out.print(line, markup=False)
         cfg_run = run.trainer.cfg
         out.print(
             f"Dry run: {run.trainer.adapter.architecture}, "
@@ -292,16 +304,11 @@ def train(
         r.print_warning(w)
     for line in _start_lines(run.info, run.resumed_from is not None, run.start_step):
         out.print(line, markup=False)
+    for line in run.notes:
+        out.print(line, markup=False)
     if run.memory is not None:
         for line in run.memory.lines():
             out.print(line, markup=False)
-    if run.start_step >= run.trainer.cfg.max_steps:
-        out.print(
-            f"The run already completed its {run.trainer.cfg.max_steps} steps; nothing to do. "
-            "Raise --max-steps to train further.",
-            markup=False,
-        )
-        return
 
     stop_requested = False
     first_sigint = 0.0
