@@ -76,7 +76,13 @@ def _start_notes(cfg: TrainingConfig) -> list[str]:
         masters = " with fp32 master weights" if cfg.bf16_params else ""
         notes.append(f"Precision: {cfg.precision}{masters} ({why}; set precision to choose).")
     if chosen:
-        parts = [f"{k} {getattr(cfg, k):g} ({reason})" for k, reason in chosen.items()]
+        # rates as the training log shows them (lr 2.0e-05), other numbers plainly
+        parts = [
+            f"{k} {getattr(cfg, k):.1e} ({reason})"
+            if k.endswith("lr") or k == "learning_rate"
+            else f"{k} {getattr(cfg, k):g} ({reason})"
+            for k, reason in chosen.items()
+        ]
         notes.append(
             f"Not set in the config, so chosen for {KIND_PHRASES[cfg.kind]}: {'; '.join(parts)}."
         )
