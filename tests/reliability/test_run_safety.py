@@ -237,7 +237,7 @@ def test_stop_at_must_be_after_the_step_a_resume_starts_from(
     err = refused(
         ws, "train", str(base[1]), "--resume", "latest", "--max-steps", "9", "--stop-at", "5"
     )
-    assert "--stop-at 5" in err and "step 6" in err
+    assert "--stop-at 5" in err and "resumes from (6)" in err
 
 
 def test_a_config_path_that_is_a_directory(ws: Path, tmp_path: Path) -> None:

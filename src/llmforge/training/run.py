@@ -90,15 +90,14 @@ def _start_notes(cfg: TrainingConfig) -> list[str]:
 
 
 def _check_stop_at(stop_at: int | None, start: int, max_steps: int) -> None:
-    if stop_at is None:
+    if stop_at is None or start < stop_at <= max_steps:
         return
-    if stop_at < 1 or stop_at > max_steps or stop_at <= start:
-        where = f" (the run is at step {start})" if start else ""
-        raise ConfigError(
-            f"--stop-at {stop_at} is not a step this run will reach: it must be after the "
-            f"current step {start} and at most max_steps ({max_steps}){where}.",
-            f"Give a step from {start + 1} to {max_steps}, or raise --max-steps.",
-        )
+    now = f"after the step the run resumes from ({start}) and " if start else ""
+    raise ConfigError(
+        f"--stop-at {stop_at} is not a step this run will reach: it must be {now}from "
+        f"{start + 1} to max_steps ({max_steps}).",
+        f"Give a step from {start + 1} to {max_steps}, or raise --max-steps.",
+    )
 
 
 def prepare_run(
