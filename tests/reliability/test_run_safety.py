@@ -164,6 +164,11 @@ def test_output_dir_outside_the_workspace_is_refused(
         )
         assert "outside the workspace" in err, err
     assert not (tmp_path / "outside").exists() and not (tmp_path / "elsewhere").exists()
+    # a run folder that is a symlink out of the workspace is refused too
+    (tmp_path / "target").mkdir()
+    (ws / "runs" / "linked").symlink_to(tmp_path / "target")
+    assert "outside the workspace" in refused(ws, "train", str(base[1]), "--run-name", "linked")
+    assert not any((tmp_path / "target").iterdir())
     # a checkpoint outside the workspace is not resumed (that would write there)
     shutil.copytree(ws / "runs", tmp_path / "away" / "runs")
     away = tmp_path / "away" / "runs" / RUN / "checkpoints" / "step-000006"

@@ -216,7 +216,8 @@ def _prepare(
                 )
         else:
             resumed_from = resolve_checkpoint(workspace, resume, run_dir_for(workspace, cfg).parent)
-            workspace.inside(resumed_from, "the checkpoint to resume")  # its run is written to
+            # its run is written to: it must be in the workspace (a path is taken from the cwd)
+            resumed_from = workspace.inside(resumed_from.absolute(), "the checkpoint to resume")
             runlock.check_free(resumed_from.parent.parent)
             refuse_older(resumed_from, resume)
         trainer, meta, warnings, notes = resume_trainer(

@@ -40,7 +40,8 @@ def run_dir_for(workspace: Workspace, cfg: TrainingConfig) -> Path:
             "Use a short folder inside the workspace (the default is runs).",
         )
     base = workspace.inside(cfg.output_dir, "output_dir")
-    run_dir = base / (cfg.run_name or DEFAULT_RUN_NAME)
+    # the run folder itself may be a symlink pointing elsewhere: it must stay inside too
+    run_dir = workspace.inside(base / (cfg.run_name or DEFAULT_RUN_NAME), "the run folder")
     if len(str(run_dir).encode("utf-8")) > _MAX_RUN_PATH:
         raise ConfigError(
             f"The run folder {brief(str(run_dir), 80)} would be too long a path.",
