@@ -226,8 +226,12 @@ def branch_run(
             "with --merge for a LoRA checkpoint) and fine-tune that model instead.",
         )
     refuse_existing_run(run_dir)
+    # The branch fine-tunes the model NAME: keys the user left unset take the defaults of a
+    # full fine-tune, not those of the run the checkpoint came from.
+    run_cfg = TrainingConfig.from_dict({**cfg.user_dict(), "model_name": name}, source="branch")
+    run_cfg = resolve_precision(run_cfg)
     torch.manual_seed(cfg.seed)
-    _precheck(cfg, folder_shape(source), world)
+    _precheck(run_cfg, folder_shape(source), world)
     adapter, src = ck.load_checkpoint_adapter(source)
     set_keys = [k for k in ARCHITECTURE_KEYS if k in cfg.model_fields_set]
     if set_keys:
@@ -236,10 +240,6 @@ def branch_run(
             f"the checkpoint {source} brings its own architecture config."
         )
     corpus = load_data(cfg)
-    # The branch fine-tunes the model NAME: keys the user left unset take the defaults of a
-    # full fine-tune, not those of the run the checkpoint came from.
-    run_cfg = TrainingConfig.from_dict({**cfg.user_dict(), "model_name": name}, source="branch")
-    run_cfg = resolve_precision(run_cfg)
     meta_model = {
         "model_name": name,
         "model_id": src.get("model_id"),

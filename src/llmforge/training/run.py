@@ -74,7 +74,7 @@ def _start_notes(cfg: TrainingConfig) -> list[str]:
     why = chosen.pop("precision", None)
     if why:
         masters = " with fp32 master weights" if cfg.bf16_params else ""
-        notes.append(f"Precision: {cfg.precision}{masters} ({why}; set precision to choose).")
+        notes.append(f"Precision: {cfg.precision}{masters} (precision {why}).")
     if chosen:
         # rates as the training log shows them (lr 2.0e-05), other numbers plainly
         parts = [
