@@ -179,13 +179,13 @@ def test_a_huge_value_is_echoed_briefly(tmp_path: Path) -> None:
 def test_a_config_path_that_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="is a directory"):
         load_config(tmp_path)
-    with pytest.raises(ConfigError, match="cannot be read|does not exist"):
+    with pytest.raises(ConfigError, match=r"cannot be read|does not exist"):
         load_config(tmp_path / ("x" * 5000 + ".yaml"))
 
 
 def test_a_run_name_from_an_unusable_file_name_says_where_it_came_from(tmp_path: Path) -> None:
     p = tmp_path / "my config.yaml"
     p.write_text("max_steps: 10\n")
-    with pytest.raises(ConfigError, match="named after the config file.*--run-name"):
+    with pytest.raises(ConfigError, match=r"named after the config file.*--run-name"):
         load_config(p)
     assert load_config(p, {"run_name": "mine"}).run_name == "mine"
