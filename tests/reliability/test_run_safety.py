@@ -245,6 +245,12 @@ def test_stop_at_must_be_after_the_step_a_resume_starts_from(
     assert "--stop-at 5" in err and "resumes from (6)" in err
 
 
+def test_a_lock_that_is_not_a_file_is_a_clear_error(ws: Path, base: tuple[Path, Path]) -> None:
+    (ws / "runs" / RUN / ".lock").mkdir()
+    err = refused(ws, "train", str(base[1]), "--resume", "latest", "--max-steps", "7")
+    assert "Cannot take the run's lock" in err
+
+
 def test_a_config_path_that_is_a_directory(ws: Path, tmp_path: Path) -> None:
     assert "is a directory" in refused(ws, "train", str(tmp_path), code=2)
 

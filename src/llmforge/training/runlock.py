@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmforge.errors import RunLockedError
+from llmforge.errors import RunLockedError, TrainingError
 
 LOCK_NAME = ".lock"
 # A process that only looks (probe) holds the file shared for microseconds; an acquirer that
@@ -118,7 +118,14 @@ def acquire(run_dir: Path) -> RunLock:
     path = run_dir / LOCK_NAME
     deadline = time.monotonic() + _RETRY_S
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:  # a folder or something else in its place, or no permission
+            raise TrainingError(
+                f"Cannot take the run's lock {path}: {e.strerror or type(e).__name__}.",
+                "It must be a plain file llmforge can write (it is safe to remove it while no "
+                "training of this run is running).",
+            ) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
