@@ -173,7 +173,10 @@ def test_an_extended_run_still_resumes_exactly(
         shutil.copytree(base[0], ws)
     args = ("train", str(cfg), "--resume", "latest", "--max-steps", "10")
     assert run_cli(straight, *args).exit_code == 0
-    assert run_cli(paused, *args, "--stop-at", "8").exit_code == 0
+    stopped = run_cli(paused, *args, "--stop-at", "8")
+    assert stopped.exit_code == 0
+    # the hint repeats --max-steps: without it the config's max_steps (6) would end the run
+    assert "--resume latest --max-steps 10" in stopped.stdout
     assert run_cli(paused, *args).exit_code == 0
     a, b = ckpt(straight, 10), ckpt(paused, 10)
     sa = json.loads((a / "trainer_state.json").read_text())

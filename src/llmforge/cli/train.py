@@ -111,10 +111,18 @@ def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[s
 
 
 def _resume_hint(
-    config: Path | None, run_name: str | None, name: str | None, init_from: str | None, nproc: int
+    config: Path | None,
+    run_name: str | None,
+    name: str | None,
+    init_from: str | None,
+    nproc: int,
+    max_steps: int | None = None,
 ) -> str:
-    """The command that continues this run."""
+    """The command that continues this run (with the --max-steps it was given: without it the
+    config's own max_steps would end the run early)."""
     again = f"llmforge train {config or ''} --resume latest".replace("  ", " ")
+    if max_steps is not None:
+        again += f" --max-steps {max_steps}"
     if run_name or (name and init_from):
         again += f" --run-name {run_name or name}"
     if nproc > 1:
@@ -252,7 +260,8 @@ def train(
             argv += ["--set", item]
         if allow_base_mismatch:
             argv.append("--allow-base-mismatch")
-        _launch(ws, cfg, argv, nproc, _resume_hint(config, run_name, name, init_from, nproc))
+        hint = _resume_hint(config, run_name, name, init_from, nproc, max_steps)
+        _launch(ws, cfg, argv, nproc, hint)
         return
     if rank != 0:  # rank 0 tells the story; the others stay quiet unless they fail
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # for the life of the process
@@ -274,8 +283,9 @@ def train(
     out = r.stdout()
     if run.finished and not dry_run:
         out.print(
-            f"The run {run.run_dir.name!r} already completed its {run.trainer.cfg.max_steps} "
-            "steps; nothing to do (nothing was written). Raise --max-steps to train further.",
+            f"The run {run.run_dir.name!r} is at step {run.start_step} and max_steps is "
+            f"{run.trainer.cfg.max_steps}: nothing to train (nothing was written). Raise "
+            "--max-steps to train further.",
             markup=False,
         )
         return
@@ -339,7 +349,7 @@ def train(
     if result.stopped_early:
         world = run.dist.world_size
         launched = int(os.environ.get(NPROC_ENV, "1"))  # --nproc N started this process
-        again = _resume_hint(config, run_name, name, init_from, launched)
+        again = _resume_hint(config, run_name, name, init_from, launched, max_steps)
         if world > 1 and NPROC_ENV not in os.environ:
             torchrun = f"torchrun --nproc-per-node {world} -m llmforge train"
             again = again.replace("llmforge train", torchrun)
