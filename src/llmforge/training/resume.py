@@ -139,6 +139,37 @@ def _changed_keys(cfg: TrainingConfig, saved: TrainingConfig, explicit: set[str]
     return out
 
 
+def _restore(
+    ckpt: Path, adapter: Any, optimizer: Any, state: dict[str, Any], dist: Any, is_sharded: bool
+) -> None:
+    """Load the checkpoint's optimizer state (and shards) and this rank's RNG state."""
+    if is_sharded:
+        if not dist.sharded:
+            raise CheckpointError(
+                f"{ckpt} is a sharded (FSDP) checkpoint, but this run is not sharded.",
+                f"Resume it with strategy: fsdp, or run `llmforge ckpt consolidate {ckpt}` first.",
+            )
+        sharded.load_sharded(ckpt, adapter, optimizer)
+    else:
+        try:
+            optimizer.load_state_dict(ck.load_optimizer_state(ckpt))
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"The optimizer state in {ckpt} does not fit the model ({e}).",
+                "The checkpoint is damaged or from another model; use another checkpoint.",
+            ) from e
+    try:
+        ranks = state.get("rng_by_rank") or [state["rng"]]
+        same_world = len(ranks) == dist.world_size
+        ck.set_rng_state(ranks[dist.rank] if same_world else state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"The checkpoint is damaged: the RNG state in {ckpt / ck.STATE_FILE} cannot be "
+            f"restored ({type(e).__name__}).",
+            "Nothing was written. Use another checkpoint of the run.",
+        ) from e
+
+
 def resume_trainer(
     ckpt: Path,
     cfg: TrainingConfig,
@@ -192,31 +223,7 @@ def resume_trainer(
     batches = build_batches(corpus, adapter, run_cfg, block, meta.get("chat"))
     warnings += batches.warnings
     module, optimizer = setup_training(adapter, run_cfg, dist)
-    if is_sharded:
-        if not dist.sharded:
-            raise CheckpointError(
-                f"{ckpt} is a sharded (FSDP) checkpoint, but this run is not sharded.",
-                f"Resume it with strategy: fsdp, or run `llmforge ckpt consolidate {ckpt}` first.",
-            )
-        sharded.load_sharded(ckpt, adapter, optimizer)
-    else:
-        try:
-            optimizer.load_state_dict(ck.load_optimizer_state(ckpt))
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(
-                f"The optimizer state in {ckpt} does not fit the model ({e}).",
-                "The checkpoint is damaged or from another model; use another checkpoint.",
-            ) from e
-    try:
-        ranks = state.get("rng_by_rank") or [state["rng"]]
-        same_world = len(ranks) == dist.world_size
-        ck.set_rng_state(ranks[dist.rank] if same_world else state["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(
-            f"The checkpoint is damaged: the RNG state in {ckpt / ck.STATE_FILE} cannot be "
-            f"restored ({type(e).__name__}).",
-            "Nothing was written. Use another checkpoint of the run.",
-        ) from e
+    _restore(ckpt, adapter, optimizer, state, dist, is_sharded)
     start = int(state["step"])
     notes, more = extend_schedule(run_cfg, saved, state, start)
     warnings += more

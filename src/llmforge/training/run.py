@@ -204,22 +204,7 @@ def _prepare(
         notes += _start_notes(trainer.cfg)
         warnings = [*trainer.cfg.notes, *warnings]
     else:
-        if resume == "latest":
-            run_dir = run_dir_for(workspace, cfg)
-            runlock.check_free(run_dir)
-            resumed_from = ck.latest_checkpoint(run_dir)
-            if resumed_from is None:
-                raise CheckpointError(
-                    f"--resume latest: the run {run_dir.name!r} has no checkpoint in {run_dir}.",
-                    "Start it without --resume, or name the checkpoint or run to continue "
-                    "(`llmforge ckpt list` shows them).",
-                )
-        else:
-            resumed_from = resolve_checkpoint(workspace, resume, run_dir_for(workspace, cfg).parent)
-            # its run is written to: it must be in the workspace (a path is taken from the cwd)
-            resumed_from = workspace.inside(resumed_from.absolute(), "the checkpoint to resume")
-            runlock.check_free(resumed_from.parent.parent)
-            refuse_older(resumed_from, resume)
+        resumed_from = _resume_target(workspace, cfg, resume)
         trainer, meta, warnings, notes = resume_trainer(
             resumed_from, cfg, explicit, workspace, allow_base_mismatch, processes
         )
@@ -260,6 +245,28 @@ def _prepare(
     dist.barrier()
     prepared.info = _info(trainer, run_dir, meta, resumed_from)
     return prepared
+
+
+def _resume_target(workspace: Workspace, cfg: TrainingConfig, resume: str) -> Path:
+    """The checkpoint ``--resume`` names, once its run is known to be free and it is the
+    run's newest (a resume never overwrites newer checkpoints)."""
+    if resume == "latest":
+        run_dir = run_dir_for(workspace, cfg)
+        runlock.check_free(run_dir)
+        latest = ck.latest_checkpoint(run_dir)
+        if latest is None:
+            raise CheckpointError(
+                f"--resume latest: the run {run_dir.name!r} has no checkpoint in {run_dir}.",
+                "Start it without --resume, or name the checkpoint or run to continue "
+                "(`llmforge ckpt list` shows them).",
+            )
+        return latest
+    found = resolve_checkpoint(workspace, resume, run_dir_for(workspace, cfg).parent)
+    # its run is written to: it must be in the workspace (a path is taken from the cwd)
+    found = workspace.inside(found.absolute(), "the checkpoint to resume")
+    runlock.check_free(found.parent.parent)
+    refuse_older(found, resume)
+    return found
 
 
 def _take_lock(dist: DistContext, run_dir: Path) -> runlock.RunLock | None:
