@@ -5,6 +5,7 @@ No timings here: speed is measured side by side in benchmarks/ (see benchmarks/R
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -188,7 +189,7 @@ def test_a_run_that_cannot_fit_is_refused_before_anything_is_written(tmp_path: P
     home = tmp_path / "home"
     home.mkdir()
     data = small_corpus(tmp_path / "c.txt")
-    cfg = write_config(tmp_path / "t.yaml", data_path=str(data))
+    cfg = write_config(tmp_path / "t.yaml", data_path=str(data), precision="fp32")
     before = snapshot(home)
     res = run_cli(home, "train", str(cfg), "--set", "memory_limit_gb=0.01")
     assert res.exit_code == 1
@@ -234,3 +235,43 @@ def test_bf16_lora_casts_the_frozen_base_without_masters() -> None:
     assert {p.dtype for p in params} == {torch.bfloat16}
     assert len(opt.masters) == len(trainable) < len(params)
     assert all(m.dtype == torch.float32 for m in opt.masters)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [({}, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"), ({"GOMP_SPINCOUNT": "5"}, None)],
+)
+def test_the_cli_lets_idle_openmp_threads_sleep_unless_told_otherwise(
+    given: dict[str, str], expected: str | None
+) -> None:
+    # Under contention, spinning OpenMP threads made 2 threads 6x slower than 1
+    # (benchmarks/bench_threads.py); the policy must be in the environment before torch loads.
+    code = (
+        "import os, sys\n"
+        "sys.argv = ['llmforge', '--version']\n"
+        "from llmforge.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, **given}
+    )
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip().splitlines()[-1] == str(expected)
+
+
+def test_the_size_from_a_config_alone_is_a_slight_underestimate(tiny_qwen_repo: Path) -> None:
+    # The pre-check before a model is built must never refuse what the exact check accepts.
+    from llmforge.modeling.transformer import Transformer, TransformerConfig
+    from llmforge.training.memory import custom_shape, folder_shape
+    from tiny_models import num_parameters
+
+    shape = folder_shape(tiny_qwen_repo)
+    assert shape is not None and 0.8 * num_parameters(tiny_qwen_repo) <= shape.parameters
+    assert shape.parameters <= num_parameters(tiny_qwen_repo)
+    cfg = TrainingConfig(n_layers=3, d_model=64, n_heads=4, block_size=48)
+    model = Transformer(TransformerConfig(vocab_size=77, n_layers=3, d_model=64, n_heads=4,
+                                          block_size=48))  # fmt: skip
+    assert custom_shape(cfg, 77).parameters == sum(p.numel() for p in model.parameters())

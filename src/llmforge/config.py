@@ -9,17 +9,48 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
 
+from llmforge.config_rules import (
+    DEFAULT_WARMUP,
+    KIND_DEFAULTS,
+    KIND_PHRASES,
+    MAX_SEED,
+    config_error,
+    fill_defaults,
+    kind_of,
+    parse_overrides,
+    read_yaml,
+    run_name_problem,
+    short_text,
+)
 from llmforge.errors import ConfigError
-from llmforge.untrusted import UntrustedYAMLError, load_yaml
+from llmforge.untrusted import brief
+
+__all__ = [
+    "ARCHITECTURE_KEYS",
+    "DEFAULT_WARMUP",
+    "KIND_DEFAULTS",
+    "KIND_PHRASES",
+    "RESUMABLE_KEYS",
+    "LoraSettings",
+    "TrainingConfig",
+    "load_config",
+    "parse_overrides",
+    "read_yaml",
+]
 
 # Keys that only shape the from-scratch Transformer; a registry model's own config wins.
 # (block_size is not among them: it is the training sequence length for every model.)
 ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "dropout")
-
-DEFAULT_WARMUP = 30
 
 # Keys that may differ when a run is resumed without changing what it computes.
 RESUMABLE_KEYS = (
@@ -35,13 +66,14 @@ RESUMABLE_KEYS = (
     "memory_limit_gb",
     "device",
     "dist_timeout",
+    "schedule_on_extend",
 )
 
 
 class LoraSettings(BaseModel):
     """The ``lora:`` section: the low-rank adapters that ``finetune: lora`` trains."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     r: int = Field(default=8, ge=1, le=4096, description="Rank of the update matrices.")
     alpha: float = Field(default=16.0, gt=0.0, description="Scale: updates are x alpha / r.")
@@ -63,9 +95,18 @@ class LoraSettings(BaseModel):
 
 
 class TrainingConfig(BaseModel):
-    """The resolved configuration of one training run."""
+    """The resolved configuration of one training run.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    ``learning_rate``, ``min_lr``, ``weight_decay`` and ``warmup_steps`` default by what is
+    trained (:data:`KIND_DEFAULTS`); :attr:`chosen_defaults` says which were chosen so, and
+    ``model_fields_set`` holds only the keys the user set.
+    """
+
+    # No inf or NaN anywhere: `memory_limit_gb: .inf` or `dist_timeout: .nan` would crash later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    _chosen_defaults: dict[str, str] = PrivateAttr(default_factory=dict)
+    _notes: list[str] = PrivateAttr(default_factory=list)
 
     # -- which model -----------------------------------------------------------------
     model_name: str | None = Field(
@@ -115,24 +156,53 @@ class TrainingConfig(BaseModel):
     )
 
     # -- optimisation -----------------------------------------------------------------
-    learning_rate: float = Field(default=2e-3, gt=0.0, le=1000.0)
-    min_lr: float = Field(default=2e-4, ge=0.0)
-    warmup_steps: int = Field(
-        default=DEFAULT_WARMUP, ge=0, description="Default: 30, at most a tenth of max_steps."
+    learning_rate: float = Field(
+        default=2e-3,
+        gt=0.0,
+        le=1000.0,
+        description="Default: 2e-3 from scratch, 2e-5 for a full fine-tune, 2e-4 for LoRA.",
     )
-    weight_decay: float = Field(default=0.1, ge=0.0)
+    min_lr: float = Field(
+        default=2e-4, ge=0.0, description="End of the cosine decay; default: learning_rate / 10."
+    )
+    warmup_steps: int = Field(
+        default=DEFAULT_WARMUP,
+        ge=0,
+        le=10**9,
+        description="Default: 30 from scratch, 10 for fine-tunes, at most a tenth of max_steps; "
+        "one not below max_steps is capped (with a warning).",
+    )
+    weight_decay: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=100.0,
+        description="Default: 0.1 from scratch, 0.0 for fine-tunes (full or LoRA).",
+    )
     beta1: float = Field(default=0.9, ge=0.0, lt=1.0)
     beta2: float = Field(default=0.99, ge=0.0, lt=1.0)
     grad_clip: float = Field(default=1.0, ge=0.0, description="0 disables clipping.")
-    batch_size: int = Field(default=16, ge=1, description="Sequences per micro-batch.")
-    grad_accum_steps: int = Field(default=1, ge=1)
-    max_steps: int = Field(default=300, ge=1, description="Optimizer steps of the whole run.")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    batch_size: int = Field(default=16, ge=1, le=65536, description="Sequences per micro-batch.")
+    grad_accum_steps: int = Field(default=1, ge=1, le=65536)
+    max_steps: int = Field(
+        default=300, ge=1, le=10**9, description="Optimizer steps of the whole run."
+    )
+    schedule_on_extend: Literal["continue", "rewarm", "replan"] = Field(
+        default="continue",
+        description="When a resume changes max_steps: continue = keep the planned schedule and "
+        "run added steps at its final lr; rewarm = a new warmup + cosine over the added steps; "
+        "replan = stretch the cosine over the new max_steps (the lr jumps).",
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="auto: bf16 (with fp32 master weights) where the device computes bf16 "
+        "fast (a GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32. The resolved value "
+        "is recorded in the run.",
+    )
     nonfinite_loss: Literal["stop", "skip"] = Field(
         default="stop", description="On a NaN/inf loss: stop, or skip the step (no update)."
     )
     max_consecutive_skips: int = Field(default=10, ge=1)
-    seed: int = Field(default=1337, ge=0)
+    seed: int = Field(default=1337, ge=0, le=MAX_SEED)
 
     # -- speed and memory (benchmarks/README.md has the measured effect of each) ------
     fused_loss: bool = Field(
@@ -155,10 +225,13 @@ class TrainingConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in backward: less memory, slower."
     )
-    threads: int = Field(default=0, ge=0, description="torch threads; 0 = torch's default.")
+    threads: int = Field(
+        default=0, ge=0, le=1024, description="torch threads; 0 = torch's default."
+    )
     memory_limit_gb: float | None = Field(
         default=None,
         gt=0.0,
+        le=2.0**20,
         description="Memory the run may use; None = the machine's available memory.",
     )
 
@@ -175,6 +248,7 @@ class TrainingConfig(BaseModel):
     dist_timeout: float = Field(
         default=300.0,
         gt=0.0,
+        le=7 * 86400.0,
         description="Seconds a process waits for the others before the job stops with an "
         "error (a process that died or hangs).",
     )
@@ -182,9 +256,11 @@ class TrainingConfig(BaseModel):
     # -- evaluation, samples, checkpoints ---------------------------------------------
     log_interval: int = Field(default=10, ge=1)
     eval_interval: int = Field(default=50, ge=1)
-    eval_steps: int = Field(default=10, ge=1, description="Validation batches per evaluation.")
+    eval_steps: int = Field(
+        default=10, ge=1, le=100_000, description="Validation batches per evaluation."
+    )
     sample_interval: int = Field(default=100, ge=0, description="0 disables samples.")
-    sample_tokens: int = Field(default=120, ge=1)
+    sample_tokens: int = Field(default=120, ge=1, le=100_000)
     save_interval: int = Field(default=100, ge=1)
     keep_last: int = Field(default=3, ge=1)
     output_dir: str = Field(default="runs", description="Relative to the workspace.")
@@ -192,23 +268,22 @@ class TrainingConfig(BaseModel):
         default=None, description="Folder under output_dir; default: the config file's name."
     )
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _default_warmup(cls, data: Any) -> Any:
-        # An unset warmup shrinks with short runs, so `--max-steps 20` works out of the box.
-        if isinstance(data, dict) and data.get("warmup_steps") is None:
-            steps = data.get("max_steps", 300)
-            if isinstance(steps, int) and steps > 0:
-                data = {**data, "warmup_steps": min(DEFAULT_WARMUP, steps // 10)}
-        return data
+    def _defaults_by_kind(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # Unset optimisation keys take the defaults of what is trained, and a warmup that does
+        # not fit the run is capped; the keys chosen here do not count as set by the user.
+        if not isinstance(data, dict):
+            return handler(data)  # validating an assignment: nothing is chosen anew
+        data, chosen, notes = fill_defaults(data)
+        inst = handler(data)
+        inst.__pydantic_fields_set__.difference_update(chosen)
+        inst._chosen_defaults = chosen
+        inst._notes = notes
+        return inst
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingConfig:
-        if self.warmup_steps >= self.max_steps:
-            raise ValueError(
-                f"warmup_steps ({self.warmup_steps}) must be smaller than max_steps "
-                f"({self.max_steps})"
-            )
         if self.min_lr > self.learning_rate:
             raise ValueError(
                 f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})"
@@ -228,14 +303,64 @@ class TrainingConfig(BaseModel):
                 "adapter); use strategy: ddp for LoRA: each process holds the frozen base and "
                 "only the adapter's gradients are averaged"
             )
-        if self.param_dtype == "bf16" and self.precision != "bf16":
-            raise ValueError("param_dtype bf16 needs precision: bf16")
-        if self.run_name is not None and not _safe_name(self.run_name):
-            raise ValueError(
-                f"run_name {self.run_name!r} must be a plain folder name (letters, digits, "
-                "'.', '_', '-')"
-            )
+        if self.param_dtype == "bf16" and self.precision == "fp32":
+            raise ValueError("param_dtype bf16 needs precision: bf16 (or auto)")
+        if self.run_name is not None:
+            problem = run_name_problem(self.run_name)
+            if problem:
+                raise ValueError(f"run_name {brief(self.run_name, 60)} {problem}")
         return self
+
+    def __eq__(self, other: object) -> bool:
+        # The same values are the same config, however they were chosen.
+        if not isinstance(other, TrainingConfig):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable (validate_assignment)
+
+    @property
+    def kind(self) -> str:
+        """What is trained: ``from scratch``, ``full fine-tune`` or ``LoRA``."""
+        return kind_of(self.model_name, self.finetune)
+
+    @property
+    def chosen_defaults(self) -> dict[str, str]:
+        """Keys the user did not set whose value depends on what is trained, with the reason."""
+        return dict(self._chosen_defaults)
+
+    @property
+    def notes(self) -> list[str]:
+        """What validation changed and the user should hear (a capped warmup)."""
+        return list(self._notes)
+
+    def evolve(self, updates: dict[str, Any], *, chosen: dict[str, str] | None = None) -> Any:
+        """A copy with ``updates`` applied (validated), keeping which keys the user set.
+
+        Args:
+            updates: Keys to change.
+            chosen: Of those, the ones llmforge chose (not the user), with the reason; the
+                others count as set.
+
+        Raises:
+            ConfigError: If the result is invalid.
+        """
+        new = TrainingConfig.from_dict({**self.to_dict(), **updates}, source="config")
+        picked = {**self._chosen_defaults, **(chosen or {})}
+        for key in set(updates) - set(chosen or {}):
+            picked.pop(key, None)
+        new.__pydantic_fields_set__ = (set(self.model_fields_set) | set(updates)) - set(picked)
+        new._chosen_defaults = picked
+        new._notes = list(self._notes)
+        return new
+
+    def user_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the keys whose defaults depend on what is trained (so that
+        validating it again under another ``model_name`` chooses them anew)."""
+        data = self.to_dict()
+        for key in self._chosen_defaults:
+            data.pop(key, None)
+        return data
 
     @property
     def tokens_per_step(self) -> int:
@@ -263,100 +388,7 @@ class TrainingConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise _config_error(e, source) from e
-
-
-def _safe_name(name: str) -> bool:
-    return bool(name) and name not in (".", "..") and all(c.isalnum() or c in "._-" for c in name)
-
-
-def _config_error(e: ValidationError, source: str) -> ConfigError:
-    """One message for the first problem pydantic found, naming the file and the key."""
-    err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        known = ", ".join(TrainingConfig.model_fields)
-        return ConfigError(
-            f"{source}: unknown key {key!r}.",
-            f"Remove it or fix its spelling. Known keys: {known}.",
-        )
-    got = (
-        f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-    )
-    msg = err["msg"].removeprefix("Value error, ")
-    where = f"key {key!r}: " if key else ""
-    more = f" ({e.error_count() - 1} more problem(s) after this one)" if e.error_count() > 1 else ""
-    return ConfigError(
-        f"{source}: {where}{msg}{got}{more}.",
-        "Fix the value in the file or in the --set override; `llmforge train --help` and "
-        "configs/custom-transformer.yaml show every key with its meaning.",
-    )
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Parse ``--set key=value`` strings; values are read as YAML scalars (``3``, ``null``...).
-
-    Raises:
-        ConfigError: If a pair has no ``=`` or an empty key.
-    """
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(
-                f"--set {pair!r} is not of the form key=value.",
-                "Write it like --set learning_rate=3e-4.",
-            )
-        try:
-            out[key] = load_yaml(raw) if raw.strip() else None
-        except UntrustedYAMLError as e:
-            raise ConfigError(
-                f"--set {key}=... is refused: {e}.", "Give the value without YAML aliases."
-            ) from e
-        except yaml.YAMLError:
-            out[key] = raw
-    return out
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping from ``path`` (an empty file is an empty mapping).
-
-    Raises:
-        ConfigError: If the file is missing, unreadable, not YAML, or not a mapping.
-    """
-    if not path.is_file():
-        raise ConfigError(
-            f"Config file {path} does not exist.",
-            "Check the path; the examples live in configs/ (e.g. configs/custom-transformer.yaml).",
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"Config file {path} is not UTF-8 text.", "Save it as UTF-8 YAML.") from e
-    try:
-        data = load_yaml(text)
-    except UntrustedYAMLError as e:
-        raise ConfigError(
-            f"Config file {path} is refused: {e}.",
-            "A training config is a short list of keys; write the values out without aliases.",
-        ) from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(
-            f"Config file {path} is not valid YAML{where}: {problem}.",
-            "Fix the syntax (indentation, a missing ':' or an unclosed quote are common).",
-        ) from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"Config file {path} must hold a mapping of keys to values, not {type(data).__name__}.",
-            "Write it like `max_steps: 300` one key per line.",
-        )
-    return data
+            raise config_error(e, source, list(TrainingConfig.model_fields)) from e
 
 
 def load_config(
@@ -376,7 +408,7 @@ def load_config(
         ConfigError: For a bad file, key or value (naming the file and the key).
     """
     data = read_yaml(path) if path is not None else {}
-    source = str(path) if path is not None else "default config"
+    source = short_text(str(path), 200) if path is not None else "default config"
     if overrides:
         source += " with command-line overrides"
         data = {**data, **overrides}
@@ -385,5 +417,12 @@ def load_config(
             if isinstance(data.get(section, {}), dict):
                 data[section] = {**data.get(section, {}), sub: data.pop(key)}
     if data.get("run_name") is None and path is not None:
+        problem = run_name_problem(path.stem)
+        if problem:
+            raise ConfigError(
+                f"The run is named after the config file, but {short_text(path.stem, 60)!r} "
+                f"{problem}.",
+                "Name the run with --run-name NAME (or run_name: NAME in the config).",
+            )
         data["run_name"] = path.stem
     return TrainingConfig.from_dict(data, source=source)

@@ -51,6 +51,40 @@ def check_precision(device: torch.device, precision: str) -> None:
         )
 
 
+def bf16_is_fast(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` computes bf16 natively (not emulated), and what says so.
+
+    ``precision: auto`` picks bf16 then: a GPU with bf16 support (Ampere or newer), or a CPU
+    with AVX512-BF16 or AMX (bf16 matmuls ~4x the fp32 rate; the main job trains 1.5x faster,
+    benchmarks/README.md). Elsewhere bf16 is emulated and slower than fp32.
+    """
+    if device.type == "cuda":
+        try:
+            ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older torch: no emulation argument
+            ok = torch.cuda.is_bf16_supported()
+        name = torch.cuda.get_device_name(device)
+        return ok, f"{name} {'supports' if ok else 'has no'} bf16"
+    if device.type != "cpu":
+        return False, f"{device.type} devices train in fp32"
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    found = [name for flag, name in _BF16_FLAGS if flag in flags]
+    if found:
+        return True, f"this CPU has {' and '.join(found)}"
+    return False, "this CPU has no native bf16 (AVX512-BF16 or AMX)"
+
+
+_BF16_FLAGS = (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX"))
+
+
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """bf16 autocast on ``device`` (a no-op context when ``enabled`` is False)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

@@ -113,6 +113,10 @@ class TrainingError(LLMForgeError):
     """Training cannot start or cannot continue (non-finite loss, run exists, ...)."""
 
 
+class RunLockedError(TrainingError):
+    """Another process is training the same run (it holds ``runs/RUN/.lock``)."""
+
+
 class DistributedError(TrainingError):
     """A process of a multi-process job lost the others (died, hung, unreachable); each rank
     reports its own."""

@@ -35,6 +35,7 @@ EXPECTED_CODES = {
     errors.AdapterNotFoundError: 1,
     errors.TrainingError: 1,
     errors.DistributedError: 1,
+    errors.RunLockedError: 1,
     errors.NotAvailableError: 1,
     errors.ExportError: 1,
     errors.LLMForgeError: 1,

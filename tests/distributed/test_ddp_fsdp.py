@@ -10,6 +10,7 @@ floating-point sums (stated tolerance: 1e-5 relative; measured differences are ~
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from train_helpers import run_cli, small_corpus, write_config
 
 STEPS = 6
 BASE = {
+    "precision": "fp32",  # the 1e-5 tolerance is for fp32 sums (auto would pick bf16 here)
     "n_layers": 2,
     "dropout": 0.0,  # each rank has its own dropout stream: no dropout, so runs can agree
     "batch_size": 4,
@@ -215,3 +217,21 @@ def test_a_sharded_checkpoint_generates_registers_exports_and_consolidates(
     )
     assert res.exit_code == 0, res.output
     assert len(losses(home, "fsdp-c")) == STEPS + 2
+
+
+def test_the_job_holds_the_run_lock_once_and_a_held_run_is_refused_before_launch(
+    ws: dict,
+) -> None:
+    from llmforge.training import runlock
+
+    home, cfg = ws["home"], ws["cfg"]
+    # rank 1 never took the lock (else the job above would have refused itself); released
+    assert not (home / "runs" / "ddp" / ".lock").exists()
+    held = runlock.acquire(home / "runs" / "busy")
+    try:
+        res = llmforge(home, "train", str(cfg), "--nproc", "2", "--run-name", "busy")
+    finally:
+        held.release()
+    assert res.returncode == 1
+    assert "is being trained right now" in res.stderr and f"process {os.getpid()}" in res.stderr
+    assert "Rank" not in res.stderr  # refused by the launcher: no process was started

@@ -16,6 +16,7 @@ from train_helpers import import_from_local_hub, run_cli, small_corpus
 LORA = {
     "model_name": "qwen-base",
     "finetune": "lora",
+    "precision": "fp32",  # the 1e-5 tolerance is for fp32 sums (auto would pick bf16 here)
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
     "block_size": 32,
     "batch_size": 2,

@@ -243,7 +243,8 @@ def test_export_round_trip_has_identical_logits(done: Path, tmp_path: Path) -> N
     assert gen["eos_token_id"] == 0
 
     adapter, _ = load_for_inference(Workspace(root=ws), "ft/step-2")
-    plain = AutoModelForCausalLM.from_pretrained(str(dest))
+    # fp32 compute on both sides (the weights are bf16 when precision: auto chose bf16)
+    plain = AutoModelForCausalLM.from_pretrained(str(dest), dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(dest))
     text = "Fine-tuning adapts a pretrained model."
     ids = tok.encode(text, add_special_tokens=False)

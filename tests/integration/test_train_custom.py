@@ -175,7 +175,7 @@ def test_resume_without_checkpoint_and_unknown_reference(setup: tuple[Path, Path
         ("max_steps: [\n", "not valid YAML"),
         ("nonsense_key: 1\n", "unknown key 'nonsense_key'"),
         ("max_steps: many\n", "key 'max_steps'"),
-        ("max_steps: 5\nwarmup_steps: 9\n", "warmup_steps"),
+        ("learning_rate: 0.001\nmin_lr: 0.01\n", "min_lr"),
         ("data_path: /definitely/missing.txt\n", "does not exist"),
         ("model_name: not-registered\n", "No model named 'not-registered'"),
     ],

@@ -159,9 +159,9 @@ CASES = [
         ("key 'learning_rate'", "Fix"),
     ),
     Case(
-        "yaml-warmup",
-        lambda e: _yaml(e, "max_steps: 5\nwarmup_steps: 5\n"),
-        ("warmup_steps (5)", "Fix"),
+        "yaml-min-lr",  # (a warmup not below max_steps is capped, not refused: issue 15)
+        lambda e: _yaml(e, "learning_rate: 0.001\nmin_lr: 0.01\n"),
+        ("min_lr (0.01)", "Fix"),
     ),
     Case("yaml-precision", lambda e: _yaml(e, "precision: fp16\n"), ("key 'precision'", "Fix")),
     Case("yaml-heads", lambda e: _yaml(e, "d_model: 30\nn_heads: 4\n"), ("divisible", "Fix")),

@@ -124,6 +124,20 @@ app.add_typer(ckpt.app, name="ckpt")
 app.command(name="generate")(generate.generate)
 
 
+def _openmp_waits_politely() -> None:
+    """Let idle OpenMP threads sleep instead of spinning (before torch is imported).
+
+    libgomp, the OpenMP of torch's Linux wheels, makes a thread that waits for the next parallel
+    region spin 300,000 times first. On a machine whose cores other programs use too, a spinning
+    thread holds the core its partner needs: the main job ran 6x slower with 2 threads than with
+    1 there (benchmarks/README.md, bench_threads.py), while with passive waiting 2 threads were
+    as fast as 1 under that load and never collapsed. The user's own setting wins.
+    """
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
 def main() -> None:
     """Entry point of the ``llmforge`` console script and ``python -m llmforge``."""
+    _openmp_waits_politely()
     app()

@@ -111,10 +111,18 @@ def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[s
 
 
 def _resume_hint(
-    config: Path | None, run_name: str | None, name: str | None, init_from: str | None, nproc: int
+    config: Path | None,
+    run_name: str | None,
+    name: str | None,
+    init_from: str | None,
+    nproc: int,
+    max_steps: int | None = None,
 ) -> str:
-    """The command that continues this run."""
+    """The command that continues this run (with the --max-steps it was given: without it the
+    config's own max_steps would end the run early)."""
     again = f"llmforge train {config or ''} --resume latest".replace("  ", " ")
+    if max_steps is not None:
+        again += f" --max-steps {max_steps}"
     if run_name or (name and init_from):
         again += f" --run-name {run_name or name}"
     if nproc > 1:
@@ -126,9 +134,11 @@ def _launch(ws: Any, cfg: Any, argv: list[str], nproc: int, resume_command: str)
     """Start the ``--nproc`` job and end with its exit code."""
     from llmforge.launch import launch_local
     from llmforge.training.checkpoint import latest_checkpoint
+    from llmforge.training.runlock import check_free
     from llmforge.training.runs import run_dir_for
     from llmforge.workspace import HOME_ENV
 
+    check_free(run_dir_for(ws, cfg))  # a run in training: refused before N processes start
     code = launch_local(
         argv,
         nproc,
@@ -250,7 +260,8 @@ def train(
             argv += ["--set", item]
         if allow_base_mismatch:
             argv.append("--allow-base-mismatch")
-        _launch(ws, cfg, argv, nproc, _resume_hint(config, run_name, name, init_from, nproc))
+        hint = _resume_hint(config, run_name, name, init_from, nproc, max_steps)
+        _launch(ws, cfg, argv, nproc, hint)
         return
     if rank != 0:  # rank 0 tells the story; the others stay quiet unless they fail
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115  # for the life of the process
@@ -266,12 +277,23 @@ def train(
         allow_base_mismatch=allow_base_mismatch,
         dry_run=dry_run,
         processes=nproc if dry_run else None,
+        stop_at=stop_at,
     )
-    ctx.call_on_close(run.dist.close)  # leave the process group however the command ends
+    ctx.call_on_close(run.close)  # release the run's lock, leave the process group
     out = r.stdout()
+    if run.finished and not dry_run:
+        out.print(
+            f"The run {run.run_dir.name!r} is at step {run.start_step} and max_steps is "
+            f"{run.trainer.cfg.max_steps}: nothing to train (nothing was written). Raise "
+            "--max-steps to train further.",
+            markup=False,
+        )
+        return
     if dry_run:
         for w in run.warnings:
             r.print_warning(w)
+        for line in run.notes:
+            r.print_text(line, out)
         cfg_run = run.trainer.cfg
         r.print_text(
             f"Dry run: {run.trainer.adapter.architecture}, "
@@ -291,15 +313,11 @@ def train(
         r.print_warning(w)
     for line in _start_lines(run.info, run.resumed_from is not None, run.start_step):
         r.print_text(line, out)
+    for line in run.notes:
+        r.print_text(line, out)
     if run.memory is not None:
         for line in run.memory.lines():
             r.print_text(line, out)
-    if run.start_step >= run.trainer.cfg.max_steps:
-        r.print_text(
-            f"The run already completed its {run.trainer.cfg.max_steps} steps; nothing to do. "
-            "Raise --max-steps to train further."
-        )
-        return
 
     stop_requested = False
     first_sigint = 0.0
@@ -330,7 +348,7 @@ def train(
     if result.stopped_early:
         world = run.dist.world_size
         launched = int(os.environ.get(NPROC_ENV, "1"))  # --nproc N started this process
-        again = _resume_hint(config, run_name, name, init_from, launched)
+        again = _resume_hint(config, run_name, name, init_from, launched, max_steps)
         if world > 1 and NPROC_ENV not in os.environ:
             torchrun = f"torchrun --nproc-per-node {world} -m llmforge train"
             again = again.replace("llmforge train", torchrun)

@@ -20,6 +20,8 @@ costs the user a flag; dying an hour into a run costs the hour.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,10 +60,13 @@ class MemoryEstimate:
             + self.overhead
         )
 
-    def lines(self) -> list[str]:
-        """The start-up log lines."""
+    def parts_text(self) -> str:
+        """The parts of the estimate, largest first where it matters: ``weights 1.2 GB, ...``."""
+        return ", ".join(self._parts())
+
+    def _parts(self) -> list[str]:
         h = human_bytes
-        parts = [
+        return [
             f"weights {h(self.weights)}",
             *([f"fp32 master weights {h(self.master_weights)}"] if self.master_weights else []),
             f"gradients {h(self.gradients)}",
@@ -70,6 +75,11 @@ class MemoryEstimate:
             f"logits/loss {h(self.logits)}",
             f"overhead {h(self.overhead)}",
         ]
+
+    def lines(self) -> list[str]:
+        """The start-up log lines."""
+        h = human_bytes
+        parts = self._parts()
         if self.processes > 1:
             return [
                 f"Memory estimate per process: about {h(self.total)} at peak "
@@ -143,6 +153,124 @@ def estimate_memory(
     )
 
 
+@dataclass(frozen=True)
+class ModelShape:
+    """A model's size as its config states it, known before anything is built.
+
+    Attributes:
+        parameters: All parameters (for a Hugging Face config a slight underestimate: norms,
+            biases and architecture extras are left out, so the pre-check never refuses a
+            run that the exact check after building would accept).
+        trainable: The trainable ones (0 for a LoRA base: the adapter is small).
+        describe: Layers, width, heads and vocabulary, as ``ModelAdapter.describe`` has them.
+    """
+
+    parameters: int
+    trainable: int
+    describe: dict[str, Any]
+
+
+def custom_shape(cfg: TrainingConfig, vocab_size: int) -> ModelShape:
+    """The from-scratch Transformer that ``cfg`` describes (exact: embeddings, 12 d^2 + 4 d
+    per block, tied LM head)."""
+    d, layers = cfg.d_model, cfg.n_layers
+    params = vocab_size * d + cfg.block_size * d + layers * (12 * d * d + 4 * d) + 2 * d
+    return ModelShape(
+        params,
+        params,
+        {"n_layers": layers, "d_model": d, "n_heads": cfg.n_heads, "vocab_size": vocab_size},
+    )
+
+
+def _positive_ints(raw: dict[str, Any], *keys: str) -> list[int] | None:
+    values = [raw.get(k) for k in keys]
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        return values  # type: ignore[return-value]
+    return None
+
+
+def folder_shape(folder: Path, *, frozen: bool = False) -> ModelShape | None:
+    """The size of the model in ``folder`` from its ``config.json`` alone, or None when the
+    config is missing or not of a known shape (the exact check after building still runs).
+
+    Args:
+        folder: A registry model's folder or a checkpoint.
+        frozen: Its weights stay frozen (the base of a LoRA run).
+    """
+    try:
+        if (folder / "config.json").stat().st_size > 1 << 20:
+            return None
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    custom = _positive_ints(raw, "vocab_size", "n_layers", "d_model", "block_size")
+    if raw.get("architecture") == "custom-transformer" and custom:
+        v, layers, d, t = custom
+        params = v * d + t * d + layers * (12 * d * d + 4 * d) + 2 * d
+        heads = raw.get("n_heads") if isinstance(raw.get("n_heads"), int) else 1
+        describe = {"n_layers": layers, "d_model": d, "n_heads": heads, "vocab_size": v}
+        return ModelShape(params, 0 if frozen else params, describe)
+    hf = _positive_ints(raw, "vocab_size", "hidden_size", "num_hidden_layers")
+    if hf is None:
+        return None
+    v, h, layers = hf
+    heads = raw.get("num_attention_heads") if _positive_ints(raw, "num_attention_heads") else 1
+    kv = raw.get("num_key_value_heads") if _positive_ints(raw, "num_key_value_heads") else heads
+    head_dim = raw.get("head_dim") if _positive_ints(raw, "head_dim") else max(1, h // heads)
+    inter = raw.get("intermediate_size") if _positive_ints(raw, "intermediate_size") else 4 * h
+    attention = 2 * h * heads * head_dim + 2 * h * kv * head_dim  # q, o; k, v
+    mlp = 2 * h * inter  # at least up and down (gated MLPs have a third matrix)
+    tied = raw.get("tie_word_embeddings", True) is not False
+    params = v * h * (1 if tied else 2) + layers * (attention + mlp)
+    describe = {"n_layers": layers, "hidden_size": h, "n_heads": heads, "vocab_size": v}
+    return ModelShape(params, 0 if frozen else params, describe)
+
+
+def job_sharers() -> int:
+    """Processes of this job on this machine (torchrun's ``LOCAL_WORLD_SIZE``; 1 alone)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def precheck_memory(
+    cfg: TrainingConfig,
+    shape: ModelShape | None,
+    *,
+    block_size: int | None = None,
+    processes: int = 1,
+    sharded: bool = False,
+) -> None:
+    """Refuse a run whose model cannot fit before it is built (or its weights are loaded):
+    a config claiming 400 billion parameters must not reach the allocator.
+
+    Raises:
+        TrainingError: With the estimate, the memory available and what would help.
+    """
+    if shape is None:
+        return
+    est = estimate_memory(
+        cfg,
+        parameters=shape.parameters,
+        trainable=shape.trainable,
+        describe=shape.describe,
+        block_size=block_size,
+        processes=processes,
+        sharded=sharded,
+    )
+    cpu = cfg.device == "cpu" or not _cuda_visible()
+    check_memory(est, cfg, sharers=job_sharers() if cpu else 1, before_build=True)
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def available_memory(cfg: TrainingConfig) -> int:
     """Bytes the run may use: ``memory_limit_gb``, else what the machine has available now.
 
@@ -164,13 +292,16 @@ def available_memory(cfg: TrainingConfig) -> int:
     return avail + rss
 
 
-def check_memory(est: MemoryEstimate, cfg: TrainingConfig, *, sharers: int = 1) -> None:
+def check_memory(
+    est: MemoryEstimate, cfg: TrainingConfig, *, sharers: int = 1, before_build: bool = False
+) -> None:
     """Refuse a run whose estimate exceeds the memory available to it.
 
     Args:
         est: The estimate for one process.
         cfg: The run's config (``memory_limit_gb``, and the levers to suggest).
         sharers: Processes of the job on this machine, each needing ``est`` of its memory.
+        before_build: The estimate comes from the model's config (nothing was built yet).
 
     Raises:
         TrainingError: With what would help, most effective first.
@@ -199,9 +330,14 @@ def check_memory(est: MemoryEstimate, cfg: TrainingConfig, *, sharers: int = 1) 
         where += f", shared by the {sharers} processes on this machine"
         if cfg.strategy != "fsdp":
             tips.insert(0, "strategy: fsdp (each process holds 1/N of the weights and state)")
+    when = (
+        "; the model was not built (the estimate comes from its config)"
+        if before_build
+        else "; it would die mid-run"
+    )
     raise TrainingError(
-        f"This run needs about {human_bytes(est.total)} of memory at peak, but only "
-        f"{human_bytes(avail)} is available ({where}); it would die mid-run. Nothing was "
-        "written.",
+        f"This run needs about {human_bytes(est.total)} of memory at peak "
+        f"({est.parts_text()}), but only {human_bytes(avail)} is available ({where}){when}. "
+        "Nothing was written.",
         "Try " + "; or ".join(tips) + ". `llmforge train CONFIG --dry-run` prints the estimate.",
     )

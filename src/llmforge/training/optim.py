@@ -59,16 +59,48 @@ def build_optimizer(
     return MasterWeightOptimizer(params, masters, opt)
 
 
-def lr_at(step: int, cfg: TrainingConfig) -> float:
+def lr_at(step: int, cfg: TrainingConfig, schedule: list[dict[str, Any]] | None = None) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warmup, cosine decay.
 
     Warmup rises from ``learning_rate / warmup_steps`` to ``learning_rate`` over
     ``warmup_steps`` steps; cosine decay then reaches ``min_lr`` at the last step.
+
+    ``schedule`` (``trainer_state.json``) records how a resume changed ``max_steps``: the first
+    segment is the plan the run started with; each later one starts at the step where a resume
+    changed the length, with its ``schedule_on_extend`` mode (see :func:`_segment_lr`). The
+    rate stays a pure function of the step, so a resume with the same length is exact.
     """
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - 1 - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    if not schedule:
+        return _cosine(step, cfg, cfg.warmup_steps, cfg.max_steps)
+    return _segment_lr(step, cfg, schedule, len(schedule) - 1)
+
+
+def _cosine(step: int, cfg: TrainingConfig, warmup: int, length: int) -> float:
+    if warmup and step < warmup:
+        return cfg.learning_rate * (step + 1) / warmup
+    span = max(1, length - 1 - warmup)
+    progress = min(1.0, (step - warmup) / span)
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (
         cfg.learning_rate - cfg.min_lr
     )
+
+
+def _segment_lr(step: int, cfg: TrainingConfig, schedule: list[dict[str, Any]], i: int) -> float:
+    """The rate of segment ``i``: ``continue`` keeps the previous plan (and its final rate
+    after its end), ``rewarm`` is a new warmup + cosine over the segment's own steps,
+    ``replan`` stretches the original warmup + cosine over the new length."""
+    seg = schedule[i]
+    if i == 0:  # the plan the run started with: its own length and warmup
+        return _cosine(step, cfg, int(seg.get("warmup_steps", cfg.warmup_steps)), seg["max_steps"])
+    start, end = int(seg["from_step"]), int(seg["max_steps"])
+    if step < start:
+        return _segment_lr(step, cfg, schedule, i - 1)
+    if seg["mode"] == "rewarm":
+        span = end - start
+        warmup = int(seg.get("warmup_steps", min(cfg.warmup_steps, max(0, span - 1))))
+        return _cosine(step - start, cfg, warmup, span)
+    if seg["mode"] == "replan":
+        first = schedule[0]
+        return _cosine(step, cfg, int(first.get("warmup_steps", cfg.warmup_steps)), end)
+    prev_end = int(schedule[i - 1]["max_steps"])
+    return _segment_lr(min(step, prev_end - 1), cfg, schedule, i - 1)

@@ -9,18 +9,54 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmforge.config import TrainingConfig
-from llmforge.errors import CheckpointError
+from llmforge.errors import CheckpointError, ConfigError, WorkspaceError
 from llmforge.training import checkpoint as ck
 from llmforge.workspace import Workspace
 
 DEFAULT_RUN_NAME = "default"
+# Longest path a run folder may have: its checkpoints' files sit ~60 characters below it, and
+# Linux refuses paths over 4096 bytes (ENAMETOOLONG) and names over 255.
+_MAX_RUN_PATH = 3800
 
 
 def run_dir_for(workspace: Workspace, cfg: TrainingConfig) -> Path:
-    """``<workspace>/<output_dir>/<run_name>``."""
-    out = Path(cfg.output_dir).expanduser()
-    base = out if out.is_absolute() else workspace.root / out
-    return base / (cfg.run_name or DEFAULT_RUN_NAME)
+    """``<workspace>/<output_dir>/<run_name>``, checked before anything is written.
+
+    ``output_dir`` must resolve inside the workspace (where ``ckpt``, ``generate`` and the
+    registry find runs), and nothing on the way may be a file.
+
+    Raises:
+        UnsafePathError: ``output_dir`` is outside the workspace.
+        ConfigError: The path is too long for the filesystem.
+        WorkspaceError: ``output_dir`` (or the run's folder) exists but is not a folder.
+    """
+    from llmforge.untrusted import brief
+
+    if len(cfg.output_dir.encode("utf-8")) > _MAX_RUN_PATH or any(
+        len(part.encode("utf-8")) > 255 for part in Path(cfg.output_dir).parts
+    ):
+        raise ConfigError(
+            f"output_dir {brief(cfg.output_dir, 80)} is too long for a folder path.",
+            "Use a short folder inside the workspace (the default is runs).",
+        )
+    base = workspace.inside(cfg.output_dir, "output_dir")
+    # the run folder itself may be a symlink pointing elsewhere: it must stay inside too
+    run_dir = workspace.inside(base / (cfg.run_name or DEFAULT_RUN_NAME), "the run folder")
+    if len(str(run_dir).encode("utf-8")) > _MAX_RUN_PATH:
+        raise ConfigError(
+            f"The run folder {brief(str(run_dir), 80)} would be too long a path.",
+            "Use a shorter output_dir or run_name.",
+        )
+    for folder in (run_dir, base, *base.parents):
+        if folder.exists() and not folder.is_dir():
+            raise WorkspaceError(
+                f"{folder} is a file, but the run needs it to be a folder "
+                f"({'the run' if folder == run_dir else 'output_dir'}: {run_dir}).",
+                "Move that file away, or set output_dir to another folder inside the workspace.",
+            )
+        if folder == workspace.root:
+            break
+    return run_dir
 
 
 def resolve_checkpoint(workspace: Workspace, ref: str, runs_dir: Path | None = None) -> Path:
@@ -39,14 +75,19 @@ def resolve_checkpoint(workspace: Workspace, ref: str, runs_dir: Path | None = N
         candidates.append(runs / ref)
         if sub:
             digits = sub.removeprefix("step-")
-            name = ck.step_dirname(int(digits)) if digits.isdigit() else sub
+            numeric = digits.isascii() and digits.isdigit() and len(digits) <= 12
+            name = ck.step_dirname(int(digits)) if numeric else sub
             candidates.append(runs / run / ck.CHECKPOINTS / name)
     for c in candidates:
         if c.name == "latest":
             c = c.parent.parent if c.parent.name == ck.CHECKPOINTS else c.parent
-        if (c / ck.META_FILE).is_file():
+        try:
+            is_ckpt, is_run = (c / ck.META_FILE).is_file(), (c / ck.CHECKPOINTS).is_dir()
+        except OSError:  # a name too long for the filesystem matches nothing
+            continue
+        if is_ckpt:
             return c
-        if (c / ck.CHECKPOINTS).is_dir():
+        if is_run:
             latest = ck.latest_checkpoint(c)
             if latest is None:
                 raise CheckpointError(
@@ -56,8 +97,11 @@ def resolve_checkpoint(workspace: Workspace, ref: str, runs_dir: Path | None = N
             return latest
     if sub and not Path(ref).is_absolute() and (runs / run / ck.CHECKPOINTS).is_dir():
         raise missing_step_error(runs / run, sub)
+
+    from llmforge.untrusted import brief
+
     raise CheckpointError(
-        f"No checkpoint matches {ref!r}.",
+        f"No checkpoint matches {brief(ref, 200)}.",
         "Give a checkpoint directory, a run name (its latest checkpoint) or RUN/step-N; "
         "`llmforge ckpt list` shows them.",
     )

@@ -306,7 +306,7 @@ class Trainer:
         t_start = time.perf_counter() - float(self.state.get("elapsed", 0.0))
         while step < end:
             self._current_step = step  # for the message if another process is lost
-            lr = lr_at(step, cfg)
+            lr = lr_at(step, cfg, self.state.get("schedule"))
             for group in opt.param_groups:
                 group["lr"] = lr
             loss_sum = 0.0

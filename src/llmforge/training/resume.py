@@ -1,0 +1,247 @@
+"""Continuing a run from one of its checkpoints (``llmforge train --resume``).
+
+A resume continues the run exactly: the saved config (only the keys in ``RESUMABLE_KEYS``
+may change), the optimizer state, the RNG states and the sampler position come back. Two
+things are refused before anything is loaded: resuming from an older checkpoint while newer
+ones exist (training on would overwrite them with different weights), and a checkpoint whose
+``meta.json`` / ``trainer_state.json`` is damaged. A resume that changes ``max_steps`` keeps
+the learning rate from jumping unless asked to (``schedule_on_extend``, see
+:func:`extend_schedule`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from llmforge.config import RESUMABLE_KEYS, TrainingConfig
+from llmforge.errors import CheckpointError, LLMForgeError, TrainingError
+from llmforge.training import checkpoint as ck
+from llmforge.training import sharded
+from llmforge.training.batches import build_batches, load_data
+from llmforge.training.distributed import fit_world_size, join_run
+from llmforge.training.memory import ModelShape, folder_shape, precheck_memory
+from llmforge.training.optim import lr_at
+from llmforge.training.parallel import setup_training
+from llmforge.training.trainer import Trainer
+from llmforge.workspace import Workspace
+
+
+def _step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+def refuse_older(ckpt: Path, ref: str) -> None:
+    """Refuse to resume from ``ckpt`` when its run has newer checkpoints.
+
+    Raises:
+        TrainingError: Naming the newer checkpoints and how to branch instead.
+    """
+    run_dir = ckpt.parent.parent
+    if ckpt.parent.name != ck.CHECKPOINTS or not ck._STEP_RE.fullmatch(ckpt.name):
+        return
+    newer = [p.name for p in ck.list_checkpoints(run_dir) if _step(p) > _step(ckpt)]
+    if not newer:
+        return
+    step, run = _step(ckpt), run_dir.name
+    raise TrainingError(
+        f"--resume {ref} would continue the run {run!r} from step {step}, but the run already "
+        f"has newer checkpoints ({', '.join(newer)}); training on from step {step} would "
+        "overwrite them with different weights. Nothing was written.",
+        f"To continue the run where it is, use --resume latest. To branch off at step {step}, "
+        f"start a new run from its weights: llmforge train CONFIG --init-from {run}/step-{step} "
+        "--name NEW_MODEL (the checkpoint is registered as NEW_MODEL and the run is named after "
+        "it; --run-name picks another name).",
+    )
+
+
+def _resume_shape(ws: Workspace, ckpt: Path, meta: dict[str, Any]) -> ModelShape | None:
+    """The model's size from the checkpoint's config (a LoRA run: its base's), unbuilt."""
+    if meta.get("finetune") != "lora":
+        return folder_shape(ckpt)
+    from llmforge.modelops import require_model_files
+    from llmforge.registry import ModelRegistry
+
+    try:
+        entry = ModelRegistry(ws).get(str((meta.get("base") or {}).get("model_name")))
+        return folder_shape(require_model_files(ws, entry), frozen=True)
+    except LLMForgeError:  # the loader reports a missing or changed base precisely
+        return None
+
+
+def world_size(processes: int | None = None) -> int:
+    """Processes of this job: ``processes`` (a dry run of ``--nproc N``), else torchrun's
+    ``WORLD_SIZE``, else 1."""
+    try:
+        return processes or max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def extend_schedule(
+    run_cfg: TrainingConfig, saved: TrainingConfig, state: dict[str, Any], start: int
+) -> tuple[list[str], list[str]]:
+    """Record a change of ``max_steps`` in ``state['schedule']``; say what the lr does.
+
+    The first segment is the plan the run started with (its length and warmup); a resume to
+    another length appends one from ``start`` with ``run_cfg.schedule_on_extend``. Returns
+    (notes, warnings) for the start-up log; nothing when the length did not change.
+    """
+    plan = list(state.get("schedule") or [])
+    if not plan:
+        plan = [{"from_step": 0, "max_steps": saved.max_steps, "warmup_steps": saved.warmup_steps}]
+        plan[0]["mode"] = "initial"
+    old, new = int(plan[-1]["max_steps"]), run_cfg.max_steps
+    if old == new or start >= new:
+        return [], []
+    mode = run_cfg.schedule_on_extend
+    before = lr_at(start - 1, run_cfg, plan) if start else 0.0
+    seg: dict[str, Any] = {"from_step": start, "max_steps": new, "mode": mode}
+    if mode == "rewarm":
+        seg["warmup_steps"] = min(run_cfg.warmup_steps, max(0, new - start - 1))
+    state["schedule"] = [*plan, seg]
+    after = lr_at(start, run_cfg, state["schedule"])
+    final = lr_at(new - 1, run_cfg, state["schedule"])
+    head = f"max_steps changes from {old} to {new} at step {start}: "
+    if mode == "continue":
+        if new > old:
+            last = lr_at(old - 1, run_cfg, plan)
+            rest = f"steps {max(start, old) + 1}-{new} run at its final {last:.2e}"
+        else:
+            rest = f"the run ends at step {new} before the decay completes (lr {final:.2e})"
+        return [
+            head + f"the learning rate keeps the run's schedule (schedule_on_extend: continue); "
+            f"{rest}. For a new warmup and cosine decay over the added steps, resume with "
+            "--set schedule_on_extend=rewarm."
+        ], []
+    if mode == "rewarm":
+        return [
+            head + f"a new warmup of {seg['warmup_steps']} step(s) and cosine decay over steps "
+            f"{start + 1}-{new} (schedule_on_extend: rewarm): the lr goes from {before:.2e} up "
+            f"to {run_cfg.learning_rate:.2e} and down to {run_cfg.min_lr:.2e}."
+        ], []
+    return [], [
+        head + f"the cosine decay is stretched over all {new} steps (schedule_on_extend: "
+        f"replan): the learning rate jumps from {before:.2e} to {after:.2e}, and the loss "
+        "may rise for a while."
+    ]
+
+
+def _changed_keys(cfg: TrainingConfig, saved: TrainingConfig, explicit: set[str]) -> list[str]:
+    out = []
+    for k in sorted(explicit):
+        if k in RESUMABLE_KEYS or k == "run_name" or getattr(cfg, k) == getattr(saved, k):
+            continue
+        if k == "precision" and cfg.precision == "auto":  # auto resolved to the saved value
+            continue
+        out.append(k)
+    return out
+
+
+def _restore(
+    ckpt: Path, adapter: Any, optimizer: Any, state: dict[str, Any], dist: Any, is_sharded: bool
+) -> None:
+    """Load the checkpoint's optimizer state (and shards) and this rank's RNG state."""
+    if is_sharded:
+        if not dist.sharded:
+            raise CheckpointError(
+                f"{ckpt} is a sharded (FSDP) checkpoint, but this run is not sharded.",
+                f"Resume it with strategy: fsdp, or run `llmforge ckpt consolidate {ckpt}` first.",
+            )
+        sharded.load_sharded(ckpt, adapter, optimizer)
+    else:
+        try:
+            optimizer.load_state_dict(ck.load_optimizer_state(ckpt))
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(
+                f"The optimizer state in {ckpt} does not fit the model ({e}).",
+                "The checkpoint is damaged or from another model; use another checkpoint.",
+            ) from e
+    try:
+        ranks = state.get("rng_by_rank") or [state["rng"]]
+        same_world = len(ranks) == dist.world_size
+        ck.set_rng_state(ranks[dist.rank] if same_world else state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(
+            f"The checkpoint is damaged: the RNG state in {ckpt / ck.STATE_FILE} cannot be "
+            f"restored ({type(e).__name__}).",
+            "Nothing was written. Use another checkpoint of the run.",
+        ) from e
+
+
+def resume_trainer(
+    ckpt: Path,
+    cfg: TrainingConfig,
+    explicit: set[str],
+    workspace: Workspace,
+    allow_base_mismatch: bool = False,
+    processes: int | None = None,
+) -> tuple[Trainer, dict[str, Any], list[str], list[str]]:
+    """A trainer positioned after ``ckpt``'s step: (trainer, meta, warnings, notes).
+
+    Raises:
+        CheckpointError: The checkpoint is incomplete or damaged, or does not fit the model.
+        TrainingError: The model cannot fit in memory (checked before it is loaded).
+    """
+    warnings: list[str] = []
+    ck.check_complete(ckpt)
+    run_dir = ckpt.parent.parent
+    meta = ck.load_meta(ckpt)
+    state = ck.load_state(ckpt)
+    saved = TrainingConfig.from_dict(meta.get("config") or {}, source=str(ckpt / ck.META_FILE))
+    changed = _changed_keys(cfg, saved, explicit)
+    if changed:
+        warnings.append(
+            f"A resumed run keeps its original settings; ignoring the changed {', '.join(changed)}."
+        )
+    updates = {k: getattr(cfg, k) for k in RESUMABLE_KEYS if k in explicit}
+    run_cfg = TrainingConfig.from_dict({**saved.to_dict(), **updates}, source="resumed config")
+    world = world_size(processes)
+    precheck_memory(
+        run_cfg,
+        _resume_shape(workspace, ckpt, meta),
+        processes=world,
+        sharded=run_cfg.strategy == "fsdp" and world > 1,
+    )
+    is_sharded = sharded.is_sharded(ckpt)
+    if is_sharded:  # the shards are loaded once the model is sharded itself
+        adapter = sharded.skeleton(ckpt, meta)
+    else:
+        adapter, meta = ck.load_checkpoint_adapter(
+            ckpt, workspace, allow_base_mismatch=allow_base_mismatch, warnings=warnings
+        )
+    dist = join_run(run_cfg)
+    run_cfg = fit_world_size(run_cfg, state, dist, warnings)
+    corpus = load_data(run_cfg)
+    if corpus.sha256 != (meta.get("data") or {}).get("sha256"):
+        warnings.append(
+            f"The training data ({corpus.source}) changed since the run started; the resumed "
+            "run will not match an uninterrupted one."
+        )
+    block = min(run_cfg.block_size, adapter.max_context or run_cfg.block_size)
+    batches = build_batches(corpus, adapter, run_cfg, block, meta.get("chat"))
+    warnings += batches.warnings
+    module, optimizer = setup_training(adapter, run_cfg, dist)
+    _restore(ckpt, adapter, optimizer, state, dist, is_sharded)
+    start = int(state["step"])
+    notes, more = extend_schedule(run_cfg, saved, state, start)
+    warnings += more
+    meta = {**meta, "config": run_cfg.to_dict()}
+    for k in ("step", "train_loss", "val_loss"):
+        meta.pop(k, None)
+    trainer = Trainer(
+        run_cfg,
+        adapter,
+        optimizer,
+        batches.train,
+        batches.val,
+        run_dir,
+        meta,
+        state,
+        sample_prompt=batches.sample_prompt,
+        dist=dist,
+        train_module=module,
+    )
+    trainer.state["step"] = start
+    return trainer, meta, warnings, notes
