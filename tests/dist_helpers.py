@@ -10,7 +10,7 @@ from pathlib import Path
 TOL = 1e-5  # relative: two processes vs one sum the same numbers in another order
 
 
-def llmforge(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+def llmforge(home: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     """``python -m llmforge --home HOME ARGS`` in a subprocess."""
     cmd = [sys.executable, "-m", "llmforge", "--home", str(home), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -31,7 +31,7 @@ def torchrun(home: Path, *args: str) -> subprocess.CompletedProcess:
         str(home),
         *args,
     ]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
 def losses(home: Path, run: str) -> list[float]:
