@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from llmforge.training.ckpt_manifest import write_manifest
 from train_helpers import run_cli, small_corpus, tree_digest, write_config
 
 RUN = "tiny"
@@ -124,6 +125,9 @@ def _set(file: str, key: str, value: object) -> Callable[[Path], None]:
         data = json.loads((ck / file).read_text())
         data[key] = value
         (ck / file).write_text(json.dumps(data))
+        # crafted to match its manifest (as a checkpoint from elsewhere can be): the schema
+        # checks behind the manifest must hold on their own
+        write_manifest(ck)
 
     return edit
 
@@ -280,6 +284,7 @@ def _claim_huge(folder: Path) -> None:
     cfg = json.loads((folder / "config.json").read_text())
     cfg.update(n_layers=128, d_model=16384, n_heads=256)
     (folder / "config.json").write_text(json.dumps(cfg))
+    write_manifest(folder)  # a consistent checkpoint that claims huge sizes
 
 
 @pytest.mark.parametrize("how", ["resume", "init-from"])
