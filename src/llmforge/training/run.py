@@ -6,6 +6,7 @@ files, data), so bad input leaves the workspace untouched.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,13 @@ class PreparedRun:
         """Release the run's lock and leave the process group. Idempotent."""
         if self.lock is not None:
             self.lock.release()
+        # DDP's reducer holds the process group from C++ and is freed with the GIL held. Were
+        # it the group's last owner, gloo's destructor would join its worker threads while one
+        # of them waits for the GIL to free a finished collective's tensors: a deadlock at exit
+        # (pytorch/pytorch#56297). Free the wrapper while the group is still registered, so
+        # the group itself goes last, through destroy_process_group, which releases the GIL.
+        self.trainer.train_module = None
+        gc.collect()
         self.dist.close()
 
 
