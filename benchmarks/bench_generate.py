@@ -20,12 +20,12 @@ import time
 import torch
 from _qwen_shapes import QWEN_SHAPES, qwen_model
 
-from llmforge.generate import SamplingOptions, stream_ids
+from llmforge.inference.generation import SamplingOptions, stream_ids
 
 
 def build(shape: str):
     from llmforge.adapters.qwen import Qwen2Adapter
-    from llmforge.tokenizers import CharTokenizer
+    from llmforge.modeling.tokenizers import CharTokenizer
 
     model = qwen_model(shape).eval()
     model.generation_config.eos_token_id = None  # random weights: never stop early

@@ -60,11 +60,11 @@ def worker(args: argparse.Namespace) -> None:
     """One candidate: build the model, train ``warmup + steps`` steps, print JSON."""
     import torch
 
-    from llmforge.adapters import lora
+    from llmforge.adapters import peft_lora
     from llmforge.adapters.qwen import Qwen2Adapter
     from llmforge.config import TrainingConfig
-    from llmforge.data import WindowSampler
-    from llmforge.tokenizers import CharTokenizer
+    from llmforge.data.samplers import WindowSampler
+    from llmforge.modeling.tokenizers import CharTokenizer
     from llmforge.training.optim import build_optimizer
     from llmforge.training.trainer import Trainer
 
@@ -87,7 +87,7 @@ def worker(args: argparse.Namespace) -> None:
     vocab = QWEN_SHAPES[args.shape][5]
     adapter = Qwen2Adapter(qwen_model(args.shape), CharTokenizer(["a"]))  # random-id batches
     if cfg.finetune == "lora":
-        lora.attach(adapter, lora.resolve_settings("qwen2", cfg.lora))
+        peft_lora.attach(adapter, peft_lora.resolve_settings("qwen2", cfg.lora))
     data = torch.randint(0, vocab, (200_000,))
     sampler = WindowSampler(data, cfg.block_size, cfg.batch_size, cfg.seed)
     timer = Timer(args.warmup + args.steps)

@@ -20,7 +20,8 @@ import torch
 from _qwen_shapes import QWEN_SHAPES, qwen_model
 
 from llmforge.config import TrainingConfig
-from llmforge.data import WindowSampler, builtin_corpus
+from llmforge.data.corpus import builtin_corpus
+from llmforge.data.samplers import WindowSampler
 from llmforge.training.optim import build_optimizer
 from llmforge.training.trainer import Trainer
 
@@ -35,7 +36,7 @@ class Losses:
 
 def train(shape: str, steps: int, seq: int, overrides: dict) -> list[float]:
     from llmforge.adapters.qwen import Qwen2Adapter
-    from llmforge.tokenizers import CharTokenizer
+    from llmforge.modeling.tokenizers import CharTokenizer
 
     cfg = TrainingConfig(
         model_name="bench",

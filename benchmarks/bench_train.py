@@ -25,9 +25,9 @@ import torch
 from _qwen_shapes import QWEN_SHAPES, qwen_model
 
 from llmforge.config import TrainingConfig, load_config, parse_overrides
-from llmforge.data import WindowSampler
+from llmforge.data.samplers import WindowSampler
 from llmforge.training.optim import build_optimizer
-from llmforge.training.run import prepare_run
+from llmforge.training.run_setup import prepare_run
 from llmforge.training.trainer import Trainer
 from llmforge.workspace import resolve_workspace
 
@@ -105,7 +105,7 @@ def qwen_setup(
     cfg: TrainingConfig, bare_cfg: TrainingConfig, home: str, shape: str, only: str | None
 ) -> tuple[Trainer | None, object]:
     from llmforge.adapters.qwen import Qwen2Adapter
-    from llmforge.tokenizers import CharTokenizer
+    from llmforge.modeling.tokenizers import CharTokenizer
 
     vocab = QWEN_SHAPES[shape][5]
     model = qwen_model(shape).train()

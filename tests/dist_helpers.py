@@ -52,7 +52,7 @@ def val_losses(home: Path, run: str) -> list[float]:
 
 def weights(path: Path) -> dict:
     """The model weights of a checkpoint, whatever its layout (sharded ones consolidated)."""
-    from llmforge.training.checkpoint import load_checkpoint_adapter
+    from llmforge.checkpoints.loading import load_checkpoint_adapter
 
     adapter, _ = load_checkpoint_adapter(path)
     return {k: v.detach().clone() for k, v in adapter.model.state_dict().items()}

@@ -7,11 +7,11 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from llmforge.modelops import build_manifest
-from llmforge.registry import ModelEntry, ModelRegistry
+from llmforge.store.model_files import build_manifest
+from llmforge.store.registry import ModelEntry, ModelRegistry
 from llmforge.workspace import Workspace
 
-# Independent of llmforge.registry.NAME_PATTERN on purpose: the tests restate the rule.
+# Independent of llmforge.store.registry.NAME_PATTERN on purpose: the tests restate the rule.
 NAME_RE = r"[a-z0-9][a-z0-9._-]{0,63}"
 
 
@@ -109,7 +109,7 @@ def greedy_text(home: Path, source: str, prompt: str, n: int) -> str:
     before the model's first stop token, plus the final newline."""
     import torch
 
-    from llmforge.loading import load_for_inference
+    from llmforge.inference.model_source import load_for_inference
 
     adapter, _ = load_for_inference(Workspace(home.resolve()), source)
     adapter.model.eval()

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from llmforge.errors import InvalidModelNameError
-from llmforge.registry import check_model_name, name_problem, suggest_model_name
+from llmforge.store.registry import check_model_name, name_problem, suggest_model_name
 from llmforge.untrusted import UntrustedYAMLError, brief, load_yaml, terminal_text
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import flat, make_model, run_on_terminal, snapshot
 from llmforge.fsutil import dir_size
-from llmforge.registry import ModelRegistry
+from llmforge.store.registry import ModelRegistry
 
 COLUMNS = ("name", "architecture", "parameters", "disk", "source", "fine_tuned_from", "created")
 

@@ -222,12 +222,12 @@ def test_a_sharded_checkpoint_generates_registers_exports_and_consolidates(
 def test_the_job_holds_the_run_lock_once_and_a_held_run_is_refused_before_launch(
     ws: dict,
 ) -> None:
-    from llmforge.training import runlock
+    from llmforge.training import run_lock
 
     home, cfg = ws["home"], ws["cfg"]
     # rank 1 never took the lock (else the job above would have refused itself); released
     assert not (home / "runs" / "ddp" / ".lock").exists()
-    held = runlock.acquire(home / "runs" / "busy")
+    held = run_lock.acquire(home / "runs" / "busy")
     try:
         res = llmforge(home, "train", str(cfg), "--nproc", "2", "--run-name", "busy")
     finally:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import snapshot
-from llmforge.training.checkpoint import latest_checkpoint
+from llmforge.checkpoints.layout import latest_checkpoint
 from train_helpers import run_cli, small_corpus, write_config
 
 LONG = {

@@ -30,8 +30,8 @@ from safetensors.torch import load_file
 
 from hubserver import LocalHub
 from llmforge.adapters import BUILTIN_IMPORTABLE
-from llmforge.loading import load_for_inference
-from llmforge.registry import ModelRegistry
+from llmforge.inference.model_source import load_for_inference
+from llmforge.store.registry import ModelRegistry
 from llmforge.workspace import Workspace
 from tiny_models import CORPUS, TINY_CONFIGS, build_tiny_model, num_parameters
 from train_helpers import import_from_local_hub, run_cli

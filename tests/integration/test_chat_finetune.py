@@ -12,8 +12,8 @@ import torch
 
 from helpers import run_on_terminal, snapshot
 from hubserver import LocalHub
-from llmforge.chat import prompt_ids
-from llmforge.training.checkpoint import load_checkpoint_adapter
+from llmforge.checkpoints.loading import load_checkpoint_adapter
+from llmforge.data.chat_templates import prompt_ids
 from train_helpers import import_from_local_hub, run_cli, write_config
 
 REPO = "Qwen/Qwen2-Tiny"

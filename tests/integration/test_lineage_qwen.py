@@ -13,7 +13,7 @@ import yaml
 
 from helpers import flat, greedy_text, snapshot
 from hubserver import LocalHub
-from llmforge.training.checkpoint import STATE_FILE
+from llmforge.checkpoints.layout import STATE_FILE
 from tiny_models import build_tokenizer
 from train_helpers import import_from_local_hub, run_cli, small_corpus
 
@@ -226,7 +226,7 @@ def test_bad_branch_input_changes_nothing(done: Path, args: list[str], needle: s
 def test_export_round_trip_has_identical_logits(done: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmforge.loading import load_for_inference
+    from llmforge.inference.model_source import load_for_inference
     from llmforge.workspace import Workspace
 
     ws = done
@@ -281,7 +281,7 @@ def test_tokenizer_override_is_recorded_and_resizes_the_embedding(ws: Path, tmp_
     assert gen.exit_code == 0, gen.output
     # registered, the fine-tune keeps decoding with the override
     assert run_cli(ws, "ckpt", "register", "ft", "--name", "ovr").exit_code == 0
-    from llmforge.loading import load_for_inference
+    from llmforge.inference.model_source import load_for_inference
     from llmforge.workspace import Workspace
 
     adapter, _ = load_for_inference(Workspace(root=ws), "ovr")

@@ -95,7 +95,7 @@ def test_lora_on_a_registered_custom_transformer(tmp_path: Path) -> None:
 
 
 def _logits(home: Path, source: str) -> torch.Tensor:
-    from llmforge.loading import load_for_inference
+    from llmforge.inference.model_source import load_for_inference
     from llmforge.workspace import Workspace
 
     adapter, _ = load_for_inference(Workspace(home.resolve()), source)

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from helpers import flat, greedy_text, snapshot
 from hubserver import LocalHub
-from llmforge.registry import ModelRegistry
-from llmforge.training.checkpoint import STATE_FILE
+from llmforge.checkpoints.layout import STATE_FILE
+from llmforge.store.registry import ModelRegistry
 from llmforge.workspace import Workspace
 from train_helpers import import_from_local_hub, run_cli, small_corpus
 
@@ -104,7 +104,7 @@ def meta(path: Path) -> dict:
 
 
 def logits_of(home: Path, source: str) -> torch.Tensor:
-    from llmforge.loading import load_for_inference
+    from llmforge.inference.model_source import load_for_inference
 
     adapter, _ = load_for_inference(Workspace(home.resolve()), source)
     adapter.model.eval()
@@ -340,7 +340,7 @@ def test_bad_lora_input_changes_nothing(done: Path, overrides: list[str], needle
 
 
 def test_chat_lora_keeps_its_stop_tokens_through_load_and_merge(imported: Path, tmp_path: Path):
-    from llmforge.loading import load_for_inference
+    from llmforge.inference.model_source import load_for_inference
 
     shutil.copytree(imported / "ws", tmp_path / "ws")
     home = tmp_path / "ws"

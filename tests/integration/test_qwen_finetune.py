@@ -11,8 +11,8 @@ import torch
 from helpers import greedy_text, snapshot
 from hubserver import LocalHub
 from llmforge.adapters import get_adapter
-from llmforge.generate import SamplingOptions, stream_ids
-from llmforge.registry import ModelRegistry
+from llmforge.inference.generation import SamplingOptions, stream_ids
+from llmforge.store.registry import ModelRegistry
 from llmforge.workspace import Workspace
 from tiny_models import CORPUS
 from train_helpers import import_from_local_hub, run_cli

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import greedy_text, snapshot
-from llmforge.training.checkpoint import OPTIMIZER_FILE, STATE_FILE
+from llmforge.checkpoints.layout import OPTIMIZER_FILE, STATE_FILE
 from train_helpers import run_cli, small_corpus, write_config
 
 

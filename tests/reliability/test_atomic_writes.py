@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import snapshot
-from llmforge.training.checkpoint import list_checkpoints, load_checkpoint_adapter
+from llmforge.checkpoints.layout import list_checkpoints
+from llmforge.checkpoints.loading import load_checkpoint_adapter
 from train_helpers import run_cli, small_corpus, write_config
 
 KILL_AT = Path(__file__).with_name("kill_at.py")

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from helpers import snapshot
 from hubserver import LocalHub
+from llmforge.checkpoints.manifest import MANIFEST_FILE, write_manifest
 from llmforge.cli import app
-from llmforge.training.ckpt_manifest import MANIFEST_FILE, write_manifest
 from train_helpers import run_cli, small_corpus, write_config
 
 CK = "runs/tiny/checkpoints/step-000004"

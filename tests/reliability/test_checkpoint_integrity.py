@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import flat, snapshot
-from llmforge.registry import ModelRegistry
+from llmforge.store.registry import ModelRegistry
 from llmforge.workspace import Workspace
 from store_helpers import llmforge, refused
 from train_helpers import small_corpus, write_config
@@ -47,7 +47,7 @@ def test_files_shared_by_hard_link_are_read_only_and_everything_still_works(
         res = llmforge(scratch_ws.root, "models", "delete", name, "--yes")
         assert res.exit_code == 0, res.output
     assert not [p for p in (models / ".cache" / "blobs").iterdir()]  # every blob pruned
-    from llmforge.training.checkpoint import prune_checkpoints
+    from llmforge.training.checkpointing import prune_checkpoints
 
     shutil.copytree(ckpt, ckpt.with_name("step-000008"))  # a newer one, so step-4 is pruned
     assert prune_checkpoints(scratch_ws.runs_dir / "scratch", keep_last=1) == [ckpt]

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from helpers import flat, snapshot
-from llmforge.chat import resolve_chat_format
+from llmforge.checkpoints.manifest import write_manifest
+from llmforge.data.chat_templates import resolve_chat_format
+from llmforge.data.data_files import read_data_file
 from llmforge.errors import BadRecordError, ChatTemplateError, CheckpointError
-from llmforge.records import read_data_file
-from llmforge.tokenizers import CharTokenizer, HFTokenizer
-from llmforge.training.ckpt_manifest import write_manifest
+from llmforge.modeling.tokenizers import CharTokenizer, HFTokenizer
 from train_helpers import run_cli, small_corpus, write_config
 
 GOOD_CHAT = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}

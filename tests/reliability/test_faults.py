@@ -16,10 +16,11 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import snapshot
+from llmforge.checkpoints.layout import list_checkpoints
+from llmforge.checkpoints.loading import load_checkpoint_adapter
 from llmforge.config import load_config
 from llmforge.errors import TrainingError
-from llmforge.training.checkpoint import list_checkpoints, load_checkpoint_adapter
-from llmforge.training.run import prepare_run
+from llmforge.training.run_setup import prepare_run
 from llmforge.training.trainer import Trainer
 from llmforge.workspace import Workspace
 from train_helpers import run_cli, small_corpus, write_config

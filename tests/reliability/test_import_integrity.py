@@ -23,10 +23,11 @@ from safetensors.torch import save_file
 from helpers import flat, make_model, snapshot
 from hub_helpers import file_size_limit, llmforge_proc, proc_env, variant
 from hubserver import LocalHub
+from llmforge.checkpoints.loading import load_optimizer_state
 from llmforge.errors import CheckpointError, UnsafeWeightsError
-from llmforge.modelcheck import expected_tensors
-from llmforge.training.checkpoint import load_optimizer_state
-from llmforge.weights import convert_pickled, safetensors_problem
+from llmforge.importing.model_check import expected_tensors
+from llmforge.importing.pickled_weights import convert_pickled
+from llmforge.store.safetensors_header import safetensors_problem
 
 
 @pytest.fixture

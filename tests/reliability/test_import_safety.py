@@ -20,7 +20,7 @@ import pytest
 from helpers import flat, snapshot
 from hub_helpers import llmforge_proc, proc_env, run_on_terminal, variant
 from hubserver import LocalHub
-from llmforge.importer import ImportRequest
+from llmforge.importing.plan import ImportRequest
 
 BOMB = (
     "---\nlicense: mit\n"

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from llmforge.training.checkpoint import list_checkpoints, load_checkpoint_adapter
+from llmforge.checkpoints.layout import list_checkpoints
+from llmforge.checkpoints.loading import load_checkpoint_adapter
 from train_helpers import run_cli, small_corpus, write_config
 
 KILLS = 10

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from llmforge.training.ckpt_manifest import write_manifest
+from llmforge.checkpoints.manifest import write_manifest
 from train_helpers import run_cli, small_corpus, tree_digest, write_config
 
 RUN = "tiny"

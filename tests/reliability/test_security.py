@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from helpers import snapshot
 from hubserver import LocalHub
+from llmforge.checkpoints.loading import load_optimizer_state
 from llmforge.cli import app
-from llmforge.training.checkpoint import load_optimizer_state
 from train_helpers import run_cli, small_corpus, write_config
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "llmforge"

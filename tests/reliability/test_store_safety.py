@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from helpers import make_model, snapshot
-from llmforge.registry import ModelRegistry
+from llmforge.store.registry import ModelRegistry
 from llmforge.workspace import Workspace
 from store_helpers import (
     MODEL_FILES,

@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from torch import nn
 
     from llmforge.config import TrainingConfig
-    from llmforge.registry import ModelEntry
-    from llmforge.tokenizers import Tokenizer
+    from llmforge.modeling.tokenizers import Tokenizer
+    from llmforge.store.registry import ModelEntry
 
 # What an adapter's generation cache is: opaque to everyone but the adapter.
 GenerationCache = Any

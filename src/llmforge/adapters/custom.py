@@ -13,11 +13,11 @@ from llmforge.adapters.base import GenerationCache, ModelAdapter
 from llmforge.config import TrainingConfig
 from llmforge.errors import CheckpointError
 from llmforge.fsutil import atomic_write_json
+from llmforge.modeling.tokenizers import Tokenizer, load_tokenizer
 from llmforge.modeling.transformer import Transformer, TransformerConfig
-from llmforge.tokenizers import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
-    from llmforge.registry import ModelEntry
+    from llmforge.store.registry import ModelEntry
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from llmforge.adapters.base import GenerationCache, ModelAdapter
 from llmforge.errors import CheckpointError
-from llmforge.registry import ModelEntry
-from llmforge.tokenizers import HFTokenizer, Tokenizer
+from llmforge.modeling.tokenizers import HFTokenizer, Tokenizer
+from llmforge.store.registry import ModelEntry
 
 
 class HFCausalLMAdapter(ModelAdapter):
@@ -99,7 +99,7 @@ class HFCausalLMAdapter(ModelAdapter):
         fused = labels is not None and chunk and self.model.training
         parts = self._fused_parts() if fused else None
         if parts is not None:
-            from llmforge.training.loss import fused_linear_cross_entropy
+            from llmforge.modeling.fused_loss import fused_linear_cross_entropy
 
             # No logits at all: the LM head and the loss run fused, chunk by chunk.
             body, head = parts

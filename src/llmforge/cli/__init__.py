@@ -18,7 +18,7 @@ from llmforge.cli import ckpt, generate, models, train
 from llmforge.cli._context import CliState
 from llmforge.cli._render import print_error
 from llmforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, DistributedError, LLMForgeError
-from llmforge.launch import in_job, job_rank
+from llmforge.training.launch import in_job, job_rank
 
 DEBUG_ENV = "LLMFORGE_DEBUG"
 

@@ -23,7 +23,7 @@ def _fmt_step(m: dict[str, Any], total: int) -> str:
 class Reporter:
     """Shows what the trainer reports: a live bar on a terminal, else plain lines.
 
-    It implements the methods of ``llmforge.training.trainer.Callback`` without importing
+    It implements the methods of ``llmforge.tracking.callback.Callback`` without importing
     it, so the CLI module never imports torch.
     """
 

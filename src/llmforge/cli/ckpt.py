@@ -51,7 +51,7 @@ def list_ckpts(
     as_json: JsonOpt = False,
 ) -> None:
     """List checkpoints: run, step, losses, model, fine_tuned_from, created, size."""
-    from llmforge.ckpt_ops import list_all
+    from llmforge.checkpoints.listing import list_all
 
     rows = list_all(workspace(ctx), run)
     if as_json:
@@ -113,8 +113,8 @@ def list_ckpts(
 @app.command("info")
 def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
     """Show a checkpoint's metadata, config and lineage tree."""
-    from llmforge.ckpt_ops import checkpoint_info
-    from llmforge.training import lineage
+    from llmforge.checkpoints.listing import checkpoint_info
+    from llmforge.store import lineage
 
     ci = checkpoint_info(workspace(ctx), ckpt)
     s, meta = ci.summary, ci.summary.meta
@@ -203,7 +203,7 @@ def register(
     A LoRA checkpoint becomes an adapter entry that references its base, or with --merge a
     full model with the adapter folded into the base weights.
     """
-    from llmforge.ckpt_ops import register_checkpoint
+    from llmforge.checkpoints.register import register_checkpoint
 
     notes: list[str] = []
     entry = register_checkpoint(
@@ -254,7 +254,7 @@ def export(
     A LoRA checkpoint exports as a PEFT adapter folder, or with --merge as a plain Hugging
     Face folder with the adapter folded into the base weights.
     """
-    from llmforge.export import export_checkpoint
+    from llmforge.exporting.hf_folder import export_checkpoint
 
     notes: list[str] = []
     res = export_checkpoint(
@@ -281,8 +281,8 @@ def consolidate(ctx: typer.Context, ckpt: CkptArg) -> None:
     register, export and generate read sharded checkpoints directly; consolidating makes one
     self-contained (model.safetensors + optimizer.pt) that resumes with strategy: ddp.
     """
-    from llmforge.training.runs import resolve_checkpoint
-    from llmforge.training.sharded import consolidate as consolidate_checkpoint
+    from llmforge.checkpoints.references import resolve_checkpoint
+    from llmforge.training.fsdp_checkpoint import consolidate as consolidate_checkpoint
 
     ws = workspace(ctx)
     path = consolidate_checkpoint(resolve_checkpoint(ws, ckpt))

@@ -60,7 +60,12 @@ def generate(
     ] = "auto",
 ) -> None:
     """Generate text, decoding with the tokenizer the model was trained with."""
-    from llmforge.generate import SamplingOptions, check_text_option, iter_text, stream_ids
+    from llmforge.inference.generation import (
+        SamplingOptions,
+        check_text_option,
+        iter_text,
+        stream_ids,
+    )
 
     opts = SamplingOptions(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
@@ -99,7 +104,7 @@ def _stdin_is_terminal() -> bool:
 def _read_stdin() -> str:
     """The message piped on stdin, which must be UTF-8 text."""
     from llmforge.errors import ConfigError
-    from llmforge.generate import check_text_option
+    from llmforge.inference.generation import check_text_option
 
     try:
         text = sys.stdin.read().strip()
@@ -117,7 +122,7 @@ def _load(
 ) -> tuple[Any, Any]:
     """The model for ``source``, printing any warning about a LoRA adapter's base."""
     from llmforge.cli import _render as r
-    from llmforge.loading import load_for_inference
+    from llmforge.inference.model_source import load_for_inference
 
     notes: list[str] = []
     if device not in ("auto", "cpu", "cuda"):
@@ -146,7 +151,7 @@ def _chat(
     """One reply to ``message``, or (no message) a chat loop on a terminal / stdin's message."""
     from llmforge.cli import _render as r
     from llmforge.errors import ConfigError
-    from llmforge.generate import ChatSession, check_text_option
+    from llmforge.inference.generation import ChatSession, check_text_option
 
     interactive = message is None and _stdin_is_terminal()
     if message is None and not interactive:

@@ -18,8 +18,8 @@ from llmforge.untrusted import terminal_text
 from llmforge.workspace import Workspace
 
 if TYPE_CHECKING:
-    from llmforge.modelops import ValidationReport
-    from llmforge.training.ckpt_manifest import ManifestCheck
+    from llmforge.checkpoints.manifest import ManifestCheck
+    from llmforge.store.model_files import ValidationReport
 
 app = typer.Typer(help="Manage the model registry (models/registry.json).", no_args_is_help=True)
 
@@ -31,7 +31,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 @app.command("list")
 def list_models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List registered models."""
-    from llmforge.registry import ModelRegistry
+    from llmforge.store.registry import ModelRegistry
 
     entries = ModelRegistry(workspace(ctx)).list()
     if as_json:
@@ -75,8 +75,8 @@ def info(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a model's metadata, files and lineage (parents and children)."""
-    from llmforge.registry import ModelRegistry
-    from llmforge.training import lineage
+    from llmforge.store import lineage
+    from llmforge.store.registry import ModelRegistry
 
     registry = ModelRegistry(workspace(ctx))
     entry = registry.get(name)
@@ -143,7 +143,7 @@ def delete(
     ] = False,
 ) -> None:
     """Delete a model: its registry entry and its files."""
-    from llmforge.modelops import delete_model, model_users
+    from llmforge.checkpoints.model_users import delete_model, model_users
 
     ws = workspace(ctx)
     users = model_users(ws, name)
@@ -187,7 +187,8 @@ def validate(
 ) -> None:
     """Check every file of a model (or all models and checkpoints) against its recorded size
     and sha256."""
-    from llmforge.modelops import validate_checkpoints, validate_models
+    from llmforge.checkpoints.manifest import validate_checkpoints
+    from llmforge.store.model_files import validate_models
 
     ws = workspace(ctx)
     reports = validate_models(ws, name)

@@ -14,8 +14,8 @@ from llmforge.fsutil import human_bytes, human_count
 from llmforge.untrusted import brief, terminal_text
 
 if TYPE_CHECKING:
-    from llmforge.importer import ImportHooks, ImportPlan
-    from llmforge.licensing import LicenseInfo
+    from llmforge.importing.licensing import LicenseInfo
+    from llmforge.importing.plan import ImportHooks, ImportPlan
 
 
 def import_model(
@@ -59,8 +59,8 @@ def import_model(
     """Import a model from the Hugging Face Hub or a local folder into the registry."""
     from huggingface_hub.utils import disable_progress_bars, logging
 
-    from llmforge.importer import ImportRequest
-    from llmforge.importer import import_model as run_import
+    from llmforge.importing.pipeline import import_model as run_import
+    from llmforge.importing.plan import ImportRequest
 
     disable_progress_bars()  # llmforge draws its own progress, with the real file names
     logging.set_verbosity_error()  # and says itself what matters (not "Invalid model-index")
@@ -121,7 +121,7 @@ class _Progress:
             self._rich.stop()
 
     def hooks(self) -> ImportHooks:
-        from llmforge.importer import ImportHooks
+        from llmforge.importing.plan import ImportHooks
 
         return ImportHooks(
             on_plan=self.plan,

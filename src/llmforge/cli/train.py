@@ -16,12 +16,12 @@ from llmforge.cli._context import workspace
 from llmforge.cli._progress import plain_or_live_reporter
 from llmforge.errors import EXIT_INTERRUPTED
 from llmforge.fsutil import human_bytes, human_count
-from llmforge.launch import NPROC_ENV, in_job, job_rank
+from llmforge.training.launch import NPROC_ENV, in_job, job_rank
 
 
 def _start_lines(info: dict[str, Any], resumed: bool, start_step: int) -> list[str]:
     """The start-up log: what is trained, from where, on what."""
-    from llmforge.training.lineage import chain_text
+    from llmforge.store.lineage import chain_text
 
     lines = []
     run = info["run_name"]
@@ -132,10 +132,10 @@ def _resume_hint(
 
 def _launch(ws: Any, cfg: Any, argv: list[str], nproc: int, resume_command: str) -> None:
     """Start the ``--nproc`` job and end with its exit code."""
-    from llmforge.launch import launch_local
-    from llmforge.training.checkpoint import latest_checkpoint
-    from llmforge.training.runlock import check_free
-    from llmforge.training.runs import run_dir_for
+    from llmforge.checkpoints.layout import latest_checkpoint
+    from llmforge.training.launch import launch_local
+    from llmforge.training.run_folder import run_dir_for
+    from llmforge.training.run_lock import check_free
     from llmforge.workspace import HOME_ENV
 
     check_free(run_dir_for(ws, cfg))  # a run in training: refused before N processes start
@@ -228,7 +228,7 @@ def train(
 ) -> None:
     """Train a model: the from-scratch Transformer, or a registry model (model_name)."""
     from llmforge.config import load_config, parse_overrides
-    from llmforge.training.run import prepare_run
+    from llmforge.training.run_setup import prepare_run
 
     overrides = parse_overrides(set_ or [])
     if max_steps is not None:
@@ -236,7 +236,7 @@ def train(
     if run_name is not None:
         overrides["run_name"] = run_name
     elif name is not None and init_from is not None:
-        from llmforge.registry import check_model_name
+        from llmforge.store.registry import check_model_name
 
         overrides["run_name"] = check_model_name(
             name

@@ -19,7 +19,7 @@ def build_optimizer(
     Weight decay applies to matrices only; norms, biases and embeddings are exempt
     (decaying them hurts and buys no regularisation). With ``cfg.bf16_params`` the model's
     parameters are cast to bf16 here and the optimizer works on fp32 master weights
-    (:class:`~llmforge.training.master.MasterWeightOptimizer`); frozen parameters (the base
+    (:class:`~llmforge.training.master_weights.MasterWeightOptimizer`); frozen parameters (the base
     of a LoRA run) are cast too and need no masters. ``low_precision=False`` keeps fp32
     parameters whatever the config says (FSDP computes in bf16 through its own policy).
     """
@@ -27,7 +27,7 @@ def build_optimizer(
     params = [p for _, p in named]
     masters: list[torch.Tensor] | None = None
     if cfg.bf16_params if low_precision is None else low_precision:
-        from llmforge.training.master import to_low_precision
+        from llmforge.training.master_weights import to_low_precision
 
         masters = to_low_precision(params)
         # A frozen fp32 base would cost twice the memory and, under autocast, a bf16 copy of
@@ -54,7 +54,7 @@ def build_optimizer(
     )
     if masters is None:
         return opt
-    from llmforge.training.master import MasterWeightOptimizer
+    from llmforge.training.master_weights import MasterWeightOptimizer
 
     return MasterWeightOptimizer(params, masters, opt)
 

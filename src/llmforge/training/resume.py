@@ -15,11 +15,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+from llmforge.checkpoints.layout import (
+    _STEP_RE,
+    CHECKPOINTS,
+    META_FILE,
+    STATE_FILE,
+    check_complete,
+    list_checkpoints,
+)
+from llmforge.checkpoints.loading import load_checkpoint_adapter, load_optimizer_state
+from llmforge.checkpoints.metadata import load_meta, load_state
+from llmforge.checkpoints.sharded import is_sharded, load_sharded, skeleton
 from llmforge.config import RESUMABLE_KEYS, TrainingConfig
+from llmforge.data.batches import build_batches, load_data
 from llmforge.errors import CheckpointError, LLMForgeError, TrainingError
-from llmforge.training import checkpoint as ck
-from llmforge.training import sharded
-from llmforge.training.batches import build_batches, load_data
+from llmforge.training.checkpointing import set_rng_state
 from llmforge.training.distributed import fit_world_size, join_run
 from llmforge.training.memory import ModelShape, folder_shape, precheck_memory
 from llmforge.training.optim import lr_at
@@ -39,9 +49,9 @@ def refuse_older(ckpt: Path, ref: str) -> None:
         TrainingError: Naming the newer checkpoints and how to branch instead.
     """
     run_dir = ckpt.parent.parent
-    if ckpt.parent.name != ck.CHECKPOINTS or not ck._STEP_RE.fullmatch(ckpt.name):
+    if ckpt.parent.name != CHECKPOINTS or not _STEP_RE.fullmatch(ckpt.name):
         return
-    newer = [p.name for p in ck.list_checkpoints(run_dir) if _step(p) > _step(ckpt)]
+    newer = [p.name for p in list_checkpoints(run_dir) if _step(p) > _step(ckpt)]
     if not newer:
         return
     step, run = _step(ckpt), run_dir.name
@@ -60,8 +70,8 @@ def _resume_shape(ws: Workspace, ckpt: Path, meta: dict[str, Any]) -> ModelShape
     """The model's size from the checkpoint's config (a LoRA run: its base's), unbuilt."""
     if meta.get("finetune") != "lora":
         return folder_shape(ckpt)
-    from llmforge.modelops import require_model_files
-    from llmforge.registry import ModelRegistry
+    from llmforge.store.model_files import require_model_files
+    from llmforge.store.registry import ModelRegistry
 
     try:
         entry = ModelRegistry(ws).get(str((meta.get("base") or {}).get("model_name")))
@@ -149,10 +159,10 @@ def _restore(
                 f"{ckpt} is a sharded (FSDP) checkpoint, but this run is not sharded.",
                 f"Resume it with strategy: fsdp, or run `llmforge ckpt consolidate {ckpt}` first.",
             )
-        sharded.load_sharded(ckpt, adapter, optimizer)
+        load_sharded(ckpt, adapter, optimizer)
     else:
         try:
-            optimizer.load_state_dict(ck.load_optimizer_state(ckpt))
+            optimizer.load_state_dict(load_optimizer_state(ckpt))
         except (ValueError, KeyError) as e:
             raise CheckpointError(
                 f"The optimizer state in {ckpt} does not fit the model ({e}).",
@@ -161,10 +171,10 @@ def _restore(
     try:
         ranks = state.get("rng_by_rank") or [state["rng"]]
         same_world = len(ranks) == dist.world_size
-        ck.set_rng_state(ranks[dist.rank] if same_world else state["rng"])
+        set_rng_state(ranks[dist.rank] if same_world else state["rng"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(
-            f"The checkpoint is damaged: the RNG state in {ckpt / ck.STATE_FILE} cannot be "
+            f"The checkpoint is damaged: the RNG state in {ckpt / STATE_FILE} cannot be "
             f"restored ({type(e).__name__}).",
             "Nothing was written. Use another checkpoint of the run.",
         ) from e
@@ -185,11 +195,11 @@ def resume_trainer(
         TrainingError: The model cannot fit in memory (checked before it is loaded).
     """
     warnings: list[str] = []
-    ck.check_complete(ckpt)
+    check_complete(ckpt)
     run_dir = ckpt.parent.parent
-    meta = ck.load_meta(ckpt)
-    state = ck.load_state(ckpt)
-    saved = TrainingConfig.from_dict(meta.get("config") or {}, source=str(ckpt / ck.META_FILE))
+    meta = load_meta(ckpt)
+    state = load_state(ckpt)
+    saved = TrainingConfig.from_dict(meta.get("config") or {}, source=str(ckpt / META_FILE))
     changed = _changed_keys(cfg, saved, explicit)
     if changed:
         warnings.append(
@@ -204,11 +214,11 @@ def resume_trainer(
         processes=world,
         sharded=run_cfg.strategy == "fsdp" and world > 1,
     )
-    is_sharded = sharded.is_sharded(ckpt)
-    if is_sharded:  # the shards are loaded once the model is sharded itself
-        adapter = sharded.skeleton(ckpt, meta)
+    sharded_ckpt = is_sharded(ckpt)
+    if sharded_ckpt:  # the shards are loaded once the model is sharded itself
+        adapter = skeleton(ckpt, meta)
     else:
-        adapter, meta = ck.load_checkpoint_adapter(
+        adapter, meta = load_checkpoint_adapter(
             ckpt, workspace, allow_base_mismatch=allow_base_mismatch, warnings=warnings
         )
     dist = join_run(run_cfg)
@@ -223,7 +233,7 @@ def resume_trainer(
     batches = build_batches(corpus, adapter, run_cfg, block, meta.get("chat"))
     warnings += batches.warnings
     module, optimizer = setup_training(adapter, run_cfg, dist)
-    _restore(ckpt, adapter, optimizer, state, dist, is_sharded)
+    _restore(ckpt, adapter, optimizer, state, dist, sharded_ckpt)
     start = int(state["step"])
     notes, more = extend_schedule(run_cfg, saved, state, start)
     warnings += more

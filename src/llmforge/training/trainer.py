@@ -18,37 +18,16 @@ from typing import Any
 import torch
 
 from llmforge.adapters.base import ModelAdapter
+from llmforge.checkpoints.layout import latest_checkpoint, step_dirname
 from llmforge.config import TrainingConfig
-from llmforge.data import Sampler
+from llmforge.data.samplers import Sampler
 from llmforge.device import autocast
 from llmforge.errors import CheckpointError, DistributedError, TrainingError
-from llmforge.generate import SamplingOptions, generate_text
-from llmforge.training.checkpoint import (
-    latest_checkpoint,
-    prune_checkpoints,
-    rng_state,
-    save_checkpoint,
-    step_dirname,
-)
+from llmforge.inference.generation import SamplingOptions, generate_text
+from llmforge.training.checkpointing import prune_checkpoints, rng_state, save_checkpoint
 from llmforge.training.distributed import DistContext, is_comm_error
 from llmforge.training.optim import lr_at
 from llmforge.training.parallel import LossModule, full_value, no_sync
-
-
-class Callback:
-    """Receives what the trainer reports. Every method is optional."""
-
-    def on_step(self, metrics: dict[str, Any]) -> None:
-        """After a logged optimizer step: step, loss, lr, grad_norm, tokens_per_s, elapsed."""
-
-    def on_eval(self, metrics: dict[str, Any]) -> None:
-        """After a validation pass: step, val_loss, val_ppl."""
-
-    def on_sample(self, step: int, text: str) -> None:
-        """After a text sample was generated."""
-
-    def on_checkpoint(self, step: int, path: Path) -> None:
-        """After a checkpoint was written."""
 
 
 @dataclass
@@ -200,7 +179,7 @@ class Trainer:
         path = self.run_dir / "checkpoints" / step_dirname(step)
         try:
             if dist.sharded:
-                from llmforge.training.sharded import save_sharded_checkpoint
+                from llmforge.training.fsdp_checkpoint import save_sharded_checkpoint
 
                 path = save_sharded_checkpoint(
                     self.run_dir, step, self.adapter, self.optimizer, self.state, meta, dist

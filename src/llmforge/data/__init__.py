@@ -1,0 +1,3 @@
+"""Training data: data files, the built-in corpus, chat templates and loss masks,
+samplers, and a run's batches.
+"""

@@ -1,0 +1,1 @@
+"""``llmforge ckpt export``: a checkpoint as a folder that loads without llmforge."""

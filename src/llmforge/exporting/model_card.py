@@ -1,0 +1,99 @@
+"""The ``README.md`` of an export: base model, license, lineage and training summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmforge.store import lineage
+from llmforge.store.registry import ModelRegistry
+from llmforge.workspace import Workspace
+
+_CARD_KEYS = (
+    "learning_rate",
+    "min_lr",
+    "warmup_steps",
+    "weight_decay",
+    "batch_size",
+    "grad_accum_steps",
+    "block_size",
+    "max_steps",
+    "precision",
+    "seed",
+    "data_path",
+)
+
+
+def _license(ws: Workspace, meta: dict[str, Any]) -> str | None:
+    if meta.get("license"):
+        return str(meta["license"])
+    registry = ModelRegistry(ws)
+    names, _ = lineage.split(meta.get("lineage") or [])
+    for name in names:
+        if registry.exists(name) and registry.get(name).license:
+            return registry.get(name).license
+    return None
+
+
+def model_card(
+    ckpt: Path,
+    meta: dict[str, Any],
+    license_label: str | None,
+    hf: bool,
+    lora: str | None = None,
+) -> str:
+    """The ``README.md`` of an export: base model, license, lineage, training summary.
+
+    ``lora`` is ``"adapter"`` for a PEFT adapter folder, ``"merged"`` for merged weights.
+    """
+    chain = [str(x) for x in meta.get("lineage") or []]
+    _, origin = lineage.split(chain)
+    base = origin.removeprefix("hf:") if hf and origin and origin.startswith("hf:") else None
+    front = ["---", f"license: {license_label or 'other'}"]
+    if base:
+        front.append(f"base_model: {base}")
+    if hf:
+        library = "peft" if lora == "adapter" else "transformers"
+        front += [f"library_name: {library}", "pipeline_tag: text-generation"]
+    front += ["tags:", "- llmforge", "- fine-tuned" if chain else "- from-scratch", "---", ""]
+    run, step = meta.get("run_name") or ckpt.parent.parent.name, meta.get("step")
+    title = f"# {run} (step {step})"
+    if chain:
+        about = f"Fine-tuned with llmforge from `{meta.get('fine_tuned_from')}`" + (
+            f", whose base model is [{base}](https://huggingface.co/{base})." if base else "."
+        )
+    else:
+        about = "A custom decoder-only Transformer trained from scratch with llmforge."
+    settings, base_entry = meta.get("lora") or {}, (meta.get("base") or {}).get("model_name")
+    if lora and settings:
+        how = "This folder holds only the" if lora == "adapter" else "The weights merge the"
+        about += (
+            f" {how} LoRA adapter (r={settings.get('r')}, alpha={settings.get('alpha')}, "
+            f"target modules {', '.join(settings.get('target_modules') or [])}) trained on "
+            f"the base `{base_entry}`."
+        )
+    lic = license_label or "unknown: check the base model's license before sharing"
+    lines = [
+        *front,
+        title,
+        "",
+        about,
+        "",
+        f"- License: {lic}",
+        f"- Architecture: {meta.get('architecture')}",
+        f"- Tokenizer: {(meta.get('tokenizer') or {}).get('identifier')}"
+        f" ({(meta.get('tokenizer') or {}).get('kind')})",
+        "",
+        "## Lineage",
+        "",
+    ]
+    lines += [f"- {lineage.chain_text(f'run {run} step {step}', chain)}", ""]
+    cfg = meta.get("config") or {}
+    lines += ["## Training", "", "| setting | value |", "| --- | --- |"]
+    lines += [f"| {k} | {cfg.get(k)} |" for k in _CARD_KEYS if k in cfg]
+    lines += [f"| fine_tune_started_at | {meta.get('fine_tune_started_at')} |"]
+    lines += [
+        f"| train_loss | {meta.get('train_loss')} |",
+        f"| val_loss | {meta.get('val_loss')} |",
+    ]
+    return "\n".join(lines) + "\n"

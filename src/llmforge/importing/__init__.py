@@ -1,0 +1,1 @@
+"""``llmforge models import``: a hub repository or a local folder into the registry."""

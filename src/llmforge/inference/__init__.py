@@ -1,0 +1,1 @@
+"""``llmforge generate``: a checkpoint or registry model on a device, and sampling from it."""

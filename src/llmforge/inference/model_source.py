@@ -1,0 +1,82 @@
+"""Loading a model for inference from a checkpoint reference or a registry name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmforge.adapters import get_adapter
+from llmforge.adapters.base import ModelAdapter
+from llmforge.checkpoints import lora_base
+from llmforge.checkpoints.loading import load_checkpoint_adapter
+from llmforge.checkpoints.references import resolve_checkpoint
+from llmforge.device import resolve_device
+from llmforge.errors import CheckpointError
+from llmforge.store.model_files import require_model_files
+from llmforge.store.registry import ModelRegistry
+from llmforge.workspace import Workspace
+
+
+def load_for_inference(
+    workspace: Workspace,
+    source: str,
+    *,
+    allow_base_mismatch: bool = False,
+    warnings: list[str] | None = None,
+    device: str = "cpu",
+) -> tuple[ModelAdapter, dict[str, Any]]:
+    """The adapter for ``source``: a checkpoint reference, else a registry model name.
+
+    A LoRA checkpoint or adapter entry loads its base from the registry with the adapter
+    attached, after the base identity check (``allow_base_mismatch`` turns a refusal into a
+    warning appended to ``warnings``).
+
+    Args:
+        workspace: The workspace.
+        source: A checkpoint reference or a registry model name.
+        allow_base_mismatch: Accept a LoRA adapter whose base changed (with a warning).
+        warnings: Receives such warnings.
+        device: ``auto``, ``cpu`` or ``cuda``: where the model is placed (see ``device.py``).
+
+    Returns:
+        ``(adapter, metadata)``: the checkpoint's ``meta.json`` or the registry entry as a dict.
+
+    Raises:
+        CheckpointError: If ``source`` is neither a checkpoint nor a registered model.
+        ConfigError: If ``device`` cannot be used.
+    """
+    dev = resolve_device(device)  # fails before anything is loaded
+    adapter, meta = _load(workspace, source, allow_base_mismatch, warnings)
+    adapter.model.to(dev)
+    return adapter, meta
+
+
+def _load(
+    workspace: Workspace, source: str, allow_base_mismatch: bool, warnings: list[str] | None
+) -> tuple[ModelAdapter, dict[str, Any]]:
+    try:
+        path = resolve_checkpoint(workspace, source)
+    except CheckpointError as ckpt_error:
+        run = source.partition("/")[0]
+        if "/" in source and run and (workspace.runs_dir / run).is_dir():
+            raise  # RUN/step-N of a run that exists: the error lists the run's checkpoints
+        registry = ModelRegistry(workspace)
+        names = registry.names()
+        if source not in names:
+            raise CheckpointError(
+                f"{source!r} is neither a checkpoint nor a registered model.",
+                f"{ckpt_error.hint} Registered models: {', '.join(names) or 'none'}.",
+            ) from None
+        entry = registry.get(source)
+        if lora_base.is_adapter_entry(entry):
+            adapter, notes = lora_base.load_adapter_entry(
+                workspace, entry, allow_mismatch=allow_base_mismatch
+            )
+            if warnings is not None:
+                warnings.extend(notes)
+            return adapter, entry.model_dump(mode="json")
+        folder = require_model_files(workspace, entry)
+        adapter = get_adapter(entry.architecture).from_registry(entry, folder)
+        return adapter, entry.model_dump(mode="json")
+    return load_checkpoint_adapter(
+        path, workspace, allow_base_mismatch=allow_base_mismatch, warnings=warnings
+    )

@@ -1,0 +1,1 @@
+"""Where a run reports: the callbacks the trainer calls, and ``metrics.jsonl``."""
