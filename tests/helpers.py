@@ -96,6 +96,13 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
+def dir_size(root: Path) -> int:
+    """Total bytes of the regular files under ``root`` (0 if it does not exist)."""
+    if not root.exists():
+        return 0
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def assert_unchanged(root: Path, before: dict[str, str]) -> None:
     """Assert that every file under ``root``, hidden ones included, hashes as in ``before``."""
     after = snapshot(root)

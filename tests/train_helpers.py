@@ -8,7 +8,6 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from helpers import snapshot
 from llmforge.cli import app
 
 TINY = {
@@ -48,11 +47,6 @@ def write_config(path: Path, **overrides: object) -> Path:
 def run_cli(home: Path, *args: str):
     """Run ``llmforge --home HOME ARGS`` in-process; returns Click's Result."""
     return CliRunner().invoke(app, ["--home", str(home), *args])
-
-
-# The old name of the one workspace snapshot (helpers.snapshot: every file, hidden ones too),
-# kept so tests written against it on other branches still work; new tests use snapshot.
-tree_digest = snapshot
 
 
 def import_from_local_hub(hub, repo_id: str, folder: Path, home: Path, name: str) -> None:

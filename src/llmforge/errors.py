@@ -124,10 +124,6 @@ class DistributedError(TrainingError):
     every_rank = True
 
 
-class NotAvailableError(LLMForgeError):
-    """The command exists but its feature is not built yet."""
-
-
 # -- importing models from the Hugging Face Hub or a local folder ----------------------------
 class InvalidSourceError(LLMForgeError):
     """The SOURCE of `models import` is neither a hub id, a hub URL nor a model folder."""

@@ -1,4 +1,4 @@
-"""Small filesystem helpers: atomic writes, hashing, sizes."""
+"""Small filesystem helpers: atomic writes, hashing, human-readable sizes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,21 +86,6 @@ def iter_files(root: Path) -> Iterator[Path]:
     for p in sorted(root.rglob("*")):
         if p.is_file() and not p.is_symlink():
             yield p
-
-
-def dir_size(root: Path) -> int:
-    """Total bytes of the regular files under ``root`` (0 if it does not exist)."""
-    if not root.exists():
-        return 0
-    return sum(p.stat().st_size for p in iter_files(root))
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a file or directory tree if it exists."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
 
 
 def human_bytes(n: int | None) -> str:

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from helpers import flat, make_model, run_on_terminal, snapshot
-from llmforge.fsutil import dir_size
+from helpers import dir_size, flat, make_model, run_on_terminal, snapshot
 from llmforge.store.registry import ModelRegistry
 
 COLUMNS = ("name", "architecture", "parameters", "disk", "source", "fine_tuned_from", "created")

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import snapshot
 from llmforge.checkpoints.manifest import write_manifest
-from train_helpers import run_cli, small_corpus, tree_digest, write_config
+from train_helpers import run_cli, small_corpus, write_config
 
 RUN = "tiny"
 
@@ -54,14 +55,14 @@ def ckpt(ws: Path, step: int) -> Path:
 
 def refused(ws: Path, *args: str, code: int | None = None) -> str:
     """Run a command that must be refused; return its stderr (one clear paragraph)."""
-    before = tree_digest(ws)
+    before = snapshot(ws)
     res = run_cli(ws, *args)
     assert res.exit_code != 0, res.output
     if code is not None:
         assert res.exit_code == code, res.output
     err = " ".join(res.stderr.split())
     assert err.startswith("Error:") and "This is a bug" not in err and "Traceback" not in err
-    assert tree_digest(ws) == before
+    assert snapshot(ws) == before
     return err
 
 

@@ -30,7 +30,6 @@ from llmforge.data.corpus import check_path_text, read_corpus
 from llmforge.errors import BadRecordError, DataError
 from llmforge.untrusted import brief, unicode_problem
 
-RECORD_FORMATS = ("jsonl-text", "prompt-completion", "chat")
 RECORD_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _KEYS = {
     "jsonl-text": ("text",),
@@ -45,7 +44,7 @@ class DataFile:
 
     Attributes:
         source: The path.
-        format: ``text`` or one of :data:`RECORD_FORMATS`.
+        format: ``text``, ``jsonl-text``, ``prompt-completion`` or ``chat``.
         sha256: Fingerprint of the file's bytes.
         text: The text (``text`` format only).
         records: The valid records (record formats only).

@@ -45,19 +45,13 @@ class RepoSnapshot:
         repo_id: The hub id.
         sha: The commit sha the requested revision resolved to.
         files: Every file of the repository at that commit.
-        gated: Whether the hub says the repository is gated.
         card_data: The model card metadata the hub returned (may be empty).
     """
 
     repo_id: str
     sha: str
     files: list[RemoteFile]
-    gated: bool = False
     card_data: dict[str, Any] = field(default_factory=dict)
-
-    def get(self, path: str) -> RemoteFile | None:
-        """The file at ``path``, or None."""
-        return next((f for f in self.files if f.path == path), None)
 
 
 @contextlib.contextmanager
@@ -260,7 +254,7 @@ def fetch_snapshot(
             for e in tree
             if isinstance(e, RepoFile)
         ]
-    return RepoSnapshot(repo_id, sha, files, gated=bool(info.gated), card_data=card)
+    return RepoSnapshot(repo_id, sha, files, card_data=card)
 
 
 def _card_dict(card_data: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from llmforge.store.registry import (
     check_model_name,
     free_name,
     name_taken_error,
+    suggest_model_name,
 )
 from llmforge.workspace import Workspace
 
@@ -61,7 +62,7 @@ def import_model(
         check_token(token, origin)
     origin = source.repo_id if source.kind == "hub" else (source.path.name if source.path else "")
     registry = ModelRegistry(ws)
-    name = _check_name(req.name or _derive_name(origin or "model"), registry, req.force)
+    name = _check_name(req.name or suggest_model_name(origin or "model"), registry, req.force)
     registry.check_writable()
     if source.kind == "hub":
         from llmforge.importing.from_hub import gather_from_hub
@@ -89,9 +90,3 @@ def _check_name(name: str, registry: ModelRegistry, force: bool) -> str:
     if registry.exists(name) and not force:
         raise name_taken_error(name, set(registry.names()))
     return name
-
-
-def _derive_name(origin: str) -> str:
-    from llmforge.store.registry import suggest_model_name
-
-    return suggest_model_name(origin)

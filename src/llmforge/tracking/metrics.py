@@ -53,17 +53,3 @@ def truncate_metrics(run_dir: Path, after_step: int) -> None:
         except (ValueError, AttributeError):
             continue  # a line cut short by a crash
     atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All records of a run's metrics file (malformed lines skipped)."""
-    path = run_dir / METRICS_FILE
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out

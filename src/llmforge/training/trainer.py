@@ -128,7 +128,7 @@ class Trainer:
                 model.train()
         return self.dist.sum(total) / n
 
-    def sample(self, step: int) -> str | None:
+    def sample(self) -> str | None:
         """A short text sample from the sample prompt, with a fixed seed (RNG untouched).
 
         Rank 0 generates alone, except under FSDP: there every rank gathers the whole model
@@ -342,7 +342,7 @@ class Trainer:
                     "on_eval", {"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
                 )
             if cfg.sample_interval and (step % cfg.sample_interval == 0 or step == cfg.max_steps):
-                text = self.sample(step)
+                text = self.sample()
                 if text is not None:
                     self._emit("on_sample", step, text)
             # Every rank must stop at the same step: a Ctrl-C may reach them at different times.
