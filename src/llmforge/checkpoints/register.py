@@ -12,7 +12,6 @@ save goes to a fresh directory), so registering costs no disk. The folder is sta
 from __future__ import annotations
 
 import contextlib
-import errno
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,11 @@ from llmforge.checkpoints.metadata import load_meta
 from llmforge.checkpoints.references import resolve_checkpoint
 from llmforge.checkpoints.sharded import is_sharded, load_consolidated
 from llmforge.errors import CheckpointError, LLMForgeError, ModelExistsError
+from llmforge.fsutil import write_failure_reason
 from llmforge.store import blobs, lineage
 from llmforge.store.commit import commit_staged
 from llmforge.store.model_files import build_manifest
 from llmforge.store.registry import ModelEntry, ModelRegistry, check_model_name, name_taken_error
-from llmforge.untrusted import brief
 from llmforge.workspace import Workspace
 
 # Files of a checkpoint that are training state, not the model.
@@ -46,22 +45,6 @@ _NOT_MODEL = {
     TOKENIZER_DIR,
     manifest.MANIFEST_FILE,
 }
-_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-_DISK_FULL_TEXTS = ("No space left", "File too large", "Disk quota", "os error 27", "os error 28")
-
-
-def write_failure(e: BaseException) -> str:
-    """Why a write failed, for a message: the OS's words, and whether the disk may be full.
-
-    safetensors and torch wrap I/O errors in their own exception types, so their text is
-    searched for the disk-full errors too.
-    """
-    if isinstance(e, OSError):
-        cause, full = e.strerror or str(e), e.errno in _DISK_FULL_ERRNOS
-    else:
-        cause = brief(str(e), 200).strip("'\"")
-        full = any(t in cause for t in _DISK_FULL_TEXTS)
-    return cause + (" (is the disk full, or a file-size limit reached?)" if full else "")
 
 
 def model_files(path: Path) -> dict[str, Path]:
@@ -233,7 +216,7 @@ def register_checkpoint(
         if isinstance(e, Exception) and not isinstance(e, LLMForgeError):
             # a full disk, or safetensors' own error for it
             raise CheckpointError(
-                f"Could not register {path} as {name!r}: {write_failure(e)}. Nothing was "
+                f"Could not register {path} as {name!r}: {write_failure_reason(e)}. Nothing was "
                 "registered: registry.json and models/ are as they were.",
                 "Free some disk space, then run the command again.",
             ) from e

@@ -29,11 +29,16 @@ from typing import Any
 from llmforge.checkpoints.layout import TOKENIZER_DIR, check_complete
 from llmforge.checkpoints.metadata import load_checkpoint_tokenizer, load_meta
 from llmforge.checkpoints.references import resolve_checkpoint
-from llmforge.checkpoints.register import model_files, write_failure
+from llmforge.checkpoints.register import model_files
 from llmforge.checkpoints.sharded import is_sharded, load_consolidated
 from llmforge.errors import ExportError, LLMForgeError
 from llmforge.exporting.model_card import _license, model_card
-from llmforge.fsutil import atomic_write_json, atomic_write_text
+from llmforge.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    building_folder,
+    write_failure_reason,
+)
 from llmforge.store import blobs
 from llmforge.workspace import Workspace
 
@@ -135,42 +140,32 @@ def _write(
     generation: dict[str, Any] | None,
     card: str,
 ) -> None:
-    """Assemble the folder beside ``dest`` and rename it into place (all or nothing)."""
+    """Assemble the folder beside ``dest`` (``.DEST.export-PID``) and rename it into place,
+    all or nothing; a replaced folder waits at ``.DEST.old-PID`` until the new one is in."""
     missing = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.export-{os.getpid()}"
     trash = dest.parent / f".{dest.name}.old-{os.getpid()}"
-    blobs.discard(tmp)
-    done = False
     try:
-        tmp.mkdir()
-        if model is not None:
-            model.save(tmp)
-        for rel, src in files.items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tmp / rel)
-        if base_ref is not None:
-            from llmforge.adapters import peft_lora
+        # Not fsynced: an export is a copy the user can make again (a checkpoint is not).
+        with building_folder(dest, tmp, trash, sync=False) as folder:
+            if model is not None:
+                model.save(folder)
+            for rel, src in files.items():
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, folder / rel)
+            if base_ref is not None:
+                from llmforge.adapters import peft_lora
 
-            peft_lora.set_base_reference(tmp, base_ref)
-        if generation is not None:
-            atomic_write_json(tmp / GENERATION_CONFIG, generation)
-        atomic_write_text(tmp / CARD, card)
-        if dest.exists():
-            os.replace(dest, trash)
-        try:
-            os.replace(tmp, dest)
-        except BaseException:
-            if trash.exists() and not dest.exists():
-                os.replace(trash, dest)  # put the user's folder back
-            raise
-        blobs.discard(trash)
-        done = True
-    finally:
-        blobs.discard(tmp)
-        for folder in missing if not done else []:  # parents this export made, if empty
+                peft_lora.set_base_reference(folder, base_ref)
+            if generation is not None:
+                atomic_write_json(folder / GENERATION_CONFIG, generation)
+            atomic_write_text(folder / CARD, card)
+    except BaseException:
+        for parent in missing:  # parents this export made, if empty
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                parent.rmdir()
+        raise
 
 
 def export_checkpoint(
@@ -238,7 +233,7 @@ def export_checkpoint(
         raise
     except Exception as e:  # a full disk, or safetensors' own error for it
         raise ExportError(
-            f"Could not write the export to {dest}: {write_failure(e)}. Nothing was left "
+            f"Could not write the export to {dest}: {write_failure_reason(e)}. Nothing was left "
             f"behind; {dest} is unchanged.",
             "Free some disk space (or choose another destination), then export again.",
         ) from e

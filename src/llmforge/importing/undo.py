@@ -21,16 +21,14 @@ converted weights) and, at the very end, ``models/NAME`` with its registry entry
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from llmforge.errors import HubUnreachableError, InsufficientDiskError, RepoChangedError
+from llmforge.fsutil import is_disk_full
 from llmforge.store import blobs
 from llmforge.workspace import Workspace
-
-_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
 class ImportWork:
@@ -130,7 +128,7 @@ def _disk_full_is_clear(name: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.errno not in _DISK_FULL:
+        if not is_disk_full(e):
             raise
         raise InsufficientDiskError(
             f"The disk ran out of space while importing {name!r} ({e.strerror}); nothing "

@@ -32,7 +32,7 @@ import shutil
 from pathlib import Path
 
 from llmforge.errors import RegistryError
-from llmforge.fsutil import atomic_write_json
+from llmforge.fsutil import atomic_write_json, failure_cause
 from llmforge.workspace import Workspace
 
 TRASH = ".trash"
@@ -80,7 +80,7 @@ class FolderChange:
         except OSError as e:
             remove_empty_trash(ws)
             raise RegistryError(
-                f"Cannot record the change of models/{name} in {base} ({e.strerror or e}); "
+                f"Cannot record the change of models/{name} in {base} ({failure_cause(e)}); "
                 "nothing was changed.",
                 f"{base} must be a folder llmforge can write (free disk space, or move away "
                 "a file of that name), then run the command again.",

@@ -24,7 +24,7 @@ from llmforge.errors import (
     RegistryError,
     WorkspaceError,
 )
-from llmforge.fsutil import atomic_write_json
+from llmforge.fsutil import atomic_write_json, failure_cause
 from llmforge.store.folder_change import registry_digest, settle_changes, trash_dir
 
 # The name rule and the entry schema, re-exported: `from llmforge.registry import ModelEntry`.
@@ -306,7 +306,7 @@ class ModelRegistry:
             atomic_write_json(self.path, {"schema_version": SCHEMA_VERSION, "models": models})
         except OSError as e:
             raise RegistryError(
-                f"Could not write {self.path}: {e.strerror or e}. The registry and the model "
+                f"Could not write {self.path}: {failure_cause(e)}. The registry and the model "
                 "folders are unchanged.",
                 "Free some disk space (or raise the file-size limit) and run the command again.",
             ) from e

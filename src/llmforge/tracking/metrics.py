@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from llmforge.errors import TrainingError
-from llmforge.fsutil import atomic_write_text
+from llmforge.fsutil import atomic_write_text, failure_cause
 from llmforge.tracking.callback import Callback
 
 METRICS_FILE = "metrics.jsonl"
@@ -29,7 +29,7 @@ class MetricsWriter(Callback):
                 f.write(json.dumps(record) + "\n")
         except OSError as e:
             raise TrainingError(
-                f"Could not append to {self.path}: {e.strerror or e} (is the disk full?).",
+                f"Could not append to {self.path}: {failure_cause(e)} (is the disk full?).",
                 "Free some disk space, then continue with --resume latest.",
             ) from e
 

@@ -1,26 +1,29 @@
-"""Checkpoints: atomic save, discovery, loading, pruning.
+"""Writing a run's checkpoints: the atomic save, the RNG states it keeps, pruning, tidying.
 
 A checkpoint is a directory ``runs/<run>/checkpoints/step-NNNNNN/`` holding:
 
 - the adapter's files (``model.safetensors`` + ``config.json`` or a Hugging Face folder); for a
   LoRA run only the adapter (``adapter_model.safetensors`` + ``adapter_config.json``, see
-  ``training/lora.py``),
+  ``adapters/peft_lora.py``),
 - ``tokenizer/`` (the exact tokenizer used),
 - ``optimizer.pt`` (tensors only; loaded with ``weights_only=True``),
 - ``trainer_state.json`` (step, RNG states, sampler position, losses so far),
 - ``meta.json`` (model identity, lineage, tokenizer, resolved config),
-- ``manifest.json`` (size and sha256 of every other file; see ``training/ckpt_manifest.py``),
+- ``manifest.json`` (size and sha256 of every other file; see ``checkpoints/manifest.py``),
   written last.
 
-It is assembled in a hidden temporary directory and renamed into place, so a crash never
-leaves a half checkpoint under a ``step-*`` name.
+It is assembled in a hidden temporary directory ``.tmp-step-NNNNNN-PID`` and renamed into
+place (:func:`llmforge.fsutil.building_folder`), so a crash never leaves a half checkpoint
+under a ``step-*`` name. Reading checkpoints is :mod:`llmforge.checkpoints`' job.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +41,7 @@ from llmforge.checkpoints.layout import (
     list_checkpoints,
     step_dirname,
 )
-from llmforge.fsutil import atomic_write_json, fsync_dir, iter_files
-
-
-def _fsync_tree(folder: Path) -> None:
-    for f in iter_files(folder):
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    fsync_dir(folder)
+from llmforge.fsutil import atomic_write_json, building_folder, publish_folder
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,10 +87,7 @@ def save_checkpoint(
     root = run_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dirname(step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    with checkpoint_folder(final) as tmp:
         if peft_lora.is_lora(adapter):
             peft_lora.save(adapter, tmp)  # the adapter only; the base stays in the registry
         else:
@@ -103,29 +96,39 @@ def save_checkpoint(
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         atomic_write_json(tmp / STATE_FILE, trainer_state)
         atomic_write_json(tmp / META_FILE, meta)
-        publish(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
+@contextlib.contextmanager
+def checkpoint_folder(final: Path) -> Iterator[Path]:
+    """Assemble the checkpoint ``final`` in a hidden temporary folder; when the block ends
+    without an error, write its manifest and rename it into place (see :func:`publish`).
+
+    Yields:
+        The empty temporary folder.
+    """
+    with building_folder(final, temporary_dir(final), _old_dir(final)) as tmp:
+        yield tmp
+        manifest.write_manifest(tmp)  # sizes + sha256 of every file, checked on load
+
+
+def temporary_dir(final: Path) -> Path:
+    """``.tmp-step-NNNNNN-PID`` beside ``final``: where it is assembled (hidden from listings)."""
+    return final.parent / f".tmp-{final.name}-{os.getpid()}"
+
+
+def _old_dir(final: Path) -> Path:
+    return final.parent / f".old-{final.name}-{os.getpid()}"
+
+
 def publish(tmp: Path, final: Path) -> None:
-    """Make the complete folder ``tmp`` the checkpoint ``final``: fsync, then rename.
+    """Make the complete folder ``tmp`` the checkpoint ``final``: manifest, fsync, rename.
 
     An existing ``final`` (left by an earlier attempt of the run) is replaced only after the
-    new one is in place under a hidden name, so a crash never leaves neither.
+    new one is complete, so a crash never leaves neither (:func:`llmforge.fsutil.publish_folder`).
     """
     manifest.write_manifest(tmp)  # sizes + sha256 of every file, checked on load
-    _fsync_tree(tmp)
-    if final.exists():
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-    fsync_dir(final.parent)
+    publish_folder(tmp, final, _old_dir(final))
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> list[Path]:

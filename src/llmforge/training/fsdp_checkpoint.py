@@ -6,7 +6,6 @@ The layout is described in :mod:`llmforge.checkpoints.sharded`, which reads them
 
 from __future__ import annotations
 
-import os
 import shutil
 import warnings
 from pathlib import Path
@@ -35,7 +34,7 @@ from llmforge.checkpoints.sharded import (
 )
 from llmforge.errors import CheckpointError
 from llmforge.fsutil import atomic_write_json
-from llmforge.training.checkpointing import publish
+from llmforge.training.checkpointing import checkpoint_folder, publish, temporary_dir
 from llmforge.training.distributed import DistContext
 
 
@@ -57,7 +56,7 @@ def save_sharded_checkpoint(
 
     root = run_dir / CHECKPOINTS
     final = root / step_dirname(step)
-    tmp = root / dist.broadcast(f".tmp-{final.name}-{os.getpid()}")
+    tmp = root / dist.broadcast(temporary_dir(final).name)  # rank 0's name: one folder
     if dist.is_main:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -118,18 +117,10 @@ def consolidate(path: Path) -> Path:
     new_cfg = {**cfg.to_dict(), "strategy": "ddp"}
     new_meta = {k: v for k, v in meta.items() if k != "sharded"}
     new_meta.update(config=new_cfg, consolidated_from={"world_size": meta["sharded"]["world_size"]})
-    root = path.parent
-    tmp = root / f".tmp-{path.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
+    with checkpoint_folder(path) as tmp:  # replaces the sharded folder once complete
         adapter.save(tmp)
         adapter.tokenizer.save(tmp / TOKENIZER_DIR)
         torch.save(inner, tmp / OPTIMIZER_FILE)
         atomic_write_json(tmp / STATE_FILE, state)
         atomic_write_json(tmp / META_FILE, new_meta)
-        publish(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path

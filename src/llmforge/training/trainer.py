@@ -23,6 +23,7 @@ from llmforge.config import TrainingConfig
 from llmforge.data.samplers import Sampler
 from llmforge.device import autocast
 from llmforge.errors import CheckpointError, DistributedError, TrainingError
+from llmforge.fsutil import failure_cause
 from llmforge.inference.generation import SamplingOptions, generate_text
 from llmforge.training.checkpointing import prune_checkpoints, rng_state, save_checkpoint
 from llmforge.training.distributed import DistContext, is_comm_error
@@ -192,11 +193,7 @@ class Trainer:
             error = e
         if dist.any(error is not None):
             prev = latest_checkpoint(self.run_dir)
-            cause = "another process failed to write its part"
-            if isinstance(error, OSError) and error.strerror:
-                cause = error.strerror
-            elif error is not None:
-                cause = str(error)
+            cause = failure_cause(error) if error else "another process failed to write its part"
             failed = CheckpointError(
                 f"Could not write the checkpoint of step {step} under {self.run_dir}: {cause} "
                 "(is the disk full, or a file-size limit reached?). Nothing of it was kept"
