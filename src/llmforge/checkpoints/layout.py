@@ -20,8 +20,13 @@ STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 TOKENIZER_DIR = "tokenizer"
 REQUIRED = (META_FILE, STATE_FILE, OPTIMIZER_FILE, TOKENIZER_DIR)
-SHARDS_DIR = "shards"  # instead of the weights and optimizer.pt: see training/sharded.py
+SHARDS_DIR = "shards"  # instead of the weights and optimizer.pt: see checkpoints/sharded.py
 _STEP_RE = re.compile(r"step-(\d{6,})")
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether the checkpoint at ``path`` is a sharded (FSDP) one."""
+    return (path / SHARDS_DIR).is_dir()
 
 
 def step_dirname(step: int) -> str:
@@ -67,7 +72,7 @@ def check_complete(path: Path, *, full: bool = False) -> None:
             "its latest checkpoint, or RUN/step-N; `llmforge ckpt list` shows them.",
         )
     required = REQUIRED
-    if (path / SHARDS_DIR).is_dir():  # an FSDP checkpoint (training/sharded.py)
+    if is_sharded(path):  # an FSDP checkpoint (checkpoints/sharded.py)
         required = (META_FILE, STATE_FILE, TOKENIZER_DIR, f"{SHARDS_DIR}/.metadata")
     missing = [name for name in required if not (path / name).exists()]
     if missing:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,7 +18,7 @@ from llmforge.checkpoints.layout import (
     list_checkpoints,
 )
 from llmforge.checkpoints.metadata import load_meta, read_json
-from llmforge.checkpoints.references import resolve_checkpoint
+from llmforge.checkpoints.references import resolve_checkpoint, workspace_relative
 from llmforge.errors import CheckpointError, WorkspaceError
 from llmforge.store.registry import ModelRegistry
 from llmforge.workspace import Workspace
@@ -126,7 +125,7 @@ def checkpoint_info(ws: Workspace, ref: str) -> CheckpointInfo:
     registered = [
         e.model_name
         for e in ModelRegistry(ws).list()
-        if e.details.get("checkpoint") in (str(path), _rel(ws, path))
+        if e.details.get("checkpoint") in (str(path), workspace_relative(ws, path))
     ]
     files = {
         p.relative_to(path).as_posix(): p.stat().st_size
@@ -135,9 +134,3 @@ def checkpoint_info(ws: Workspace, ref: str) -> CheckpointInfo:
     }
     integrity = manifest.check_manifest(path).status  # check_complete refused damage
     return CheckpointInfo(summary, state, registered, files, integrity)
-
-
-def _rel(ws: Workspace, path: Path) -> str:
-    with contextlib.suppress(ValueError):
-        return path.resolve().relative_to(ws.root.resolve()).as_posix()
-    return str(path)

@@ -7,6 +7,7 @@ export stays light.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from llmforge.checkpoints.layout import (
@@ -91,3 +92,11 @@ def missing_step_error(run_dir: Path, wanted: str) -> CheckpointError:
         f"Use e.g. {run}/step-{steps[-1]} (the latest, or just {run}); "
         f"`llmforge ckpt list {run}` lists them.",
     )
+
+
+def workspace_relative(ws: Workspace, path: Path) -> str:
+    """``path`` relative to the workspace (as a registry entry records its checkpoint), or as
+    it is when it lies elsewhere."""
+    with contextlib.suppress(ValueError):
+        return path.resolve().relative_to(ws.root.resolve()).as_posix()
+    return str(path)

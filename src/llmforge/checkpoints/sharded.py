@@ -28,16 +28,12 @@ from llmforge.checkpoints.layout import META_FILE, SHARDS_DIR
 from llmforge.checkpoints.metadata import load_checkpoint_tokenizer, load_meta
 from llmforge.errors import CheckpointError
 
-SHARDS_DIR = SHARDS_DIR
 FORMAT = "torch.distributed.checkpoint"
 
 
-def is_sharded(path: Path) -> bool:
-    """Whether the checkpoint at ``path`` is a sharded (FSDP) one."""
-    return (path / SHARDS_DIR).is_dir()
-
-
-def _state(adapter: ModelAdapter, optimizer: Any | None) -> dict[str, Any]:
+def state_dicts(adapter: ModelAdapter, optimizer: Any | None) -> dict[str, Any]:
+    """The model's (and the optimizer's) state as ``torch.distributed.checkpoint`` saves and
+    loads it: keyed by parameter name, each rank holding its shards."""
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_optimizer_state_dict,
@@ -79,7 +75,7 @@ def load_sharded(path: Path, adapter: ModelAdapter, optimizer: Any | None = None
         set_optimizer_state_dict,
     )
 
-    state = _state(adapter, optimizer)
+    state = state_dicts(adapter, optimizer)
     try:
         dcp.load(state, checkpoint_id=str(path / SHARDS_DIR))
         set_model_state_dict(adapter.model, state["model"])

@@ -26,13 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmforge.checkpoints.layout import TOKENIZER_DIR, check_complete
+from llmforge.checkpoints.layout import check_complete
 from llmforge.checkpoints.metadata import load_checkpoint_tokenizer, load_meta
 from llmforge.checkpoints.references import resolve_checkpoint
-from llmforge.checkpoints.register import model_files
-from llmforge.checkpoints.sharded import is_sharded, load_consolidated
+from llmforge.checkpoints.standalone import StandaloneModel, standalone_model
 from llmforge.errors import ExportError, LLMForgeError
-from llmforge.exporting.model_card import _license, model_card
+from llmforge.exporting.model_card import card_license, model_card
 from llmforge.fsutil import (
     atomic_write_json,
     atomic_write_text,
@@ -132,11 +131,15 @@ def clean_stale_exports(dest: Path) -> list[Path]:
     return handled
 
 
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
 def _write(
     dest: Path,
-    files: dict[str, Path],
-    model: Any,
-    base_ref: str | None,
+    model: StandaloneModel,
+    adapter_of: str | None,
     generation: dict[str, Any] | None,
     card: str,
 ) -> None:
@@ -149,15 +152,11 @@ def _write(
     try:
         # Not fsynced: an export is a copy the user can make again (a checkpoint is not).
         with building_folder(dest, tmp, trash, sync=False) as folder:
-            if model is not None:
-                model.save(folder)
-            for rel, src in files.items():
-                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src, folder / rel)
-            if base_ref is not None:
+            model.write(folder, _copy)  # copies: an export never shares bytes
+            if adapter_of is not None:
                 from llmforge.adapters import peft_lora
 
-                peft_lora.set_base_reference(folder, base_ref)
+                peft_lora.set_base_reference(folder, adapter_of)
             if generation is not None:
                 atomic_write_json(folder / GENERATION_CONFIG, generation)
             atomic_write_text(folder / CARD, card)
@@ -200,35 +199,27 @@ def export_checkpoint(
     dest = dest.expanduser().resolve()
     clean_stale_exports(dest)
     _check_dest(ws, ckpt, dest, force)
-    arch = str(meta.get("architecture"))
-    hf = arch != "custom-transformer"
     is_lora = meta.get("finetune") == "lora"
     if merge and not is_lora:
         raise ExportError(
             f"--merge folds a LoRA adapter into its base, but {ckpt} holds full weights.",
             "Export it without --merge.",
         )
-    files = model_files(ckpt)
-    merged = None
-    if is_sharded(ckpt):  # an FSDP checkpoint: its model, consolidated in memory
-        merged = load_consolidated(ckpt)[0]
-        files = {r: p for r, p in files.items() if p.is_relative_to(ckpt / TOKENIZER_DIR)}
-    if merge:
-        from llmforge.adapters import peft_lora
-        from llmforge.checkpoints import lora_base as lora_run
-
-        merged, notes = lora_run.load_checkpoint(ws, ckpt, meta, allow_mismatch=allow_base_mismatch)
-        peft_lora.merge(merged)
-        if warnings is not None:
-            warnings.extend(notes)
-        files = {r: p for r, p in files.items() if p.is_relative_to(ckpt / TOKENIZER_DIR)}
+    model = standalone_model(ws, ckpt, meta, merge=merge, allow_base_mismatch=allow_base_mismatch)
+    if warnings is not None:
+        warnings.extend(model.notes)
+    arch = str(meta.get("architecture"))
+    hf = arch != "custom-transformer"
     base = meta.get("base") or {}
-    base_ref = str(base.get("model_id") or base.get("model_name"))
+    # an adapter folder names its base (the hub id where known) for peft to load it onto
+    adapter_of = (
+        str(base.get("model_id") or base.get("model_name")) if is_lora and not merge else None
+    )
     kind = ("merged" if merge else "adapter") if is_lora else None
-    card = model_card(ckpt, meta, _license(ws, meta), hf, kind)
+    card = model_card(ckpt, meta, card_license(ws, meta), hf, kind)
     gen = _generation_config(ckpt, meta) if hf else None
     try:
-        _write(dest, files, merged, base_ref if is_lora and not merge else None, gen, card)
+        _write(dest, model, adapter_of, gen, card)
     except LLMForgeError:
         raise
     except Exception as e:  # a full disk, or safetensors' own error for it
@@ -237,17 +228,21 @@ def export_checkpoint(
             f"behind; {dest} is unchanged.",
             "Free some disk space (or choose another destination), then export again.",
         ) from e
-    loads = (
+    names = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    return ExportResult(ckpt, dest, names, arch, _loads_with(dest, hf, adapter_of))
+
+
+def _loads_with(dest: Path, hf: bool, adapter_of: str | None) -> str:
+    """One line of Python that loads the export (for the user)."""
+    if adapter_of is not None:
+        return (
+            "peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM."
+            f"from_pretrained({adapter_of!r}), {str(dest)!r})"
+            if hf
+            else f"peft.PeftModel.from_pretrained(<the {adapter_of} model>, {str(dest)!r})"
+        )
+    return (
         f"transformers.AutoModelForCausalLM.from_pretrained({str(dest)!r})"
         if hf
         else "safetensors model.safetensors + config.json (llmforge custom-transformer)"
     )
-    if is_lora and not merge:
-        loads = (
-            "peft.PeftModel.from_pretrained(transformers.AutoModelForCausalLM."
-            f"from_pretrained({base_ref!r}), {str(dest)!r})"
-            if hf
-            else f"peft.PeftModel.from_pretrained(<the {base_ref} model>, {str(dest)!r})"
-        )
-    names = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
-    return ExportResult(ckpt, dest, names, arch, loads)

@@ -24,7 +24,8 @@ _CARD_KEYS = (
 )
 
 
-def _license(ws: Workspace, meta: dict[str, Any]) -> str | None:
+def card_license(ws: Workspace, meta: dict[str, Any]) -> str | None:
+    """The license the card names: the checkpoint's, else the nearest registered ancestor's."""
     if meta.get("license"):
         return str(meta["license"])
     registry = ModelRegistry(ws)

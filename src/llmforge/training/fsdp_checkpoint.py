@@ -21,16 +21,16 @@ from llmforge.checkpoints.layout import (
     STATE_FILE,
     TOKENIZER_DIR,
     check_complete,
+    is_sharded,
     step_dirname,
 )
 from llmforge.checkpoints.metadata import load_meta, read_json
 from llmforge.checkpoints.sharded import (
     FORMAT,
     SHARDS_DIR,
-    _state,
-    is_sharded,
     load_sharded,
     skeleton,
+    state_dicts,
 )
 from llmforge.errors import CheckpointError
 from llmforge.fsutil import atomic_write_json
@@ -63,7 +63,7 @@ def save_sharded_checkpoint(
         tmp.mkdir()
     dist.barrier()
     try:
-        dcp.save(_state(adapter, optimizer), checkpoint_id=str(tmp / SHARDS_DIR))
+        dcp.save(state_dicts(adapter, optimizer), checkpoint_id=str(tmp / SHARDS_DIR))
         if dist.is_main:
             adapter.save_config(tmp)
             adapter.tokenizer.save(tmp / TOKENIZER_DIR)

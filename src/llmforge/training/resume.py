@@ -21,11 +21,12 @@ from llmforge.checkpoints.layout import (
     META_FILE,
     STATE_FILE,
     check_complete,
+    is_sharded,
     list_checkpoints,
 )
 from llmforge.checkpoints.loading import load_checkpoint_adapter, load_optimizer_state
 from llmforge.checkpoints.metadata import load_meta, load_state
-from llmforge.checkpoints.sharded import is_sharded, load_sharded, skeleton
+from llmforge.checkpoints.sharded import load_sharded, skeleton
 from llmforge.config import RESUMABLE_KEYS, TrainingConfig
 from llmforge.data.batches import build_batches, load_data
 from llmforge.errors import CheckpointError, LLMForgeError, TrainingError
