@@ -88,3 +88,15 @@ def checkpoint_bytes(path: Path) -> int:
     with contextlib.suppress(OSError):
         return sum(f.stat().st_size for f in iter_files(path))
     return 0
+
+
+def checkpoint_dirs(runs_dir: Path) -> list[Path]:
+    """Every checkpoint ``runs/RUN/checkpoints/step-N`` with a ``meta.json`` (no torch needed).
+
+    A missing ``runs/``, or one that is a file, has none.
+    """
+    try:
+        found = [m.parent for m in runs_dir.glob("*/checkpoints/step-*/meta.json")]
+    except OSError:
+        return []
+    return sorted(p for p in found if p.name[5:].isdigit())

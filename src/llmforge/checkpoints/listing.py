@@ -1,4 +1,5 @@
-"""``ckpt list`` and ``ckpt info``: the checkpoints of the workspace, and what one holds."""
+"""``ckpt list`` and ``ckpt info``: the checkpoints of the workspace and what one holds; all of
+them compared with their manifests (``models validate``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from llmforge.checkpoints.layout import (
     STATE_FILE,
     check_complete,
     checkpoint_bytes,
+    checkpoint_dirs,
     list_checkpoints,
 )
 from llmforge.checkpoints.metadata import load_meta, read_json
@@ -134,3 +136,12 @@ def checkpoint_info(ws: Workspace, ref: str) -> CheckpointInfo:
     }
     integrity = manifest.check_manifest(path).status  # check_complete refused damage
     return CheckpointInfo(summary, state, registered, files, integrity)
+
+
+def validate_checkpoints(workspace: Workspace) -> list[manifest.ManifestCheck]:
+    """Compare every checkpoint under ``runs/`` with its manifest, sha256 of every file.
+
+    Checkpoints saved before manifests existed are reported as unverified (``has_manifest``
+    False), not as failures.
+    """
+    return [manifest.check_manifest(p, full=True) for p in checkpoint_dirs(workspace.runs_dir)]

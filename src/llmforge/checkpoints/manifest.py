@@ -30,7 +30,7 @@ from pathlib import Path
 
 from llmforge.errors import CheckpointDamagedError, UnsafePathError
 from llmforge.fsutil import atomic_write_json, iter_files, sha256_file
-from llmforge.workspace import Workspace, resolve_inside
+from llmforge.workspace import resolve_inside
 
 MANIFEST_FILE = "manifest.json"
 FORMAT = 1
@@ -152,24 +152,3 @@ def require_intact(path: Path, *, full: bool = False) -> ManifestCheck:
             f"it on purpose, delete its {MANIFEST_FILE} to use it unverified.",
         )
     return check
-
-
-def checkpoint_dirs(runs_dir: Path) -> list[Path]:
-    """Every checkpoint ``runs/RUN/checkpoints/step-N`` with a ``meta.json`` (no torch needed).
-
-    A missing ``runs/``, or one that is a file, has none.
-    """
-    try:
-        found = [m.parent for m in runs_dir.glob("*/checkpoints/step-*/meta.json")]
-    except OSError:
-        return []
-    return sorted(p for p in found if p.name[5:].isdigit())
-
-
-def validate_checkpoints(workspace: Workspace) -> list[ManifestCheck]:
-    """Compare every checkpoint under ``runs/`` with its manifest, sha256 of every file.
-
-    Checkpoints saved before manifests existed are reported as unverified (``has_manifest``
-    False), not as failures.
-    """
-    return [check_manifest(p, full=True) for p in checkpoint_dirs(workspace.runs_dir)]

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmforge.checkpoints.manifest import checkpoint_dirs
+from llmforge.checkpoints.layout import checkpoint_dirs
 from llmforge.errors import ModelInUseError
-from llmforge.store.blobs import prune_cache, unshared_bytes
-from llmforge.store.folder_change import FolderChange
+from llmforge.store.commit import remove_model
 from llmforge.store.registry import ModelEntry, ModelRegistry, not_found_error
 from llmforge.workspace import Workspace
 
@@ -212,11 +211,8 @@ def model_users(workspace: Workspace, name: str) -> ModelUsers:
 def delete_model(workspace: Workspace, name: str, *, force: bool = False) -> DeleteResult:
     """Remove a model's registry entry and its folder ``models/<name>``, all or nothing.
 
-    Under the registry lock the folder is renamed into ``models/.trash/`` and the entry is
-    removed (:mod:`llmforge.store.folder_change`); the files are deleted after the lock is released.
-    A concurrent import of the same name therefore never loses its new folder, and a kill at
-    any point leaves either the model whole and registered or gone (its trash is removed by
-    the next command that takes the lock).
+    What depends on the model is read under the registry lock (so a register or import that
+    runs meanwhile is counted), then :func:`llmforge.store.commit.remove_model` removes it.
 
     Args:
         workspace: The workspace.
@@ -228,22 +224,13 @@ def delete_model(workspace: Workspace, name: str, *, force: bool = False) -> Del
         ModelInUseError: If something can no longer load without it and ``force`` is False.
         RegistryError: If the registry cannot be written (nothing changes then).
     """
-    registry = ModelRegistry(workspace)
-    with registry.transaction() as models:
-        if name not in models:
-            raise not_found_error(name, sorted(models))
+    users = ModelUsers(name)
+
+    def refuse_if_used(models: dict[str, ModelEntry]) -> None:
+        nonlocal users
         users = find_users(workspace, name, models)
         if users.broken and not force:
             raise users.in_use_error()
-        entry = models.pop(name)
-        assert registry.digest is not None
-        change = FolderChange(workspace, name, registry.digest, moves_in=False)
-        registry.undo_on_failure(change.undo)
-        change.move_old_aside()
-    # Files still linked from the import cache or a checkpoint are not freed by this; the
-    # cache prune below frees the blobs no model uses any more.
-    freed = 0 if change.old.is_symlink() or not change.old.exists() else unshared_bytes(change.old)
-    change.finish()
-    registry.tidy_trash()
-    freed += prune_cache(workspace)
+
+    entry, freed = remove_model(workspace, name, check=refuse_if_used)
     return DeleteResult(entry, freed, users)

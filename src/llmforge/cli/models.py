@@ -187,7 +187,7 @@ def validate(
 ) -> None:
     """Check every file of a model (or all models and checkpoints) against its recorded size
     and sha256."""
-    from llmforge.checkpoints.manifest import validate_checkpoints
+    from llmforge.checkpoints.listing import validate_checkpoints
     from llmforge.store.model_files import validate_models
 
     ws = workspace(ctx)
