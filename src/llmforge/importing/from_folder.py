@@ -8,17 +8,13 @@ from pathlib import Path
 
 from llmforge.errors import InvalidSourceError
 from llmforge.importing import file_selection
-from llmforge.importing.gather import _check_selection, _convert, _entry, _is_pickled
+from llmforge.importing.gather import Candidate, check_selection, consent, finish, is_pickled
 from llmforge.importing.licensing import read_license
-from llmforge.importing.model_check import check_model_files
 from llmforge.importing.plan import (
     ImportHooks,
-    ImportPlan,
     ImportRequest,
     ImportResult,
-    accept_license,
     check_architecture,
-    check_size,
     read_config,
 )
 from llmforge.importing.source import Source
@@ -54,7 +50,7 @@ def gather_from_folder(
         if p.is_file()
     ]
     sel = file_selection.select_files(files)
-    _check_selection(sel, f"The folder {folder}")
+    check_selection(sel, f"The folder {folder}")
     config = read_config(folder / "config.json", str(folder))
     arch = check_architecture(config, f"The folder {folder}")
     lic_files = sorted(f.path for f in sel.files if file_selection.is_license_file(f.path))
@@ -62,49 +58,21 @@ def gather_from_folder(
     info = read_license(
         readme if readme.is_file() else None, folder / lic_files[0] if lic_files else None
     )
-    pickled_bytes = sum(f.size for f in sel.files if _is_pickled(f.path, sel))
-    plan = ImportPlan(
-        name,
-        str(folder),
-        None,
-        arch,
-        [(f.path, f.size) for f in sel.files],
-        sel.skipped,
-        sel.total_bytes,
-        0,
-        info,
-        unsafe=sel.unsafe,
-        convert=sel.pickled_weights,
-        progress_files=len(sel.files),
-        progress_bytes=sel.total_bytes,
+    cand = Candidate(str(folder), None, "local", arch, sel, config, info, str(folder))
+    # Nothing to download, but every file is copied into the blob store.
+    staging, accepted_at = consent(
+        ws, req, name, work, hooks, cand, download_bytes=0, new_bytes=sel.total_bytes
     )
-    hooks.on_plan(plan)
-    check_size(sel.total_bytes, sel.total_bytes + pickled_bytes, ws.models_dir, hooks)
-    accepted_at = accept_license(info, req, hooks, name)
-    staging = work.begin()  # the first write of this import
     records: dict[str, FileRecord] = {}
     pickled: dict[str, Path] = {}
     for f in sel.files:
         hooks.on_file_start(f.path, f.size)
-        if _is_pickled(f.path, sel):
+        if is_pickled(f.path, sel):
             pickled[f.path] = folder / f.path
         else:
             digest = blobs.adopt(ws, folder / f.path, resolve_inside(staging, f.path))
             records[f.path] = FileRecord(size=f.size, sha256=digest)
         hooks.on_bytes(f.size)
         hooks.on_file_done(f.path, False)
-    records.update(_convert(ws, pickled, staging, hooks))
-    check_model_files(staging, config, str(folder))
-    entry = _entry(
-        name,
-        str(folder),
-        None,
-        "local",
-        arch,
-        staging,
-        records,
-        info.label,
-        accepted_at,
-        {"converted_from": sorted(pickled)} if pickled else {},
-    )
+    entry = finish(ws, name, cand, staging, records, pickled, accepted_at, hooks, {})
     return ImportResult(entry)

@@ -16,17 +16,14 @@ from typing import Any
 from llmforge.errors import InvalidSourceError
 from llmforge.fsutil import human_bytes
 from llmforge.importing import file_selection, hub
-from llmforge.importing.gather import _check_selection, _convert, _entry, _is_pickled
+from llmforge.importing.gather import Candidate, check_selection, consent, finish, is_pickled
 from llmforge.importing.licensing import MAX_READ_BYTES, LicenseInfo, license_info
-from llmforge.importing.model_check import MAX_CONFIG_BYTES, check_model_files, parse_config
+from llmforge.importing.model_check import MAX_CONFIG_BYTES, parse_config
 from llmforge.importing.plan import (
     ImportHooks,
-    ImportPlan,
     ImportRequest,
     ImportResult,
-    accept_license,
     check_architecture,
-    check_size,
     checksum_error,
 )
 from llmforge.importing.source import Source
@@ -59,56 +56,26 @@ def gather_from_hub(
     revision = req.revision or source.revision
     snap = hub.fetch_snapshot(repo, revision, req.token, cache)
     sel = file_selection.select_files(snap.files)
-    _check_selection(sel, f"The repository {repo!r}")
+    check_selection(sel, f"The repository {repo!r}")
     config, info = _read_before_consent(snap, sel, cache, req.token)
     arch = check_architecture(config, f"The model {repo!r}")
+    cand = Candidate(repo, snap.sha, "huggingface", arch, sel, config, info, f"{repo!r}")
     missing = sum(f.size for f in sel.files if hub.cached_path(cache, snap, f.path) is None)
-    pickled_bytes = sum(f.size for f in sel.files if _is_pickled(f.path, sel))
-    plan = ImportPlan(
-        name,
-        repo,
-        snap.sha,
-        arch,
-        [(f.path, f.size) for f in sel.files],
-        sel.skipped,
-        sel.total_bytes,
-        missing,
-        info,
-        unsafe=sel.unsafe,
-        convert=sel.pickled_weights,
-        progress_files=len(sel.files),
-        progress_bytes=sel.total_bytes,
+    staging, accepted_at = consent(
+        ws, req, name, work, hooks, cand, download_bytes=missing, new_bytes=missing
     )
-    hooks.on_plan(plan)
-    check_size(sel.total_bytes, missing + pickled_bytes, ws.models_dir, hooks)
-    accepted_at = accept_license(info, req, hooks, name)
-    staging = work.begin()  # the first write of this import
     local, hashes, downloaded, reused = _download(snap, sel, cache, req.token, hooks)
     hub.remember_ref(cache, repo, revision, snap.sha)
-
     records = {
         p: FileRecord(size=path.stat().st_size, sha256=hashes[p])
         for p, path in local.items()
-        if not _is_pickled(p, sel)
+        if not is_pickled(p, sel)
     }
     for p in records:
         blobs.link_or_copy(local[p], resolve_inside(staging, p))
-    pickled = {p: path for p, path in local.items() if _is_pickled(p, sel)}
-    records.update(_convert(ws, pickled, staging, hooks))
-    check_model_files(staging, config, f"{repo!r}")
-    entry = _entry(
-        name,
-        repo,
-        snap.sha,
-        "huggingface",
-        arch,
-        staging,
-        records,
-        info.label,
-        accepted_at,
-        {"requested_revision": revision or "default branch"}
-        | ({"converted_from": sorted(pickled)} if pickled else {}),
-    )
+    pickled = {p: path for p, path in local.items() if is_pickled(p, sel)}
+    details = {"requested_revision": revision or "default branch"}
+    entry = finish(ws, name, cand, staging, records, pickled, accepted_at, hooks, details)
     return ImportResult(entry, downloaded_files=downloaded, reused_files=reused)
 
 
