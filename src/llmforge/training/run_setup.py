@@ -27,6 +27,7 @@ from llmforge.training.memory import MemoryEstimate, check_memory, estimate_memo
 from llmforge.training.new_run import branch_run, new_run, resolve_precision
 from llmforge.training.resume import refuse_older, resume_trainer, world_size
 from llmforge.training.run_folder import run_dir_for
+from llmforge.training.run_summary import RunSummary, summarize
 from llmforge.training.trainer import Trainer
 from llmforge.workspace import Workspace
 
@@ -40,7 +41,8 @@ class PreparedRun:
         run_dir: ``runs/<run_name>``.
         resumed_from: The checkpoint it continues, or None for a new run.
         start_step: Steps already done.
-        info: Facts for the start-up log (model, data, sizes, lineage).
+        summary: What the run trains, for the start-up log; None for a dry run or a run that
+            has nothing left to train (nothing was written for those).
         warnings: Things the user should know before training starts.
         memory: The memory estimate of one process.
         dist: This process's place in the job; the caller closes it after training.
@@ -52,7 +54,7 @@ class PreparedRun:
     run_dir: Path
     resumed_from: Path | None
     start_step: int
-    info: dict[str, Any]
+    summary: RunSummary | None = None
     warnings: list[str] = field(default_factory=list)
     memory: MemoryEstimate | None = None
     dist: DistContext = field(default_factory=DistContext)
@@ -146,7 +148,7 @@ def prepare_run(
             checkpoint's model) and a new run fine-tunes it from step 0.
         branch_name: The branch's registry name; required with ``init_from``.
         allow_base_mismatch: Resume a LoRA run even if its base model's files changed.
-        dry_run: Build everything and estimate memory, but write nothing (``info`` empty).
+        dry_run: Build everything and estimate memory, but write nothing (no ``summary``).
         processes: Estimate memory per process for a job of this many processes (a dry run
             of ``--nproc N`` runs in one process); default: this job's.
         stop_at: The step ``--stop-at`` pauses at (checked against the run's steps).
@@ -156,6 +158,37 @@ def prepare_run(
         TrainingError, RunLockedError, UnsafePathError: Before anything is written.
     """
     explicit = explicit_keys if explicit_keys is not None else set(cfg.model_fields_set)
+    _refuse_flags(cfg, resume, init_from, branch_name, stop_at)
+    built = _build(
+        workspace, cfg, resume, explicit, init_from, branch_name, allow_base_mismatch, processes
+    )
+    trainer = built.trainer
+    prepared = PreparedRun(
+        trainer,
+        built.run_dir,
+        built.resumed_from,
+        int(trainer.state.get("step", 0)),
+        warnings=built.warnings,
+        memory=run_memory_estimate(trainer, processes),
+        dist=trainer.dist,
+        notes=built.notes,
+    )
+    if dry_run or prepared.finished:
+        return prepared  # nothing to train: nothing is written
+    _refuse_what_cannot_run(prepared, stop_at)
+    _create_run(workspace, prepared, built, callbacks)
+    prepared.summary = summarize(trainer, built.run_dir, built.meta, built.resumed_from)
+    return prepared
+
+
+def _refuse_flags(
+    cfg: TrainingConfig,
+    resume: str | None,
+    init_from: str | None,
+    branch_name: str | None,
+    stop_at: int | None,
+) -> None:
+    """Refuse flags that do not go together, before anything is loaded."""
     if (init_from is None) != (branch_name is None):
         raise ConfigError(
             "--init-from and --name go together: a branch starts from a checkpoint's weights "
@@ -168,94 +201,100 @@ def prepare_run(
             "Use one of them.",
         )
     if stop_at is not None and (stop_at < 1 or (resume is None and stop_at > cfg.max_steps)):
-        _check_stop_at(stop_at, 0, cfg.max_steps)  # refused before anything is loaded
-    return _prepare(
-        workspace,
-        cfg,
-        resume,
-        explicit,
-        callbacks,
-        init_from,
-        branch_name,
-        allow_base_mismatch,
-        dry_run,
-        processes,
-        stop_at,
-    )
+        _check_stop_at(stop_at, 0, cfg.max_steps)
 
 
-def _prepare(
+@dataclass
+class _Built:
+    """A run's trainer and what was learnt building it (nothing written yet)."""
+
+    trainer: Trainer
+    meta: dict[str, Any]  # the run's meta.json content
+    warnings: list[str]
+    notes: list[str]
+    run_dir: Path
+    resumed_from: Path | None = None
+    branch_source: Path | None = None  # the checkpoint a new branch starts from
+    branch_name: str | None = None
+
+
+def _build(
     workspace: Workspace,
     cfg: TrainingConfig,
     resume: str | None,
     explicit: set[str],
-    callbacks: list[Callback] | None,
     init_from: str | None,
     branch_name: str | None,
     allow_base_mismatch: bool,
-    dry_run: bool,
     processes: int | None,
-    stop_at: int | None,
-) -> PreparedRun:
-    notes: list[str] = []
-    branch_source: Path | None = None
-    resumed_from: Path | None = None
-    world = world_size(processes)
-    if resume is None:
-        run_dir = run_dir_for(workspace, cfg)
-        run_lock.check_free(run_dir)
-        if init_from is not None and branch_name is not None:
-            branch_source = resolve_checkpoint(workspace, init_from, run_dir.parent)
-            (trainer, meta), warnings = branch_run(
-                workspace, cfg, run_dir, branch_source, branch_name, world
-            )
-        else:
-            cfg = resolve_precision(cfg)
-            (trainer, meta), warnings = new_run(workspace, cfg, run_dir, world)
-        notes += _start_notes(trainer.cfg)
-        warnings = [*trainer.cfg.notes, *warnings]
-    else:
+) -> _Built:
+    """The trainer of a resumed, branched or new run, every check passed, nothing written."""
+    if resume is not None:
         resumed_from = _resume_target(workspace, cfg, resume)
         trainer, meta, warnings, notes = resume_trainer(
             resumed_from, cfg, explicit, workspace, allow_base_mismatch, processes
         )
-        run_dir = trainer.run_dir
-    start = int(trainer.state.get("step", 0))
-    memory = run_memory_estimate(trainer, processes)
-    prepared = PreparedRun(
-        trainer, run_dir, resumed_from, start, {}, warnings, memory, trainer.dist, notes
-    )
-    if dry_run or prepared.finished:
-        return prepared  # nothing to train: nothing is written
-    _check_stop_at(stop_at, start, trainer.cfg.max_steps)
+        return _Built(trainer, meta, warnings, notes, trainer.run_dir, resumed_from)
+    world = world_size(processes)
+    run_dir = run_dir_for(workspace, cfg)
+    run_lock.check_free(run_dir)
+    source = None
+    if init_from is not None and branch_name is not None:
+        source = resolve_checkpoint(workspace, init_from, run_dir.parent)
+        (trainer, meta), warnings = branch_run(workspace, cfg, run_dir, source, branch_name, world)
+    else:
+        (trainer, meta), warnings = new_run(workspace, resolve_precision(cfg), run_dir, world)
+    warnings = [*trainer.cfg.notes, *warnings]
+    notes = _start_notes(trainer.cfg)
+    return _Built(trainer, meta, warnings, notes, run_dir, None, source, branch_name)
+
+
+def _refuse_what_cannot_run(prepared: PreparedRun, stop_at: int | None) -> None:
+    """Refuse a ``--stop-at`` the run never reaches, and a run that cannot fit in memory."""
+    trainer = prepared.trainer
+    _check_stop_at(stop_at, prepared.start_step, trainer.cfg.max_steps)
     # Refuse a run that cannot fit, before it exists. CPU processes share the machine's memory.
     dist = trainer.dist
+    assert prepared.memory is not None
     check_memory(
-        memory, trainer.cfg, sharers=dist.local_world_size if dist.device.type == "cpu" else 1
+        prepared.memory,
+        trainer.cfg,
+        sharers=dist.local_world_size if dist.device.type == "cpu" else 1,
     )
+
+
+def _create_run(
+    workspace: Workspace,
+    prepared: PreparedRun,
+    built: _Built,
+    callbacks: list[Callback] | None,
+) -> None:
+    """Take the run's lock and write it: from here on the run exists on disk.
+
+    Rank 0 alone touches the registry (a branch is registered as its model) and the run folder
+    (``config.yaml``, the metrics file, what a crashed save left); the others wait for it.
+    """
+    trainer, dist, run_dir, meta = built.trainer, built.trainer.dist, built.run_dir, built.meta
     dist.barrier()  # every rank passed every check before rank 0 writes anything
     prepared.lock = _take_lock(dist, run_dir)
     if prepared.lock is not None and (stale := run_lock.stale_note(prepared.lock)):
-        notes.append(stale)
-    # Nothing was written so far; from here on the run exists on disk.
-    if dist.is_main:  # only rank 0 touches the registry and the run folder
-        if branch_source is not None and branch_name is not None:
+        prepared.notes.append(stale)
+    if dist.is_main:
+        if built.branch_source is not None and built.branch_name is not None:
             from llmforge.checkpoints.register import register_checkpoint
 
-            entry = register_checkpoint(workspace, str(branch_source), branch_name)
+            entry = register_checkpoint(workspace, str(built.branch_source), built.branch_name)
             meta["model_disk_bytes"] = entry.disk_bytes
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_temporaries(run_dir)
-        truncate_metrics(run_dir, start)
+        truncate_metrics(run_dir, prepared.start_step)
         atomic_write_text(
             run_dir / "config.yaml", yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False)
         )
         trainer.callbacks = [MetricsWriter(run_dir), *(callbacks or [])]
-    if branch_source is not None:  # every rank's checkpoints record the same size
+    if built.branch_source is not None:  # every rank's checkpoints record the same size
         meta["model_disk_bytes"] = dist.broadcast(meta.get("model_disk_bytes"))
     dist.barrier()
-    prepared.info = _info(trainer, run_dir, meta, resumed_from)
-    return prepared
 
 
 def _resume_target(workspace: Workspace, cfg: TrainingConfig, resume: str) -> Path:
@@ -293,45 +332,6 @@ def _take_lock(dist: DistContext, run_dir: Path) -> run_lock.RunLock | None:
             raise refusal
         raise TrainingError("Rank 0 could not take the run's lock.", "See rank 0's message.")
     return lock
-
-
-def _info(
-    trainer: Trainer, run_dir: Path, meta: dict[str, Any], resumed_from: Path | None
-) -> dict[str, Any]:
-    """Facts for the start-up log."""
-    adapter, cfg, dist = trainer.adapter, trainer.cfg, trainer.dist
-    return {
-        "run_name": run_dir.name,
-        "run_dir": str(run_dir),
-        "model_name": meta.get("model_name"),
-        "model_id": meta.get("model_id"),
-        "model_source": meta.get("model_source"),
-        "architecture": adapter.architecture,
-        "model": adapter.describe(),
-        "parameters": adapter.num_parameters(),
-        "disk_bytes": meta.get("model_disk_bytes"),
-        "trainable_parameters": adapter.num_parameters(trainable_only=True),
-        "lineage": meta.get("lineage", []),
-        "fine_tuned_from": meta.get("fine_tuned_from"),
-        "branched_from": meta.get("branched_from") if resumed_from is None else None,
-        "fine_tune_started_at": meta.get("fine_tune_started_at"),
-        "tokenizer": meta.get("tokenizer"),
-        "data": meta.get("data"),
-        "chat": meta.get("chat"),
-        "lora": meta.get("lora"),
-        "base": meta.get("base"),
-        "tokens_per_step": cfg.batch_size
-        * cfg.grad_accum_steps
-        * dist.world_size
-        * trainer.train_sampler.block_size,
-        "max_steps": cfg.max_steps,
-        "precision": cfg.precision,
-        "device": str(dist.device),
-        "world_size": dist.world_size,
-        "strategy": dist.strategy,
-        "batch_size": cfg.batch_size,
-        "grad_accum_steps": cfg.grad_accum_steps,
-    }
 
 
 def run_memory_estimate(trainer: Trainer, processes: int | None = None) -> MemoryEstimate:
