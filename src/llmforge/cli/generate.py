@@ -60,12 +60,7 @@ def generate(
     ] = "auto",
 ) -> None:
     """Generate text, decoding with the tokenizer the model was trained with."""
-    from llmforge.inference.generation import (
-        SamplingOptions,
-        check_text_option,
-        iter_text,
-        stream_ids,
-    )
+    from llmforge.inference.generation import SamplingOptions, check_text_option
 
     opts = SamplingOptions(
         max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed
@@ -85,6 +80,13 @@ def generate(
         )
         return
     adapter, _ = _load(ctx, source, allow_base_mismatch, device)
+    _continue_prompt(adapter, prompt, opts)
+
+
+def _continue_prompt(adapter: Any, prompt: str, opts: Any) -> None:
+    """Print the prompt, then the model's continuation as it is sampled."""
+    from llmforge.inference.generation import iter_text, stream_ids
+
     tok = adapter.tokenizer
     prompt_ids = tok.encode(prompt)
     out = sys.stdout

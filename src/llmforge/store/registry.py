@@ -232,8 +232,8 @@ class ModelRegistry:
         (or a failed write) leaves it exactly as it was, and runs the undo steps registered
         with :meth:`undo_on_failure` while the lock is still held. Before reading, changes of
         model folders that a killed process left half done are settled
-        (:mod:`llmforge.folder_commit`). Inside the block, :attr:`digest` identifies the
-        registry as read (for :class:`~llmforge.folder_commit.FolderChange`).
+        (:mod:`llmforge.store.folder_change`). Inside the block, :attr:`digest` identifies the
+        registry as read (for :class:`~llmforge.store.folder_change.FolderChange`).
 
         Raises:
             RegistryError: If the lock cannot be taken (held for over a minute, or its path

@@ -270,6 +270,14 @@ class Trainer:
                 "--resume latest.",
             ) from e
 
+    def _evaluate_and_report(self, step: int) -> None:
+        """Validation loss at ``step``: kept in the state (last and best) and reported."""
+        val = self.evaluate()
+        self.state["last_val_loss"] = val
+        best = self.state.get("best_val_loss")
+        self.state["best_val_loss"] = val if best is None else min(best, val)
+        self._emit("on_eval", {"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))})
+
     def _fit(self, should_stop: Callable[[], bool], stop_at: int | None) -> TrainResult:
         cfg, model, opt, module = self.cfg, self.adapter.model, self.optimizer, self.train_module
         params = [p for _, p in self.adapter.trainable_parameters()]
@@ -331,13 +339,7 @@ class Trainer:
                 )
                 t_log, tokens_since_log = now, 0
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                val = self.evaluate()
-                self.state["last_val_loss"] = val
-                best = self.state.get("best_val_loss")
-                self.state["best_val_loss"] = val if best is None else min(best, val)
-                self._emit(
-                    "on_eval", {"step": step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0))}
-                )
+                self._evaluate_and_report(step)
             if cfg.sample_interval and (step % cfg.sample_interval == 0 or step == cfg.max_steps):
                 text = self.sample()
                 if text is not None:
