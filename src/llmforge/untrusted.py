@@ -11,6 +11,7 @@ chat template, a path) is checked by :func:`unicode_problem` when it is read.
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from typing import Any
@@ -103,6 +104,34 @@ def load_yaml(text: str) -> Any:
         raise UntrustedYAMLError(f"the document is nested more than {MAX_YAML_DEPTH} deep") from e
     finally:
         loader.dispose()
+
+
+class UntrustedJSONError(ValueError):
+    """A JSON document nested too deeply to parse (json recurses once per level)."""
+
+
+def load_json(raw: str | bytes, **options: Any) -> Any:
+    """Parse a JSON document llmforge did not write itself, or wrote and may find damaged.
+
+    ``json.loads`` recurses once per nesting level, so ``[[[[...`` 100,000 deep raises a
+    ``RecursionError`` that no ``except ValueError`` catches: here it is a ``ValueError`` like
+    every other malformed document, so a damaged ``meta.json`` is "damaged", not a crash.
+
+    Args:
+        raw: The document (bytes are decoded as UTF-8).
+        **options: Passed to ``json.loads`` (e.g. ``object_pairs_hook``).
+
+    Returns:
+        The parsed value.
+
+    Raises:
+        ValueError: If it is not valid JSON (``json.JSONDecodeError``, ``UnicodeDecodeError``)
+            or nested too deeply (:class:`UntrustedJSONError`).
+    """
+    try:
+        return json.loads(raw, **options)
+    except RecursionError as e:
+        raise UntrustedJSONError("the JSON document is nested too deeply") from e
 
 
 # ESC-introduced sequences: CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), DCS/SOS/PM/APC

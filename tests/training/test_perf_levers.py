@@ -264,8 +264,9 @@ def test_the_cli_lets_idle_openmp_threads_sleep_unless_told_otherwise(
 
 def test_the_size_from_a_config_alone_is_a_slight_underestimate(tiny_qwen_repo: Path) -> None:
     # The pre-check before a model is built must never refuse what the exact check accepts.
+    from llmforge.modeling.model_size import folder_shape
     from llmforge.modeling.transformer import Transformer, TransformerConfig
-    from llmforge.training.memory import custom_shape, folder_shape
+    from llmforge.training.memory import custom_shape
     from tiny_models import num_parameters
 
     shape = folder_shape(tiny_qwen_repo)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +14,7 @@ from llmforge.errors import CheckpointError
 from llmforge.fsutil import atomic_write_json
 from llmforge.modeling.tokenizers import Tokenizer, load_tokenizer
 from llmforge.modeling.transformer import Transformer, TransformerConfig
+from llmforge.untrusted import brief, load_json
 
 if TYPE_CHECKING:
     from llmforge.store.registry import ModelEntry
@@ -61,26 +61,36 @@ class CustomTransformerAdapter(ModelAdapter):
         return cls.load(folder, tokenizer or load_tokenizer(folder))
 
     @classmethod
-    def load(cls, folder: Path, tokenizer: Tokenizer) -> CustomTransformerAdapter:
+    def _saved_config(cls, folder: Path) -> TransformerConfig:
+        """The model config saved in ``folder``, checked (it may be damaged or forged)."""
         try:
-            raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+            raw = load_json((folder / CONFIG_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise CheckpointError(
                 f"{folder / CONFIG_FILE} is missing or not JSON.",
                 "The checkpoint is incomplete; use another checkpoint of the run.",
             ) from e
+        if not isinstance(raw, dict):
+            raise CheckpointError(
+                f"{folder / CONFIG_FILE} is not a JSON object.",
+                "The checkpoint is damaged; use another checkpoint of the run.",
+            )
         if raw.pop("architecture", cls.architecture) != cls.architecture:
             raise CheckpointError(
                 f"{folder} does not hold a {cls.architecture} model.",
                 "Use a checkpoint of the same architecture.",
             )
         try:
-            model = Transformer(TransformerConfig(**raw))
+            return TransformerConfig(**raw)
         except (TypeError, ValueError) as e:
             raise CheckpointError(
-                f"{folder / CONFIG_FILE} is not a valid model config ({e}).",
+                f"{folder / CONFIG_FILE} is not a valid model config ({brief(str(e), 200)}).",
                 "Use another checkpoint of the run.",
             ) from e
+
+    @classmethod
+    def load(cls, folder: Path, tokenizer: Tokenizer) -> CustomTransformerAdapter:
+        model = Transformer(cls._saved_config(folder))
         weights = folder / WEIGHTS_FILE
         if not weights.is_file():
             raise CheckpointError(f"{weights} is missing.", "Use another checkpoint of the run.")
@@ -131,9 +141,7 @@ class CustomTransformerAdapter(ModelAdapter):
 
     @classmethod
     def from_saved_config(cls, folder: Path, tokenizer: Tokenizer) -> CustomTransformerAdapter:
-        raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        raw.pop("architecture", None)
-        return cls(Transformer(TransformerConfig(**raw)), tokenizer)
+        return cls(Transformer(cls._saved_config(folder)), tokenizer)
 
     def describe(self) -> dict[str, Any]:
         c = self.model.cfg

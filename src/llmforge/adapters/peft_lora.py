@@ -20,6 +20,7 @@ from typing import Any
 
 from llmforge.adapters.base import ModelAdapter
 from llmforge.errors import CheckpointError, ConfigError
+from llmforge.untrusted import load_json
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -168,6 +169,6 @@ def merge(adapter: ModelAdapter) -> None:
 def set_base_reference(folder: Path, base: str) -> None:
     """Point ``adapter_config.json``'s ``base_model_name_or_path`` at ``base`` (a hub id)."""
     path = folder / ADAPTER_CONFIG
-    data = json.loads(path.read_text(encoding="utf-8"))
+    data = load_json(path.read_text(encoding="utf-8"))
     data["base_model_name_or_path"] = base
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -59,7 +59,8 @@ def check_complete(path: Path, *, full: bool = False) -> None:
     Args:
         path: The checkpoint directory.
         full: Compare every file's sha256 with the manifest (``ckpt register``, ``export``);
-            by default sizes, and the sha256 of small files (see :mod:`llmforge.checkpoints.manifest`).
+            by default sizes, and the sha256 of small files (see
+            :mod:`llmforge.checkpoints.manifest`).
 
     Raises:
         CheckpointError: Naming the checkpoint and what is missing.

@@ -52,7 +52,8 @@ def load_checkpoint_adapter(
     """The model and tokenizer of a checkpoint, with its metadata.
 
     A LoRA checkpoint needs ``workspace``: its base model comes from the registry, and is
-    checked against the recorded manifest hash (see :mod:`llmforge.checkpoints.lora_base`); warnings (a
+    checked against the recorded manifest hash (see :mod:`llmforge.checkpoints.lora_base`);
+    warnings (a
     mismatch accepted with ``allow_base_mismatch``) are appended to ``warnings``.
 
     Raises:

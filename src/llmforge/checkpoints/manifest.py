@@ -24,12 +24,12 @@ as *unverified*, never refused.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmforge.errors import CheckpointDamagedError, UnsafePathError
 from llmforge.fsutil import atomic_write_json, iter_files, sha256_file
+from llmforge.untrusted import load_json
 from llmforge.workspace import resolve_inside
 
 MANIFEST_FILE = "manifest.json"
@@ -109,10 +109,13 @@ def check_manifest(path: Path, *, full: bool = False) -> ManifestCheck:
     except OSError as e:
         check.problems.append(f"{MANIFEST_FILE} cannot be read ({e.strerror})")
         return check
+    except UnicodeDecodeError:
+        check.problems.append(f"{MANIFEST_FILE} is not a valid manifest (not UTF-8 text)")
+        return check
     try:
-        files = json.loads(raw)["files"]
+        files = load_json(raw)["files"]
         records = {str(k): (int(v["size"]), str(v["sha256"])) for k, v in files.items()}
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         check.problems.append(f"{MANIFEST_FILE} is not a valid manifest")
         return check
     for rel, (size, digest) in sorted(records.items()):

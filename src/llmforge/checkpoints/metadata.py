@@ -4,7 +4,6 @@ llmforge relies on), and the tokenizer saved in its ``tokenizer/`` folder.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from llmforge.checkpoints.layout import _STEP_RE, META_FILE, STATE_FILE, TOKENIZER_DIR
 from llmforge.errors import CheckpointError
 from llmforge.modeling.tokenizers import Tokenizer, load_tokenizer
+from llmforge.untrusted import load_json
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -22,7 +22,7 @@ def read_json(path: Path) -> dict[str, Any]:
         CheckpointError: If it is missing or not a JSON object.
     """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CheckpointError(
             f"{path} is missing or not valid JSON.",

@@ -19,7 +19,6 @@ torch: checkpoints are found by their layout (``runs/RUN/checkpoints/step-N/meta
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from llmforge.checkpoints.layout import checkpoint_dirs
 from llmforge.errors import ModelInUseError
 from llmforge.store.commit import remove_model
 from llmforge.store.registry import ModelEntry, ModelRegistry, not_found_error
+from llmforge.untrusted import load_json
 from llmforge.workspace import Workspace
 
 
@@ -149,7 +149,7 @@ def _checkpoints(ws: Workspace) -> list[tuple[Path, dict[str, Any]]]:
     found = []
     for ckpt in checkpoint_dirs(ws.runs_dir):  # none when runs/ is missing or a file
         with contextlib.suppress(OSError, ValueError, RecursionError):
-            meta = json.loads((ckpt / "meta.json").read_text(encoding="utf-8"))
+            meta = load_json((ckpt / "meta.json").read_text(encoding="utf-8"))
             if isinstance(meta, dict):
                 found.append((ckpt, meta))
     return found

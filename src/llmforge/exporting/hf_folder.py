@@ -19,7 +19,6 @@ Face folder whose weights have the adapter folded in.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from llmforge.fsutil import (
     write_failure_reason,
 )
 from llmforge.store import blobs
+from llmforge.untrusted import load_json
 from llmforge.workspace import Workspace
 
 CARD = "README.md"
@@ -83,7 +83,7 @@ def _check_dest(ws: Workspace, ckpt: Path, dest: Path, force: bool) -> None:
 def _generation_config(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """The checkpoint's generation config with the tokenizer's EOS among its stop ids."""
     path = ckpt / GENERATION_CONFIG
-    gen: dict[str, Any] = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    gen: dict[str, Any] = load_json(path.read_text(encoding="utf-8")) if path.is_file() else {}
     eos = gen.get("eos_token_id")
     ids = set([eos] if isinstance(eos, int) else (eos or []))
     tok_eos = load_checkpoint_tokenizer(ckpt, meta).eos_token_id

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 from llmforge.errors import UnsafeWeightsError
+from llmforge.untrusted import load_json
 
 
 def refused_pickle(name: str, error: BaseException) -> UnsafeWeightsError:
@@ -108,7 +109,7 @@ def convert_pickled(sources: dict[str, Path], out_dir: Path) -> list[str]:
         written.append(out)
     index = sources.get("pytorch_model.bin.index.json")
     if index is not None:
-        data = json.loads(index.read_text(encoding="utf-8"))
+        data = load_json(index.read_text(encoding="utf-8"))
         data["weight_map"] = {k: renames.get(v, v) for k, v in data.get("weight_map", {}).items()}
         (out_dir / "model.safetensors.index.json").write_text(
             json.dumps(data, indent=2) + "\n", encoding="utf-8"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from llmforge.adapters import get_adapter
@@ -10,9 +11,12 @@ from llmforge.checkpoints import lora_base
 from llmforge.checkpoints.loading import load_checkpoint_adapter
 from llmforge.checkpoints.references import resolve_checkpoint
 from llmforge.device import resolve_device
-from llmforge.errors import CheckpointError
+from llmforge.errors import CheckpointError, InconsistentModelError
+from llmforge.fsutil import human_bytes
+from llmforge.modeling.model_size import folder_shape, memory_available
 from llmforge.store.model_files import require_model_files
 from llmforge.store.registry import ModelRegistry
+from llmforge.untrusted import brief
 from llmforge.workspace import Workspace
 
 
@@ -63,7 +67,7 @@ def _load(
         names = registry.names()
         if source not in names:
             raise CheckpointError(
-                f"{source!r} is neither a checkpoint nor a registered model.",
+                f"{brief(source)} is neither a checkpoint nor a registered model.",
                 f"{ckpt_error.hint} Registered models: {', '.join(names) or 'none'}.",
             ) from None
         entry = registry.get(source)
@@ -75,8 +79,32 @@ def _load(
                 warnings.extend(notes)
             return adapter, entry.model_dump(mode="json")
         folder = require_model_files(workspace, entry)
+        require_fits(folder, f"model {source!r}")
         adapter = get_adapter(entry.architecture).from_registry(entry, folder)
         return adapter, entry.model_dump(mode="json")
+    require_fits(path, f"checkpoint {path.name}")
     return load_checkpoint_adapter(
         path, workspace, allow_base_mismatch=allow_base_mismatch, warnings=warnings
+    )
+
+
+def require_fits(folder: Path, what: str) -> None:
+    """Refuse a model whose ``config.json`` claims more weights than the memory available.
+
+    The weights are counted at 2 bytes each (the smallest dtype llmforge loads), so only a
+    model that cannot possibly load is refused, before torch asks for the memory.
+
+    Raises:
+        InconsistentModelError: If the config's parameters cannot fit.
+    """
+    shape = folder_shape(folder)
+    available = memory_available()
+    if shape is None or not available or shape.parameters * 2 <= available:
+        return
+    raise InconsistentModelError(
+        f"The {what} claims {shape.parameters:,} parameters in its config.json (at least "
+        f"{human_bytes(shape.parameters * 2)} of weights), but only {human_bytes(available)} "
+        "of memory is available; nothing was loaded.",
+        "If the config.json was changed, restore it (or use another checkpoint); otherwise "
+        "run on a machine with more memory.",
     )

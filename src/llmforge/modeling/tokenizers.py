@@ -6,14 +6,13 @@ checkpoint always decodes with the tokenizer it was trained with.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from llmforge.errors import CheckpointError
 from llmforge.fsutil import atomic_write_json
-from llmforge.untrusted import brief, unicode_problem
+from llmforge.untrusted import brief, load_json, unicode_problem
 
 CHAR_VOCAB_FILE = "char_vocab.json"
 UNKNOWN_CHAR = "\ufffd"  # what an id for an unseen character decodes to
@@ -105,7 +104,7 @@ class CharTokenizer:
         """
         path = folder / CHAR_VOCAB_FILE
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = load_json(path.read_text(encoding="utf-8"))
             if data.get("type") != "char":
                 raise ValueError("not a char vocabulary")
             return cls(data["chars"])

@@ -36,6 +36,28 @@ class TransformerConfig:
     block_size: int = 128
     dropout: float = 0.1
 
+    def __post_init__(self) -> None:
+        # A config.json may be damaged or forged: a wrong type or an absurd size must be a
+        # clear error here, not a crash (or a terabyte allocation) inside torch.
+        limits = {
+            "vocab_size": 1 << 24,
+            "n_layers": 4096,
+            "d_model": 1 << 17,
+            "n_heads": 1 << 12,
+            "block_size": 1 << 20,
+        }
+        for name, most in limits.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= most:
+                raise ValueError(f"{name} must be a whole number from 1 to {most:,}")
+        if self.d_model % self.n_heads:
+            raise ValueError("n_heads must divide d_model")
+        dropout = self.dropout
+        if not isinstance(dropout, int | float) or isinstance(dropout, bool):
+            raise ValueError("dropout must be a number")
+        if not 0 <= dropout < 1:
+            raise ValueError("dropout must be at least 0 and below 1")
+
     def to_dict(self) -> dict:
         """Plain dict for ``config.json``."""
         return asdict(self)

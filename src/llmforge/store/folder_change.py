@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -33,6 +32,7 @@ from pathlib import Path
 
 from llmforge.errors import RegistryError
 from llmforge.fsutil import atomic_write_json, failure_cause
+from llmforge.untrusted import load_json
 from llmforge.workspace import Workspace
 
 TRASH = ".trash"
@@ -149,7 +149,7 @@ def _settle_one(ws: Workspace, journal: Path, current_digest: str) -> None:
     old = journal.with_name(f"{change_id}.old")
     new = journal.with_name(f"{change_id}.new")
     try:
-        record = json.loads(journal.read_text(encoding="utf-8"))
+        record = load_json(journal.read_text(encoding="utf-8"))
         name, before = str(record["name"]), str(record["registry_before"])
         replaces, moves_in = bool(record["replaces"]), bool(record["moves_in"])
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -9,6 +9,7 @@ from typing import Any
 from llmforge.errors import TrainingError
 from llmforge.fsutil import atomic_write_text, failure_cause
 from llmforge.tracking.callback import Callback
+from llmforge.untrusted import load_json
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -48,7 +49,7 @@ def truncate_metrics(run_dir: Path, after_step: int) -> None:
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if int(json.loads(line).get("step", 0)) <= after_step:
+            if int(load_json(line).get("step", 0)) <= after_step:
                 kept.append(line)
         except (ValueError, AttributeError):
             continue  # a line cut short by a crash

@@ -23,12 +23,13 @@ from llmforge.checkpoints.metadata import load_meta
 from llmforge.config import ARCHITECTURE_KEYS, TrainingConfig
 from llmforge.data.batches import LoadedData, build_batches, load_data
 from llmforge.errors import ConfigError, ModelExistsError, TrainingError
+from llmforge.modeling.model_size import folder_shape
 from llmforge.modeling.tokenizers import CharTokenizer, Tokenizer
 from llmforge.store import lineage
 from llmforge.store.model_files import require_model_files
 from llmforge.store.registry import ModelEntry, ModelRegistry, check_model_name, utc_now
 from llmforge.training.distributed import join_run
-from llmforge.training.memory import custom_shape, folder_shape, precheck_memory
+from llmforge.training.memory import custom_shape, precheck_memory
 from llmforge.training.parallel import setup_training
 from llmforge.training.tokenizer_override import apply_override, override_tokenizer
 from llmforge.training.trainer import Trainer

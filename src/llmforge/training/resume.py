@@ -30,9 +30,10 @@ from llmforge.checkpoints.sharded import load_sharded, skeleton
 from llmforge.config import RESUMABLE_KEYS, TrainingConfig
 from llmforge.data.batches import build_batches, load_data
 from llmforge.errors import CheckpointError, LLMForgeError, TrainingError
+from llmforge.modeling.model_size import ModelShape, folder_shape
 from llmforge.training.checkpointing import set_rng_state
 from llmforge.training.distributed import fit_world_size, join_run
-from llmforge.training.memory import ModelShape, folder_shape, precheck_memory
+from llmforge.training.memory import precheck_memory
 from llmforge.training.optim import lr_at
 from llmforge.training.parallel import setup_training
 from llmforge.training.trainer import Trainer

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from llmforge.errors import RunLockedError, TrainingError
+from llmforge.untrusted import load_json
 
 LOCK_NAME = ".lock"
 # A process that only looks (probe) holds the file shared for microseconds; an acquirer that
@@ -57,7 +58,7 @@ class RunLock:
 def _record(fd: int) -> dict[str, Any] | None:
     try:
         raw = os.pread(fd, 4096, 0)
-        data = json.loads(raw.decode("utf-8")) if raw.strip() else None
+        data = load_json(raw.decode("utf-8")) if raw.strip() else None
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
