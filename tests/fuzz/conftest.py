@@ -25,7 +25,7 @@ from train_helpers import run_cli, small_corpus, write_config
 EXAMPLES = int(os.environ.get("LLMFORGE_FUZZ_EXAMPLES", "0"))
 settings.register_profile(
     "fuzz",
-    max_examples=EXAMPLES or 40,
+    max_examples=EXAMPLES or 80,
     derandomize=not EXAMPLES,
     deadline=None,
     database=None,
@@ -109,3 +109,15 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if CASES:
         parts = ", ".join(f"{kind} {n}" for kind, n in sorted(CASES.items()))
         terminalreporter.write_line(f"fuzz pass: {sum(CASES.values())} cases ({parts})")
+
+
+@pytest.fixture(scope="session")
+def monkeypatch_offline() -> Iterator[None]:
+    """No fuzzed hub id may reach a network: huggingface_hub in offline mode."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = old

@@ -110,7 +110,15 @@ def _ckpt(e: Env, change: Callable[[Path], None], cmd: str = "resume") -> list[s
         write_manifest(e.ws / CK)
     if cmd == "resume":
         return ["train", str(e.cfg), "--resume", "latest"]
+    if cmd == "info":
+        return ["ckpt", "info", "tiny"]
     return ["generate", "tiny/step-4", "-n", "3"]
+
+
+def _set_state(ckpt: Path, **fields: object) -> None:
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state.update(fields)
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
 
 
 class Evil:
@@ -376,6 +384,41 @@ CASES = [
         "generate-unknown",
         lambda e: ["generate", "nothing-here"],
         ("neither a checkpoint nor a registered model", "tiny-qwen"),
+    ),
+    # Names over the file system's 255-byte limit (ENAMETOOLONG), found by the fuzz pass.
+    Case(
+        "import-source-too-long",
+        lambda e: ["models", "import", "a" * 5000, "--name", "fresh"],
+        ("is not a hub id", "5,000 long"),
+        env=lambda e: {"HF_HUB_OFFLINE": "1"},
+    ),
+    Case(
+        "import-repo-part-too-long",
+        lambda e: ["models", "import", "org/" + "n" * 300, "--name", "fresh"],
+        ("is not a hub id", "Qwen/Qwen2-0.5B"),
+        env=lambda e: {"HF_HUB_OFFLINE": "1"},
+    ),
+    Case(
+        "generate-source-too-long",
+        lambda e: ["generate", "b" * 5000],
+        ("neither a checkpoint nor a registered model", "5,000 long"),
+    ),
+    # Found by the fuzz pass: ckpt info read trainer_state.json's elapsed without its schema.
+    Case(
+        "ckpt-info-elapsed-null",
+        lambda e: _ckpt(e, lambda c: _set_state(c, elapsed=None), "info"),
+        ("damaged", "'elapsed'"),
+    ),
+    Case(
+        "ckpt-info-elapsed-text",
+        lambda e: _ckpt(e, lambda c: _set_state(c, elapsed="x"), "info"),
+        ("damaged", "'elapsed'"),
+    ),
+    Case("ckpt-info-too-long", lambda e: ["ckpt", "info", "tiny/" + "s" * 5000], ("5,000 long",)),
+    Case(
+        "ckpt-info-step-5000-digits",
+        lambda e: ["ckpt", "info", "tiny/step-" + "9" * 5000],
+        ("5,005 long", "tiny/step-4"),
     ),
     Case("generate-top-p", lambda e: ["generate", "tiny", "--top-p", "1.5"], ("--top-p", "0.9")),
     Case(

@@ -13,13 +13,12 @@ from llmforge.checkpoints import manifest
 from llmforge.checkpoints.layout import (
     CHECKPOINTS,
     META_FILE,
-    STATE_FILE,
     check_complete,
     checkpoint_bytes,
     checkpoint_dirs,
     list_checkpoints,
 )
-from llmforge.checkpoints.metadata import load_meta, read_json
+from llmforge.checkpoints.metadata import load_meta, load_state
 from llmforge.checkpoints.references import resolve_checkpoint, workspace_relative
 from llmforge.errors import CheckpointError, WorkspaceError
 from llmforge.store.registry import ModelRegistry
@@ -117,7 +116,7 @@ def checkpoint_info(ws: Workspace, ref: str) -> CheckpointInfo:
     summary = _summary(path)
     if not summary.meta:
         load_meta(path)  # raises the precise error
-    raw = read_json(path / STATE_FILE)
+    raw = load_state(path)  # checked: a damaged trainer_state.json is one clear error
     state = {
         "step": raw.get("step"),
         "best_val_loss": raw.get("best_val_loss"),

@@ -18,6 +18,7 @@ from llmforge.checkpoints.layout import (
     step_dirname,
 )
 from llmforge.errors import CheckpointError
+from llmforge.untrusted import brief
 from llmforge.workspace import Workspace
 
 
@@ -81,7 +82,9 @@ def missing_step_error(run_dir: Path, wanted: str) -> CheckpointError:
     shown = ", ".join(map(str, steps[-10:]))
     more = f" (and {len(steps) - 10} earlier)" if len(steps) > 10 else ""
     digits = wanted.removeprefix("step-")
-    what = f"at step {int(digits)}" if digits.isdigit() else repr(wanted)
+    # int() of more than 4,300 digits raises (CVE-2020-10735's limit): no step is that long.
+    numeric = digits.isdigit() and len(digits) <= 18
+    what = f"at step {int(digits)}" if numeric else brief(wanted)
     have = (
         f"its checkpoints are at steps {shown}{more}"
         if len(steps) > 1

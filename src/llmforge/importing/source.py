@@ -19,7 +19,9 @@ from llmforge.errors import InvalidSourceError, MalformedTokenError
 from llmforge.untrusted import brief
 
 HUB_HOSTS = frozenset({"huggingface.co", "www.huggingface.co", "hf.co"})
-_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+# The hub's own rule (huggingface_hub.utils.validate_repo_id): each part at most 96 characters,
+# so a repository's cache folder name always fits the file system's 255-byte limit.
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
 # A branch or tag name as git allows it, narrowed to what can never be a path outside the
 # cache: "/"-separated parts of letters, digits and ._+-, no part starting with "." or "-",
 # no "..", nothing ending in ".lock". refs/pr/3 and v1.0 pass; /etc, ../x, a//b do not.
@@ -59,11 +61,15 @@ def parse_source(text: str) -> Source:
     """
     text = text.strip()
     path = Path(text).expanduser()
-    if text and path.is_dir():
+    try:
+        is_folder = bool(text) and path.is_dir()
+    except OSError:  # a name over the file system's limits (ENAMETOOLONG) is no folder
+        is_folder = False
+    if is_folder:
         return Source(kind="local", path=path.resolve())
     if text.startswith(("/", "./", "../", "~", ".\\")) or text in (".", ".."):
         raise InvalidSourceError(
-            f"The folder {text!r} does not exist.",
+            f"The folder {brief(text)} does not exist.",
             "Give an existing folder in Hugging Face format (config.json, *.safetensors, "
             "tokenizer files), or a hub id such as Qwen/Qwen2-0.5B.",
         )
@@ -72,7 +78,7 @@ def parse_source(text: str) -> Source:
     if _REPO_ID.fullmatch(text) and ".." not in text and "--" not in text:
         return Source(kind="hub", repo_id=text)
     raise InvalidSourceError(
-        f"{text!r} is not a hub id, a hub URL or an existing folder.",
+        f"{brief(text)} is not a hub id, a hub URL or an existing folder.",
         "Use a hub id (Qwen/Qwen2-0.5B), a URL (https://huggingface.co/Qwen/Qwen2-0.5B, "
         "optionally ending in /tree/REVISION) or the path of a local model folder.",
     )
@@ -84,11 +90,11 @@ def _parse_url(text: str) -> Source:
     hosts = HUB_HOSTS | {endpoint.netloc}
     hint = "Use https://huggingface.co/ORG/NAME or https://huggingface.co/ORG/NAME/tree/REVISION."
     if url.scheme not in ("http", "https") or url.netloc not in hosts:
-        raise InvalidSourceError(f"{text!r} is not a Hugging Face Hub URL.", hint)
+        raise InvalidSourceError(f"{brief(text)} is not a Hugging Face Hub URL.", hint)
     prefix = endpoint.path.rstrip("/") if url.netloc == endpoint.netloc else ""
     parts = [p for p in url.path[len(prefix) :].split("/") if p]
     if parts and parts[0] in ("datasets", "spaces", "buckets"):
-        raise InvalidSourceError(f"{text!r} points at {parts[0]}, not a model.", hint)
+        raise InvalidSourceError(f"{brief(text)} points at {parts[0]}, not a model.", hint)
     if parts and parts[0] == "models":
         parts = parts[1:]
     if len(parts) >= 2 and parts[1] in ("tree", "blob", "resolve"):  # NAME/tree/REV, no org
@@ -97,11 +103,11 @@ def _parse_url(text: str) -> Source:
         repo_parts, rest = parts[:2], parts[2:]
     repo_id = "/".join(repo_parts)
     if not repo_parts or not _REPO_ID.fullmatch(repo_id):
-        raise InvalidSourceError(f"{text!r} does not name a model repository.", hint)
+        raise InvalidSourceError(f"{brief(text)} does not name a model repository.", hint)
     revision = None
     if rest:
         if rest[0] != "tree" or len(rest) < 2:
-            raise InvalidSourceError(f"{text!r} does not name a model repository.", hint)
+            raise InvalidSourceError(f"{brief(text)} does not name a model repository.", hint)
         revision = check_revision(unquote("/".join(rest[1:])), "the URL")
     return Source(kind="hub", repo_id=repo_id, revision=revision)
 
