@@ -30,6 +30,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
+from helpers import assert_unchanged, snapshot
 from llmforge.cli import app as llmforge_app
 from llmforge.data.chat_templates import prompt_ids
 from llmforge.inference.generation import ChatSession, SamplingOptions, iter_text, stream_ids
@@ -471,3 +472,66 @@ def test_stop_matcher_holds_back_a_possible_stop_across_pieces() -> None:
     assert (m.feed("aE"), m.feed("Nb"), m.flush()) == (("a", False), ("ENb", False), "")
     m = StopMatcher(["END"])
     assert (m.feed("zzEN"), m.flush()) == (("zz", False), "EN")
+
+
+# -- the command -----------------------------------------------------------------------------
+def test_serve_command_banner_examples_log_key_and_ctrl_c(home: Path) -> None:
+    """The console's `serve` with LLMFORGE_API_KEY: its curl and openai examples run as
+    printed, requests are logged on stderr, the key is never shown, Ctrl-C stops it with 0."""
+    before = snapshot(home)
+    env = _env(LLMFORGE_API_KEY=KEY)
+    proc = subprocess.Popen(
+        [*LLMFORGE, "--home", str(home), "serve", "chat", "--port", "0", "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        banner = [proc.stdout.readline() for _ in range(3)]
+        assert banner[0].startswith("Serving chat at http://127.0.0.1:"), banner
+        curl = banner[1].split("curl:", 1)[1].strip()
+        out = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60, env=env)
+        assert json.loads(out.stdout)["object"] == "chat.completion", out
+        code = banner[2].split("openai:", 1)[1].strip()
+        out = subprocess.run(code, shell=True, capture_output=True, text=True, timeout=60, env=env)
+        assert out.returncode == 0 and out.stdout.strip(), out.stderr
+        base = banner[0].split(" at ", 1)[1].split(" ", 1)[0]
+        assert _http("GET", f"{base}/models", key="not-the-key")[0] == 401
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Server stopped." in err and "Traceback" not in err and "without an API key" not in err
+    assert KEY not in "".join(banner) + rest + err and "not-the-key" not in err
+    logged = [ln for ln in err.splitlines() if "POST /v1/chat/completions 200 model=chat" in ln]
+    assert len(logged) == 2 and re.search(r"prompt=\d+ completion=\d+ .*\d\.\d\ds$", logged[0])
+    assert "GET /v1/models 401" in err
+    assert_unchanged(home, before)
+
+
+def test_serve_refusals_are_one_paragraph(home: Path) -> None:
+    """Off loopback without a key: a warning; a port in use, a key a header cannot carry and
+    an unknown target: one paragraph, non-zero exit, the key never echoed, nothing written."""
+    before = snapshot(home)
+    taken = socket.create_server(("0.0.0.0", 0))
+    port = str(taken.getsockname()[1])
+    off_loopback = ["--home", str(home), "serve", "tiny", "--host", "0.0.0.0", "--port", port]
+    try:
+        res = CliRunner().invoke(llmforge_app, off_loopback)
+        assert res.exit_code != 0 and "without an API key" in res.stderr
+        assert f"Cannot listen on 0.0.0.0:{port}" in res.stderr and "--port" in res.stderr
+        res = CliRunner().invoke(llmforge_app, off_loopback, env={"LLMFORGE_API_KEY": "s3cret key"})
+        assert res.exit_code != 0 and "holds a space" in res.stderr
+        assert "s3cret" not in res.stderr + res.stdout and "without an API key" not in res.stderr
+    finally:
+        taken.close()
+    res = CliRunner().invoke(
+        llmforge_app, ["--home", str(home), "serve", "tiny", "nope", "--port", "0"]
+    )
+    assert res.exit_code != 0 and "'nope' is neither a checkpoint nor a registered model" in (
+        " ".join(res.stderr.split())
+    )
+    assert "Traceback" not in res.stderr
+    assert_unchanged(home, before)
