@@ -111,12 +111,19 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     }
     (root / "chat.yaml").write_text("\n".join(f"{k}: {json.dumps(v)}" for k, v in cfg.items()))
     _cli(ws, "train", str(root / "chat.yaml"))
+    # `plain-chat`: the same weights and template, but <|im_end|> is not among the model's own
+    # stop tokens (a base model a user chats with): only the chat format ends its turns.
+    _cli(ws, "ckpt", "export", "chat", str(root / "exported"))
+    gen_config = root / "exported" / "generation_config.json"
+    gen_config.write_text(json.dumps({**json.loads(gen_config.read_text()), "eos_token_id": 0}))
+    _cli(ws, "models", "import", str(root / "exported"), "--name", "plain-chat", "--accept-license")
     return ws
 
 
 @pytest.fixture(scope="module")
 def url(home: Path) -> Iterator[str]:
-    models = [load_target(Workspace(root=home), t, device="cpu") for t in ("tiny", "chat")]
+    names = ("tiny", "chat", "plain-chat")
+    models = [load_target(Workspace(root=home), t, device="cpu") for t in names]
     with ServerThread(create_app(models, api_key=KEY, max_concurrency=8)) as base:
         yield base
 
@@ -158,7 +165,7 @@ def _chat_stream(client: openai.OpenAI, model: str, text: str, **kw: Any) -> tup
 
 # -- the API ---------------------------------------------------------------------------------
 def test_models_are_listed_and_retrieved(client: openai.OpenAI, url: str) -> None:
-    assert [m.id for m in client.models.list()] == ["tiny", "chat"]
+    assert [m.id for m in client.models.list()] == ["tiny", "chat", "plain-chat"]
     assert client.models.retrieve("chat").owned_by == "llmforge"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("runs/chat")
@@ -186,6 +193,21 @@ def test_chat_plain_and_streamed_equal_generate_chat(client: openai.OpenAI, home
     out = _cli(home, "generate", "tiny", "--chat", "-m", "Hello there", "-t", "0", "-n", "12")
     assert out == text + "\n"
     assert _chat_stream(client, "tiny", "Hello there", temperature=0, max_tokens=12)[0] == text
+
+
+def test_a_chat_reply_ends_at_the_end_of_turn_token_the_chat_format_names(
+    client: openai.OpenAI, home: Path
+) -> None:
+    text, resp = _chat(client, "plain-chat", "say yes", temperature=0, max_tokens=20)
+    assert text == _chat(client, "chat", "say yes", temperature=0, max_tokens=20)[0]
+    assert text and "<|im_end|>" not in text and resp.choices[0].finish_reason == "stop"
+    assert _cli(home, "generate", "plain-chat", "-m", "say yes", *GREEDY_20) == text + "\n"
+    # A legacy completion stops where `generate --prompt` stops: not at the end of the turn.
+    prompt = "<|im_start|>user\nsay yes<|im_end|>\n<|im_start|>assistant\n"
+    r = client.completions.create(model="plain-chat", prompt=prompt, temperature=0, max_tokens=20)
+    assert r.choices[0].text.startswith(text + "<|im_end|>")
+    out = _cli(home, "generate", "plain-chat", "-p", prompt, *GREEDY_20)
+    assert out == prompt + r.choices[0].text + "\n"
 
 
 def test_the_stream_is_server_sent_events_ending_in_done(url: str) -> None:
