@@ -557,3 +557,16 @@ def test_serve_refusals_are_one_paragraph(home: Path) -> None:
     )
     assert "Traceback" not in res.stderr
     assert_unchanged(home, before)
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(tmp_path: Path) -> None:
+    # None in sys.modules makes `import fastapi` fail as it does when it is not installed.
+    code = (
+        "import sys\nsys.modules['fastapi'] = sys.modules['uvicorn'] = None\n"
+        "from llmforge.cli import main\nsys.argv = ['llmforge', 'serve', 'tiny']\nmain()\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), cwd=tmp_path
+    )
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "pip install 'llmforge[serve]'" in p.stderr and not list(tmp_path.iterdir())
