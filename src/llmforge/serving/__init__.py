@@ -1,0 +1,1 @@
+"""``llmforge serve``: an OpenAI-compatible HTTP server over ``llmforge.inference``."""
