@@ -137,6 +137,16 @@ def _llama_folder(e: Env) -> list[str]:
     return ["models", "import", str(dst), "--name", "llama", "--accept-license"]
 
 
+def _tokenizer_folder(e: Env, tokenizer_json: bytes | None) -> list[str]:
+    """A copy of the tiny Qwen2 whose tokenizer.json is replaced (None: removed)."""
+    dst = e.tmp / "tok"
+    shutil.copytree(e.ws / "models/tiny-qwen", dst)
+    (dst / "tokenizer.json").unlink()  # a hard link into the store: never write through it
+    if tokenizer_json is not None:
+        (dst / "tokenizer.json").write_bytes(tokenizer_json)
+    return ["models", "import", str(dst), "--name", "tok", "--accept-license"]
+
+
 def _hub_env(e: Env) -> dict[str, str]:
     return {"HF_ENDPOINT": e.hub.url, "HF_HOME": str(e.tmp / "hf"), "HF_TOKEN": ""}
 
@@ -384,6 +394,22 @@ CASES = [
         "generate-unknown",
         lambda e: ["generate", "nothing-here"],
         ("neither a checkpoint nor a registered model", "tiny-qwen"),
+    ),
+    # A model whose tokenizer cannot load is refused at import, not at its first train.
+    Case(
+        "import-tokenizer-not-json",
+        lambda e: _tokenizer_folder(e, b"{{{"),
+        ("tokenizer of", "cannot be used", "AutoTokenizer"),
+    ),
+    Case(
+        "import-tokenizer-wrong-shape",
+        lambda e: _tokenizer_folder(e, b'{"not": "a tokenizer"}'),
+        ("tokenizer of", "cannot be used"),
+    ),
+    Case(
+        "import-tokenizer-missing",
+        lambda e: _tokenizer_folder(e, None),
+        ("tokenizer of", "no vocabulary"),
     ),
     # Names over the file system's 255-byte limit (ENAMETOOLONG), found by the fuzz pass.
     Case(

@@ -18,7 +18,7 @@ from typing import Any
 from llmforge.errors import InvalidSourceError
 from llmforge.importing.file_selection import FileSelection
 from llmforge.importing.licensing import LicenseInfo
-from llmforge.importing.model_check import check_model_files
+from llmforge.importing.model_check import check_model_files, check_tokenizer
 from llmforge.importing.pickled_weights import convert_pickled
 from llmforge.importing.plan import (
     ImportHooks,
@@ -161,6 +161,7 @@ def finish(
     """
     records = {**records, **_convert(ws, pickled, staging, hooks)}
     check_model_files(staging, cand.config, cand.where)
+    check_tokenizer(staging, cand.config, cand.where)
     weights = [staging / n for n in sorted(records) if n.endswith(".safetensors")]
     return ModelEntry(
         model_name=name,

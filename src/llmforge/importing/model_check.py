@@ -226,3 +226,38 @@ def _check_index(
                 f"{INDEX} of {where} puts {brief(tensor, 80)} in {file}, which does not hold it.",
                 _HINT,
             )
+
+
+def check_tokenizer(folder: Path, config: dict[str, Any], where: str) -> None:
+    """Refuse a model whose tokenizer cannot be loaded, or has more tokens than its embedding.
+
+    A model imported with a damaged or missing ``tokenizer.json`` would only fail later, at
+    ``train`` or ``generate``; one whose tokenizer yields ids past ``vocab_size`` would fail
+    inside the embedding lookup.
+
+    Args:
+        folder: The staged model folder.
+        config: Its parsed config.json.
+        where: The model, for messages.
+
+    Raises:
+        InconsistentModelError: If the tokenizer does not load or does not fit the model.
+    """
+    from llmforge.errors import CheckpointError
+    from llmforge.modeling.tokenizers import load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(folder)
+    except CheckpointError as e:
+        raise InconsistentModelError(
+            f"The tokenizer of {where} cannot be used: {e.message.replace(f' in {folder}', '')}",
+            "Import a model whose tokenizer.json (or tokenizer_config.json and vocabulary "
+            "files) loads with transformers' AutoTokenizer; nothing was registered.",
+        ) from None
+    vocab = config.get("vocab_size")
+    if isinstance(vocab, int) and tokenizer.vocab_size > vocab:
+        raise InconsistentModelError(
+            f"The tokenizer of {where} has {tokenizer.vocab_size:,} tokens, more than the "
+            f"{vocab:,} rows of the model's embedding (vocab_size in config.json).",
+            _HINT,
+        )
