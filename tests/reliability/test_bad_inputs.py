@@ -429,6 +429,18 @@ CASES = [
         lambda e: ["generate", "b" * 5000],
         ("neither a checkpoint nor a registered model", "5,000 long"),
     ),
+    Case(
+        "register-unknown-architecture",
+        lambda e: [
+            *_ckpt(e, lambda c: _set_meta(c, architecture="evil-arch"), "info")[:0],
+            "ckpt",
+            "register",
+            "tiny",
+            "--name",
+            "evil",
+        ],
+        ("evil-arch", "no installed adapter", "Known architectures"),
+    ),
     # Found by the fuzz pass: ckpt info read trainer_state.json's elapsed without its schema.
     Case(
         "ckpt-info-elapsed-null",

@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 
 from llmforge.adapters.base import ModelAdapter
 from llmforge.errors import AdapterNotFoundError
+from llmforge.untrusted import brief
 
 ENTRY_POINT_GROUP = "llmforge.adapters"
 BUILTIN = {
@@ -45,7 +46,7 @@ def get_adapter(architecture: str) -> type[ModelAdapter]:
     target = _targets().get(architecture)
     if target is None:
         raise AdapterNotFoundError(
-            f"No adapter handles the architecture {architecture!r}.",
+            f"No adapter handles the architecture {brief(architecture)}.",
             f"Known architectures: {', '.join(known_architectures())}. A package can add one "
             f"through the {ENTRY_POINT_GROUP!r} entry-point group (see docs/adapters.md).",
         )

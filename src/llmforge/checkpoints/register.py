@@ -15,6 +15,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from llmforge.adapters import known_architectures
 from llmforge.checkpoints.layout import META_FILE, check_complete
 from llmforge.checkpoints.metadata import load_meta
 from llmforge.checkpoints.references import resolve_checkpoint, workspace_relative
@@ -31,6 +32,7 @@ from llmforge.store.registry import (
     check_model_name,
     name_taken_error,
 )
+from llmforge.untrusted import brief
 from llmforge.workspace import Workspace
 
 
@@ -94,6 +96,13 @@ def _refuse(
     if not isinstance(meta.get("architecture"), str):
         raise CheckpointError(
             f"{path / META_FILE} names no architecture.", "Use another checkpoint."
+        )
+    if meta["architecture"] not in known_architectures():
+        raise CheckpointError(
+            f"{path / META_FILE} names the architecture {brief(meta['architecture'])}, which "
+            "no installed adapter handles, so the registered model could never be loaded.",
+            f"Known architectures: {', '.join(known_architectures())}. Install the package "
+            "that provides the adapter (docs/adapters.md), or use another checkpoint.",
         )
     names, _ = lineage.split([str(x) for x in meta.get("lineage") or []])
     registry.check_writable()
