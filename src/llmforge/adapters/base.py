@@ -30,12 +30,20 @@ class ModelAdapter(ABC):
         architecture: The registry's architecture string (``custom-transformer``, ``qwen2``).
         model: The underlying ``torch.nn.Module``.
         tokenizer: The tokenizer the model is trained and decoded with.
+        extra_stop_ids: Token ids besides the tokenizer's EOS that end generation (a chat
+            model's end-of-turn token); set through :meth:`add_stop_token_ids`.
+        fused_loss_chunk: Positions per chunk when :meth:`forward` computes the LM head and
+            the loss together without the full (B, T, V) logits (``fused_loss`` in the
+            config; the trainer sets it); 0 = plain logits and cross-entropy. Adapters that
+            do not support the fused loss ignore it.
     """
 
     architecture: ClassVar[str]
     importable: ClassVar[bool] = False  # True: from_registry loads Hugging Face folders
     model: nn.Module
     tokenizer: Tokenizer
+    extra_stop_ids: list[int] = []  # noqa: RUF012 -- never mutated: add_stop_token_ids rebinds
+    fused_loss_chunk: int = 0
 
     # -- construction ----------------------------------------------------------------
     @classmethod
@@ -75,7 +83,7 @@ class ModelAdapter(ABC):
     def stop_token_ids(self) -> list[int]:
         """Ids that end generation (the tokenizer's EOS, and the model's own stop tokens)."""
         eos = self.tokenizer.eos_token_id
-        extra = list(getattr(self, "extra_stop_ids", ()))
+        extra = list(self.extra_stop_ids)
         return sorted(set(([] if eos is None else [eos]) + extra))
 
     def add_stop_token_ids(self, ids: list[int]) -> None:
@@ -84,7 +92,7 @@ class ModelAdapter(ABC):
         Adapters whose :meth:`save` writes a generation config record them there, so a
         checkpoint or export remembers them.
         """
-        self.extra_stop_ids = sorted(set(getattr(self, "extra_stop_ids", ())) | set(ids))
+        self.extra_stop_ids = sorted(set(self.extra_stop_ids) | set(ids))
 
     @property
     @abstractmethod

@@ -95,7 +95,7 @@ class HFCausalLMAdapter(ModelAdapter):
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         # Labels are already shifted (labels[:, t] is the target of position t), so the loss
         # is computed here rather than by transformers, which would shift them again.
-        chunk = getattr(self, "fused_loss_chunk", 0)  # set by the trainer (fused_loss)
+        chunk = self.fused_loss_chunk  # set by the trainer (fused_loss)
         fused = labels is not None and chunk and self.model.training
         parts = self._fused_parts() if fused else None
         if parts is not None:

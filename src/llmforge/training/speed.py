@@ -20,7 +20,7 @@ def apply_speed_settings(cfg: TrainingConfig, adapter: ModelAdapter) -> None:
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    adapter.fused_loss_chunk = cfg.loss_chunk if cfg.fused_loss else 0  # type: ignore[attr-defined]
+    adapter.fused_loss_chunk = cfg.loss_chunk if cfg.fused_loss else 0
     model = adapter.model
     if cfg.gradient_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
