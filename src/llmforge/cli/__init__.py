@@ -17,6 +17,7 @@ from llmforge import __version__
 from llmforge.cli import ckpt, generate, models, train
 from llmforge.cli._context import CliState
 from llmforge.cli._render import print_error
+from llmforge.cli.eval import eval_command
 from llmforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, DistributedError, LLMForgeError
 from llmforge.training.launch import in_job, job_rank
 
@@ -122,6 +123,7 @@ app.add_typer(models.app, name="models")
 app.command(name="train")(train.train)
 app.add_typer(ckpt.app, name="ckpt")
 app.command(name="generate")(generate.generate)
+app.command(name="eval")(eval_command)
 
 
 def _openmp_waits_politely() -> None:

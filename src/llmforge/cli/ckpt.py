@@ -13,6 +13,7 @@ import typer
 
 from llmforge.cli import _render as r
 from llmforge.cli._context import workspace
+from llmforge.cli.eval import record_lines
 from llmforge.fsutil import human_bytes, human_count
 
 app = typer.Typer(help="Inspect, register and export training checkpoints.", no_args_is_help=True)
@@ -114,10 +115,12 @@ def list_ckpts(
 def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
     """Show a checkpoint's metadata, config and lineage tree."""
     from llmforge.checkpoints.listing import checkpoint_info
+    from llmforge.evaluation.eval_records import checkpoint_subject, latest, read_records
     from llmforge.store import lineage
 
     ci = checkpoint_info(workspace(ctx), ckpt)
     s, meta = ci.summary, ci.summary.meta
+    evals = latest(read_records(checkpoint_subject(s.path))[0])
     if as_json:
         r.print_json(
             {
@@ -131,6 +134,7 @@ def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
                 "registered_as": ci.registered_as,
                 "files": ci.files,
                 "integrity": ci.integrity,
+                "evals": evals,
             }
         )
         return
@@ -174,6 +178,9 @@ def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
         )
     out.print(r.key_values(f"Checkpoint {s.run}/step-{s.step}", fields))
     out.print()
+    if evals:
+        out.print(r.key_values("Evaluations (llmforge eval)", record_lines(evals)))
+        out.print()
     out.print("[bold]Lineage[/bold]")
     names, origin = lineage.split(meta.get("lineage") or [])
     label = f"run {s.run}, step {s.step} (this checkpoint)"
