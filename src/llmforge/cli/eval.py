@@ -154,11 +154,13 @@ def _print_report(report: Any) -> None:
         metrics += list(HELDOUT_COLUMNS)
     for task, values in (first.get("tasks") or {}).items():
         metrics += [(f"{task}/{m}", f"{task} {m}") for m in ("acc", "acc_norm") if m in values]
-    columns = ["target"]
-    for _, title in metrics:
-        columns += [title, "Δ"]
+    # On a narrow terminal the perplexity (exp of the loss) and the token count go first.
+    columns: list[Any] = [r.Column("target", wrap=True)]
+    for key, title in metrics:
+        drop = 2 if key == "perplexity" else 0
+        columns += [r.Column(title, drop=drop), r.Column("Δ", drop=drop)]
     if "loss" in first:
-        columns.append("tokens")
+        columns.append(r.Column("tokens", drop=3))
     body = []
     for row in rows:
         cells = [row["target"]]
