@@ -146,35 +146,35 @@ def _num(value: Any) -> str:
 
 
 def _print_report(report: Any) -> None:
-    """One table: a row per target, the difference to the first target beside each number."""
+    """A table per measurement: a row per target, the difference to the first beside each."""
     rows = [res.row() for res in report.results]
-    first = rows[0]
-    metrics: list[tuple[str, str]] = []
-    if "loss" in first:
-        metrics += list(HELDOUT_COLUMNS)
-    for task, values in (first.get("tasks") or {}).items():
-        metrics += [(f"{task}/{m}", f"{task} {m}") for m in ("acc", "acc_norm") if m in values]
-    # On a narrow terminal the perplexity (exp of the loss) and the token count go first.
-    columns: list[Any] = [r.Column("target", wrap=True)]
-    for key, title in metrics:
-        drop = 2 if key == "perplexity" else 0
-        columns += [r.Column(title, drop=drop), r.Column("Δ", drop=drop)]
-    if "loss" in first:
-        columns.append(r.Column("tokens", drop=3))
-    body = []
-    for row in rows:
-        cells = [row["target"]]
-        for key, _ in metrics:
-            value, base = _metric(row, key), _metric(first, key)
-            cells += [_num(value), "" if row is first else _diff(value, base)]
-        if "loss" in first:
-            cells.append(str(row.get("tokens")))
-        body.append(cells)
     out = r.stdout()
-    out.print(r.table("Evaluation (Δ: difference to the first target)", columns, body))
+    if "loss" in rows[0]:
+        metrics = [(k, t, 2 if k == "perplexity" else 0) for k, t in HELDOUT_COLUMNS]
+        title = f"Held-out loss, {rows[0]['tokens']} tokens (Δ: difference to the first target)"
+        out.print(_table(title, rows, metrics))
+    for task, values in (rows[0].get("tasks") or {}).items():
+        metrics = [(f"{task}/{m}", m, 0) for m in ("acc", "acc_norm") if m in values]
+        n = values.get("samples")
+        out.print(_table(f"{task}, {n} items (Δ: difference to the first target)", rows, metrics))
     written = sum(len(res.records) for res in report.results)
     if written:
         r.print_text(f"Recorded {written} result(s); ckpt info / models info show them.", out)
+
+
+def _table(title: str, rows: list[dict[str, Any]], metrics: list[tuple[str, str, int]]) -> Any:
+    """Target, then each metric with its difference to the first row's (droppable ones last)."""
+    columns: list[Any] = [r.Column("target")]
+    for _, header, drop in metrics:
+        columns += [r.Column(header, drop=drop), r.Column("Δ", drop=drop)]
+    body = []
+    for row in rows:
+        cells = [row["target"]]
+        for key, _, _ in metrics:
+            value, base = _metric(row, key), _metric(rows[0], key)
+            cells += [_num(value), "" if row is rows[0] else _diff(value, base)]
+        body.append(cells)
+    return r.table(title, columns, body)
 
 
 def _metric(row: dict[str, Any], key: str) -> float | None:
