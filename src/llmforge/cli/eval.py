@@ -127,11 +127,11 @@ def eval_command(
         allow_base_mismatch=allow_base_mismatch,
     )
     report = run_eval(workspace(ctx), req)
+    for note in report.warnings:
+        r.print_warning(note)  # stderr: stdout stays pure JSON with --json
     if as_json:
         r.print_json([res.row() for res in report.results])
         return
-    for note in report.warnings:
-        r.print_warning(note)
     _print_report(report)
 
 

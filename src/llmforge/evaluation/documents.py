@@ -13,7 +13,9 @@ eval scores all of it in windows (the numbers agree whenever the example fits).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,14 +188,30 @@ def file_documents(
     Raises:
         DataError: If the records need a subword tokenizer, or a template fails.
     """
-    if f.format == "text":
-        return text_documents(tokenizer, [f.text], prefix_id)
-    records = f.records[:limit] if limit is not None else f.records
-    if f.format == "jsonl-text":
-        return text_documents(tokenizer, [r["text"] for r in records], prefix_id)
-    if f.format == "chat" and chat_format is None:
-        chat_format = resolve_chat_format(tokenizer)
-    return record_documents(tokenizer, records, f.format, chat_format, train_on_prompt, f.source)
+    with _long_inputs_welcome():
+        if f.format == "text":
+            return text_documents(tokenizer, [f.text], prefix_id)
+        records = f.records[:limit] if limit is not None else f.records
+        if f.format == "jsonl-text":
+            return text_documents(tokenizer, [r["text"] for r in records], prefix_id)
+        if f.format == "chat" and chat_format is None:
+            chat_format = resolve_chat_format(tokenizer)
+        return record_documents(
+            tokenizer, records, f.format, chat_format, train_on_prompt, f.source
+        )
+
+
+@contextlib.contextmanager
+def _long_inputs_welcome() -> Iterator[None]:
+    """Silence transformers' "sequence length is longer than the specified maximum" warning:
+    documents are encoded whole on purpose and scored in windows of the model's context."""
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def default_prefix_id(hf_tokenizer: Any) -> int | None:
