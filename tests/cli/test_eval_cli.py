@@ -82,6 +82,8 @@ def test_json_rows_side_by_side_records_and_info(home: Path) -> None:
     evals = json.loads(info.stdout)["evals"]
     assert {e["kind"] for e in evals} == {"heldout", "harness"}
     assert [e["metrics"]["loss"] for e in evals if e["kind"] == "heldout"] == [rows[1]["loss"]]
+    listed = json.loads(run_cli(home, "ckpt", "list", "--json").stdout)
+    assert [len(c["evals"]) for c in listed] == [2]
     shown = run_cli(home, "ckpt", "info", "lora")
     assert "Evaluations" in shown.stdout and "llmforge-smoke" in shown.stdout
     models = run_cli(home, "models", "info", "qwen-base")

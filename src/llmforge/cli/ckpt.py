@@ -53,8 +53,10 @@ def list_ckpts(
 ) -> None:
     """List checkpoints: run, step, losses, model, fine_tuned_from, created, size."""
     from llmforge.checkpoints.listing import list_all
+    from llmforge.evaluation.eval_records import checkpoint_subject, latest, read_records
 
     rows = list_all(workspace(ctx), run)
+    evals = {s.path: latest(read_records(checkpoint_subject(s.path))[0]) for s in rows}
     if as_json:
         r.print_json(
             [
@@ -71,6 +73,7 @@ def list_ckpts(
                     "lineage": s.meta.get("lineage"),
                     "created": s.created.isoformat(),
                     "size": s.size,
+                    "evals": evals[s.path],
                 }
                 for s in rows
             ]
@@ -94,6 +97,7 @@ def list_ckpts(
             s.meta.get("fine_tuned_from") or "-",
             s.created.strftime("%Y-%m-%d %H:%M"),
             human_bytes(s.size),
+            str(len(evals[s.path]) or "-"),
         )
         for s in rows
     ]
@@ -107,6 +111,7 @@ def list_ckpts(
         r.Column("fine_tuned_from", short="parent", drop=4, wrap=True),
         r.Column("created", drop=3, wrap=True),
         r.Column("size", drop=2),
+        r.Column("evals", drop=5),  # current llmforge eval records: ckpt info shows them
     )
     r.stdout().print(r.table(f"{len(rows)} checkpoint(s)", cols, table_rows))
 
