@@ -148,7 +148,8 @@ def _heldout(adapter: Any, meta: dict[str, Any], f: Any, req: EvalRequest, top: 
     longest = adapter.max_context or 2048
     context = min(req.context or longest, longest)
     stride = min(req.stride or context, context)
-    pad = next((i for i in (getattr(hf, "pad_token_id", None), tok.eos_token_id) if i), 0)
+    ids = (getattr(hf, "pad_token_id", None), tok.eos_token_id)
+    pad = next((i for i in ids if i is not None), 0)  # never attended to, never scored
     device = next(adapter.model.parameters()).device
     opts = ScoreOptions(context, stride, req.batch_size, int(pad), device)
     result = heldout_loss(adapter_scorer(adapter), docs, opts, adapter.model)
