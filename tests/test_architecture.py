@@ -261,5 +261,7 @@ def test_architecture_doc_names_every_module(module: str) -> None:
 def test_architecture_doc_shows_no_missing_module() -> None:
     real = {MODULES[m].relative_to(PACKAGE).as_posix() for m in MODULES}
     real |= {f"{wing}/" for wing in {wing_of(m) for m in MODULES} - {"ground"}}
+    # folders inside a wing that hold modules (evaluation/tasks/llmforge_smoke/) are real too
+    real |= {f"{p.as_posix()}/" for path in list(real) for p in Path(path).parents[:-1]}
     ghosts = sorted(DOCUMENTED - real)
     assert not ghosts, f"docs/architecture.md shows modules that do not exist: {ghosts}"

@@ -201,3 +201,7 @@ class BadRecordError(DataError):
 
 class ChatTemplateError(DataError):
     """A chat template (the model's, the config's or a checkpoint's) fails to render; names it."""
+
+
+class EvalError(LLMForgeError):
+    """``llmforge eval`` cannot run as asked (a task, an include path, lm-eval itself)."""

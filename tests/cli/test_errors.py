@@ -29,6 +29,7 @@ EXPECTED_CODES = {
     errors.DataError: 1,
     errors.BadRecordError: 1,
     errors.ChatTemplateError: 1,
+    errors.EvalError: 1,
     errors.CheckpointError: 1,
     errors.CheckpointDamagedError: 3,
     errors.ModelInUseError: 1,

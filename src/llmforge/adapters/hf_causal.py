@@ -97,7 +97,7 @@ class HFCausalLMAdapter(ModelAdapter):
         # is computed here rather than by transformers, which would shift them again.
         chunk = self.fused_loss_chunk  # set by the trainer (fused_loss)
         fused = labels is not None and chunk and self.model.training
-        parts = self._fused_parts() if fused else None
+        parts = self.fused_parts() if fused else None
         if parts is not None:
             from llmforge.modeling.fused_loss import fused_linear_cross_entropy
 
@@ -113,8 +113,11 @@ class HFCausalLMAdapter(ModelAdapter):
             )
         return logits, loss
 
-    def _fused_parts(self) -> tuple[Any, torch.Tensor] | None:
-        """(decoder body, LM-head weight) when the logits are a plain ``hidden @ W.T``."""
+    def fused_parts(self) -> tuple[Any, torch.Tensor] | None:
+        """(decoder body, LM-head weight) when the logits are a plain ``hidden @ W.T``, else None.
+
+        Training's fused loss and ``llmforge eval``'s scoring both run the head on selected
+        rows only through these parts; None means the logits must come from the model."""
         # A peft-wrapped model (LoRA) injects its layers in place: the wrapped transformers
         # model's own decoder body runs them, so unwrap to find body and head.
         inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model

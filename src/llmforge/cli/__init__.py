@@ -17,6 +17,7 @@ from llmforge import __version__
 from llmforge.cli import ckpt, generate, models, serve, train
 from llmforge.cli._context import CliState
 from llmforge.cli._render import print_error
+from llmforge.cli.eval import eval_command
 from llmforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, DistributedError, LLMForgeError
 from llmforge.training.launch import in_job, job_rank
 
@@ -123,6 +124,7 @@ app.command(name="train")(train.train)
 app.add_typer(ckpt.app, name="ckpt")
 app.command(name="generate")(generate.generate)
 app.command(name="serve")(serve.serve)
+app.command(name="eval")(eval_command)
 
 
 def _openmp_waits_politely() -> None:

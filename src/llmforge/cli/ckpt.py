@@ -13,6 +13,7 @@ import typer
 
 from llmforge.cli import _render as r
 from llmforge.cli._context import workspace
+from llmforge.cli.eval import record_lines
 from llmforge.fsutil import human_bytes, human_count
 
 app = typer.Typer(help="Inspect, register and export training checkpoints.", no_args_is_help=True)
@@ -52,8 +53,10 @@ def list_ckpts(
 ) -> None:
     """List checkpoints: run, step, losses, model, fine_tuned_from, created, size."""
     from llmforge.checkpoints.listing import list_all
+    from llmforge.evaluation.eval_records import checkpoint_subject, latest, read_records
 
     rows = list_all(workspace(ctx), run)
+    evals = {s.path: latest(read_records(checkpoint_subject(s.path))[0]) for s in rows}
     if as_json:
         r.print_json(
             [
@@ -70,6 +73,7 @@ def list_ckpts(
                     "lineage": s.meta.get("lineage"),
                     "created": s.created.isoformat(),
                     "size": s.size,
+                    "evals": evals[s.path],
                 }
                 for s in rows
             ]
@@ -93,6 +97,7 @@ def list_ckpts(
             s.meta.get("fine_tuned_from") or "-",
             s.created.strftime("%Y-%m-%d %H:%M"),
             human_bytes(s.size),
+            str(len(evals[s.path]) or "-"),
         )
         for s in rows
     ]
@@ -106,6 +111,7 @@ def list_ckpts(
         r.Column("fine_tuned_from", short="parent", drop=4, wrap=True),
         r.Column("created", drop=3, wrap=True),
         r.Column("size", drop=2),
+        r.Column("evals", drop=5),  # current llmforge eval records: ckpt info shows them
     )
     r.stdout().print(r.table(f"{len(rows)} checkpoint(s)", cols, table_rows))
 
@@ -114,10 +120,12 @@ def list_ckpts(
 def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
     """Show a checkpoint's metadata, config and lineage tree."""
     from llmforge.checkpoints.listing import checkpoint_info
+    from llmforge.evaluation.eval_records import checkpoint_subject, latest, read_records
     from llmforge.store import lineage
 
     ci = checkpoint_info(workspace(ctx), ckpt)
     s, meta = ci.summary, ci.summary.meta
+    evals = latest(read_records(checkpoint_subject(s.path))[0])
     if as_json:
         r.print_json(
             {
@@ -131,6 +139,7 @@ def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
                 "registered_as": ci.registered_as,
                 "files": ci.files,
                 "integrity": ci.integrity,
+                "evals": evals,
             }
         )
         return
@@ -174,6 +183,9 @@ def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
         )
     out.print(r.key_values(f"Checkpoint {s.run}/step-{s.step}", fields))
     out.print()
+    if evals:
+        out.print(r.key_values("Evaluations (llmforge eval)", record_lines(evals)))
+        out.print()
     out.print("[bold]Lineage[/bold]")
     names, origin = lineage.split(meta.get("lineage") or [])
     label = f"run {s.run}, step {s.step} (this checkpoint)"

@@ -82,8 +82,13 @@ def info(
     entry = registry.get(name)
     ancestors = registry.lineage(name)
     children = [c.model_name for c in registry.children(name)]
+    from llmforge.evaluation.eval_records import latest, model_subject, read_records
+
+    subject = model_subject(registry.workspace.models_dir, name, entry.files)
+    evals = latest(read_records(subject)[0])
     if as_json:
         data = entry.model_dump(mode="json")
+        data["evals"] = evals
         data["lineage"] = ancestors
         data["children"] = children
         data["origin"] = lineage.split(lineage.registry_lineage(registry, name))[1]
@@ -119,6 +124,11 @@ def info(
     fields += [(k, str(v)) for k, v in d.items()]
     out.print(r.key_values(f"Model {entry.model_name}", fields))
     out.print()
+    if evals:
+        from llmforge.cli.eval import record_lines
+
+        out.print(r.key_values("Evaluations (llmforge eval)", record_lines(evals)))
+        out.print()
     out.print("[bold]Lineage[/bold]")
     names, origin = lineage.split(lineage.registry_lineage(registry, name))
     out.print(r.lineage_tree(name, names[1:], children, lineage.origin_label(origin)))

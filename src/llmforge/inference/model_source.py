@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from llmforge.fsutil import human_bytes
 from llmforge.modeling.model_size import folder_shape, memory_available
 from llmforge.store.model_files import require_model_files
 from llmforge.store.registry import ModelRegistry
+from llmforge.store.registry_schema import ModelEntry
 from llmforge.untrusted import brief
 from llmforge.workspace import Workspace
 
@@ -54,11 +56,27 @@ def load_for_inference(
     return adapter, meta
 
 
-def _load(
-    workspace: Workspace, source: str, allow_base_mismatch: bool, warnings: list[str] | None
-) -> tuple[ModelAdapter, dict[str, Any]]:
+@dataclass(frozen=True)
+class SourceRef:
+    """What a source names, found without loading anything.
+
+    Attributes:
+        checkpoint: The checkpoint folder, when ``source`` is a checkpoint reference.
+        entry: The registry entry, when it is a registered model name.
+    """
+
+    checkpoint: Path | None = None
+    entry: ModelEntry | None = None
+
+
+def find_source(workspace: Workspace, source: str) -> SourceRef:
+    """The checkpoint or registry entry ``source`` names (what ``load_for_inference`` loads).
+
+    Raises:
+        CheckpointError: If ``source`` is neither a checkpoint nor a registered model.
+    """
     try:
-        path = resolve_checkpoint(workspace, source)
+        return SourceRef(checkpoint=resolve_checkpoint(workspace, source))
     except CheckpointError as ckpt_error:
         run = source.partition("/")[0]
         if "/" in source and run and (workspace.runs_dir / run).is_dir():
@@ -70,7 +88,15 @@ def _load(
                 f"{brief(source)} is neither a checkpoint nor a registered model.",
                 f"{ckpt_error.hint} Registered models: {', '.join(names) or 'none'}.",
             ) from None
-        entry = registry.get(source)
+        return SourceRef(entry=registry.get(source))
+
+
+def _load(
+    workspace: Workspace, source: str, allow_base_mismatch: bool, warnings: list[str] | None
+) -> tuple[ModelAdapter, dict[str, Any]]:
+    found = find_source(workspace, source)
+    entry = found.entry
+    if entry is not None:
         if lora_base.is_adapter_entry(entry):
             adapter, notes = lora_base.load_adapter_entry(
                 workspace, entry, allow_mismatch=allow_base_mismatch
@@ -82,9 +108,10 @@ def _load(
         require_fits(folder, f"model {source!r}")
         adapter = get_adapter(entry.architecture).from_registry(entry, folder)
         return adapter, entry.model_dump(mode="json")
-    require_fits(path, f"checkpoint {path.name}")
+    assert found.checkpoint is not None
+    require_fits(found.checkpoint, f"checkpoint {found.checkpoint.name}")
     return load_checkpoint_adapter(
-        path, workspace, allow_base_mismatch=allow_base_mismatch, warnings=warnings
+        found.checkpoint, workspace, allow_base_mismatch=allow_base_mismatch, warnings=warnings
     )
 
 

@@ -112,3 +112,37 @@ def fused_linear_cross_entropy(
     return _FusedLinearCE.apply(
         hidden.reshape(-1, c), weight, labels.reshape(-1), max(1, int(chunk)), cdtype
     )
+
+
+CPU_HEAD_CHUNK = 128  # two (128 x 32k) fp32 buffers stay in a CPU's cache; 1024 rows did not
+
+
+def head_chunk(device: torch.device) -> int:
+    """Rows of logits per chunk for :func:`head_nll`: small on a CPU, large on a GPU."""
+    return DEFAULT_CHUNK if device.type != "cpu" else CPU_HEAD_CHUNK
+
+
+@torch.no_grad()
+def head_nll(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int | None = None
+) -> torch.Tensor:
+    """Per-row NLL ``(N,)`` of ``targets`` under ``softmax(hidden @ weight.T)``, no gradient.
+
+    The inference twin of :func:`fused_linear_cross_entropy` (``llmforge eval``): logits exist
+    for one chunk of the selected rows only, never for all of them at once, and the softmax
+    runs in fp32 whatever the matmul's dtype.
+
+    Args:
+        hidden: (N, C) final hidden states of the scored positions.
+        weight: (V, C) the LM head.
+        targets: (N,) target ids (no -100: only scored rows are passed).
+        chunk: Rows per chunk (default: :func:`head_chunk` of the device).
+    """
+    chunk = max(1, int(chunk or head_chunk(hidden.device)))
+    out = torch.empty(hidden.size(0), dtype=torch.float32, device=hidden.device)  # (N,)
+    for s in range(0, hidden.size(0), chunk):
+        logits = hidden[s : s + chunk].to(weight.dtype) @ weight.t()  # (chunk, V)
+        out[s : s + chunk] = torch.nn.functional.cross_entropy(
+            logits.float(), targets[s : s + chunk], reduction="none"
+        )
+    return out

@@ -1,0 +1,1 @@
+"""``llmforge eval``: held-out loss side by side, lm-evaluation-harness tasks, eval records."""
