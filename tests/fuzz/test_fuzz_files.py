@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 
+from fuzz_sandbox import FUZZ, Sandbox
 from hypothesis import given
 from hypothesis import strategies as st
 from json_mutations import mutated_json
 
-from conftest import FUZZ, Sandbox
 from llmforge.checkpoints.manifest import write_manifest
 
 STEP = "runs/scratch/checkpoints/step-000004"
