@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from llmforge.adapters.gguf_mapping import GGUFMapping
     from llmforge.config import TrainingConfig
     from llmforge.modeling.tokenizers import Tokenizer
     from llmforge.store.registry import ModelEntry
@@ -34,6 +35,9 @@ class ModelAdapter(ABC):
 
     architecture: ClassVar[str]
     importable: ClassVar[bool] = False  # True: from_registry loads Hugging Face folders
+    # How the Hugging Face folder that save() writes maps to GGUF (adapters/gguf_mapping.py);
+    # None: `ckpt export --format gguf` refuses the architecture.
+    gguf_mapping: ClassVar[GGUFMapping | None] = None
     model: nn.Module
     tokenizer: Tokenizer
 
