@@ -16,6 +16,8 @@ Q5_K -> Q5_1, Q6_K -> Q8_0, Q2_K/Q3_K -> Q4_0, and F16 if not even a multiple of
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,13 +65,31 @@ class QuantReport:
 
 @contextmanager
 def _quiet_llama_cpp() -> Iterator[None]:
-    """Keep llama.cpp's per-tensor quantizer log (hundreds of lines) off the terminal."""
-    log = logging.getLogger("llama-cpp-python")  # llama-cpp-python routes llama.cpp's log here
+    """Keep llama.cpp's per-tensor quantizer log (hundreds of lines, some printed by C stdio
+    straight to the process's stdout/stderr) off the terminal: both descriptors point at
+    /dev/null for the call, and C's buffers are flushed before they are put back."""
+    import ctypes
+
+    import llama_cpp._logger  # noqa: F401 - routes llama.cpp's own log through Python
+
+    log = logging.getLogger("llama-cpp-python")
     level = log.level
     log.setLevel(logging.ERROR)
+    libc = ctypes.CDLL(None)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
         yield
     finally:
+        libc.fflush(None)
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
         log.setLevel(level)
 
 
