@@ -42,6 +42,9 @@ TEXT = (
     "<|im_start|>user\nGrüße aus Köln! 日本語 🚀 I'M here: 12345\n\n<|im_end|>\n"
     "<|im_start|>assistant\n"
 )
+# A license text an Ollama Modelfile cannot quote in one piece (a triple quote at a line end)
+# and with a form feed, which Ollama's parser drops.
+LICENSE_TEXT = 'Apache License 2.0\n\x0cIt says """ \nhere, and ends with quotes """'
 TRAIN = {
     "model_name": "tiny-base",
     "block_size": 48,
@@ -80,6 +83,7 @@ def gguf_ws(tmp_path_factory: pytest.TempPathFactory, hub: LocalHub, tiny_qwen_r
     lora = {"r": 8, "alpha": 16, "dropout": 0.0}
     _train(ws, root, "lora", finetune="lora", lora=lora, max_steps=20, save_interval=20)
     qwen3 = build_tiny_model(root / "qwen3-repo", "qwen3", seed=1, tied=False, vocab_multiple=100)
+    (qwen3 / "LICENSE").write_text(LICENSE_TEXT, encoding="utf-8")
     res = run_cli(ws, "models", "import", str(qwen3), "--name", "tiny-qwen3", "--accept-license")
     assert res.exit_code == 0, res.output
     return ws
@@ -155,3 +159,16 @@ def gguf_file(folder: Path) -> Path:
     files = [p for p in folder.glob("*.gguf") if "-lora-" not in p.name]
     assert len(files) == 1, files
     return files[0]
+
+
+def export(ws: Path, dest: Path, target: str, *args: str) -> Path:
+    """``llmforge ckpt export TARGET DEST ARGS`` (it must succeed); returns ``dest``."""
+    res = run_cli(ws, "ckpt", "export", target, str(dest), *args)
+    assert res.exit_code == 0, res.output
+    return dest
+
+
+@pytest.fixture(scope="session")
+def chat_hf(gguf_ws: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The chat checkpoint's Hugging Face export (the reference)."""
+    return export(gguf_ws, tmp_path_factory.mktemp("hf") / "chat", "chat")

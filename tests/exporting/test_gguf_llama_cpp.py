@@ -18,6 +18,7 @@ from conftest import (
     PROMPT,
     REPLY,
     cosine,
+    export,
     gguf_file,
     hf_ids,
     hf_logits,
@@ -26,19 +27,6 @@ from conftest import (
     load,
     metadata,
 )
-from train_helpers import run_cli
-
-
-def export(ws: Path, dest: Path, target: str, *args: str) -> Path:
-    res = run_cli(ws, "ckpt", "export", target, str(dest), *args)
-    assert res.exit_code == 0, res.output
-    return dest
-
-
-@pytest.fixture(scope="module")
-def chat_hf(gguf_ws: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The chat checkpoint's Hugging Face export (the reference)."""
-    return export(gguf_ws, tmp_path_factory.mktemp("hf") / "chat", "chat")
 
 
 @pytest.mark.parametrize(
