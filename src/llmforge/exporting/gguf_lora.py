@@ -31,6 +31,7 @@ from llmforge.exporting.gguf_writer import (
     DTYPES,
     QT,
     GGUFInfo,
+    WholeTensor,
     check_supported,
     convert_tensor,
     read_config,
@@ -207,6 +208,6 @@ def write_lora(plan: LoraPlan, out: Path, info: GGUFInfo) -> None:
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for _, data, _, _ in plan.tensors:
-            writer.write_tensor_data(data)
+            writer.write_tensor_data(WholeTensor(data))
     finally:
         writer.close()

@@ -277,6 +277,23 @@ def _write_hparams(writer: gguf.GGUFWriter, arch: GGUFMapping, config: dict[str,
 CHUNK_VALUES = 1 << 24
 
 
+def write_array(fp: Any, data: np.ndarray) -> None:
+    """Write an array's bytes through the file object: ``ndarray.tofile`` reports a full disk
+    as "N requested and M written" without the OS's errno, which callers must see."""
+    fp.write(np.ascontiguousarray(data).data.cast("B"))
+
+
+class WholeTensor:
+    """A converted tensor for ``GGUFWriter.write_tensor_data``, written by :func:`write_array`."""
+
+    def __init__(self, data: np.ndarray) -> None:
+        self._data, self.nbytes = data, data.nbytes
+
+    def tofile(self, fp: Any) -> None:
+        """Write the bytes."""
+        write_array(fp, self._data)
+
+
 class RowChunks:
     """One tensor's GGUF bytes, produced chunk of rows by chunk of rows as it is written.
 
@@ -294,7 +311,7 @@ class RowChunks:
         rows = self._p.shape[0]
         step = max(1, CHUNK_VALUES // max(1, math.prod(self._p.shape[1:])))
         for start in range(0, rows, step):
-            convert_tensor(self._slice[start : start + step], self._p.qtype).tofile(fp)
+            write_array(fp, convert_tensor(self._slice[start : start + step], self._p.qtype))
 
 
 def stream_tensors(
@@ -317,7 +334,7 @@ def stream_tensors(
                 data = f.get_tensor(p.hf_name)
                 if p.transform is not None:
                     data = p.transform(data, config)
-                writer.write_tensor_data(convert_tensor(data, p.qtype))
+                writer.write_tensor_data(WholeTensor(convert_tensor(data, p.qtype)))
                 del data
         done += p.nbytes
         if progress is not None:
