@@ -165,7 +165,7 @@ def _workspace(work: Path, folder: Path) -> Path:
 
     from llmforge.cli import app
 
-    home = work / "ws"
+    home = work / f"ws-{folder.name}"
     if not (home / "models" / "bench").is_dir():
         home.mkdir(parents=True, exist_ok=True)
         args = ["--home", str(home), "models", "import", str(folder), "--name", "bench"]

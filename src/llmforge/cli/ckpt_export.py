@@ -69,54 +69,63 @@ def _check_options(fmt: str, dtype: str | None, adapter: bool, with_base: bool, 
         )
 
 
+TargetArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="CKPT",
+        help="A checkpoint: its directory, RUN (the run's latest), RUN/step-N or "
+        "RUN/latest; with --format gguf also a registry model name.",
+        show_default=False,
+    ),
+]
+DestArg = Annotated[Path, typer.Argument(help="The folder to write (new or empty).")]
+FormatOpt = Annotated[
+    str, typer.Option("--format", help="hf: a Hugging Face folder; gguf: GGUF + Modelfile.")
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="GGUF type: f32, f16 (default), bf16, q8_0, or a llama.cpp K-quant such as "
+        "q4_k_m (needs llama-cpp-python).",
+        show_default=False,
+    ),
+]
+AdapterOpt = Annotated[
+    bool, typer.Option("--adapter", help="GGUF of a LoRA: a GGUF LoRA adapter, not merged.")
+]
+WithBaseOpt = Annotated[
+    bool, typer.Option("--with-base", help="With --adapter: the base's GGUF and a Modelfile too.")
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Replace the contents of a non-empty folder.")
+]
+MergeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--merge", help="LoRA checkpoints: fold the adapter into the base (full weights)."
+    ),
+]
+AllowMismatchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-base-mismatch",
+        help="Use a LoRA checkpoint even though its base model's files changed (experts only).",
+    ),
+]
+
+
 def export(
     ctx: typer.Context,
-    target: Annotated[
-        str,
-        typer.Argument(
-            metavar="CKPT",
-            help="A checkpoint: its directory, RUN (the run's latest), RUN/step-N or "
-            "RUN/latest; with --format gguf also a registry model name.",
-            show_default=False,
-        ),
-    ],
-    dest: Annotated[Path, typer.Argument(help="The folder to write (new or empty).")],
-    fmt: Annotated[
-        str, typer.Option("--format", help="hf: a Hugging Face folder; gguf: GGUF + Modelfile.")
-    ] = "hf",
-    dtype: Annotated[
-        str | None,
-        typer.Option(
-            "--dtype",
-            help="GGUF type: f32, f16 (default), bf16, q8_0, or a llama.cpp K-quant such as "
-            "q4_k_m (needs llama-cpp-python).",
-            show_default=False,
-        ),
-    ] = None,
-    adapter: Annotated[
-        bool, typer.Option("--adapter", help="GGUF of a LoRA: a GGUF LoRA adapter, not merged.")
-    ] = False,
-    with_base: Annotated[
-        bool,
-        typer.Option("--with-base", help="With --adapter: the base's GGUF and a Modelfile too."),
-    ] = False,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace the contents of a non-empty folder.")
-    ] = False,
-    merge: Annotated[
-        bool,
-        typer.Option(
-            "--merge",
-            help="LoRA checkpoints: fold the adapter into the base and write full weights.",
-        ),
-    ] = False,
-    allow_base_mismatch: Annotated[
-        bool,
-        typer.Option(
-            "--allow-base-mismatch",
-            help="Use a LoRA checkpoint even though its base model's files changed (experts only).",
-        ),
-    ] = False,
+    target: TargetArg,
+    dest: DestArg,
+    fmt: FormatOpt = "hf",
+    dtype: DtypeOpt = None,
+    adapter: AdapterOpt = False,
+    with_base: WithBaseOpt = False,
+    force: ForceOpt = False,
+    merge: MergeOpt = False,
+    allow_base_mismatch: AllowMismatchOpt = False,
 ) -> None:
     """Export a checkpoint as a Hugging Face folder, or a checkpoint or model as GGUF.
 
@@ -130,9 +139,9 @@ def export(
     if fmt == "hf":
         _export_hf(ws, target, dest, force, merge, allow_base_mismatch)
         return
-    from llmforge.exporting.gguf_export import export_gguf
-
     with _TensorProgress() as progress:
+        from llmforge.exporting.gguf_export import export_gguf
+
         res = export_gguf(
             ws,
             target,
@@ -144,6 +153,10 @@ def export(
             allow_base_mismatch=allow_base_mismatch,
             progress=progress,
         )
+    _report_gguf(res)
+
+
+def _report_gguf(res: Any) -> None:
     for note in res.notes:
         r.print_warning(note)
     size = sum((res.dest / f).stat().st_size for f in res.files)
