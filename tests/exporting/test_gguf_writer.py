@@ -196,3 +196,28 @@ def test_an_interrupted_export_leaves_nothing(gguf_ws, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         export_gguf(Workspace(root=gguf_ws), "chat", dest, progress=interrupt)
     assert not (tmp_path / "out").exists()  # not even the parent it made
+
+
+@pytest.mark.parametrize(
+    "extra", [{"use_rslora": True, "rank_pattern": {"v_proj": 4}}, {"alpha_pattern": {"q_proj": 4}}]
+)
+def test_per_module_lora_scales_fold_into_lora_b(gguf_ws, tmp_path, extra):
+    """llama.cpp has one alpha per file; rsLoRA and per-module ranks/alphas still match peft."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from llmforge.exporting.gguf_lora import plan_lora, write_lora
+
+    base = gguf_ws / "models/tiny-base"
+    torch.manual_seed(5)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=targets, init_lora_weights=False, **extra)
+    peft_model = get_peft_model(hf_model(base), cfg)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ids = hf_ids(base)
+    merged = hf_logits(peft_model.merge_and_unload(), ids)
+    write_lora(plan_lora(tmp_path / "adapter", base, QWEN2_GGUF, "f32"), tmp_path / "a.gguf", INFO)
+    got = llama_logits(
+        _write(base, tmp_path / "base.gguf"), ids, lora_path=str(tmp_path / "a.gguf")
+    )
+    assert np.abs(merged - got).max() < 2e-3
