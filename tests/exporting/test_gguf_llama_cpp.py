@@ -13,8 +13,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-
-from conftest import (
+from gguf_helpers import (
     PROMPT,
     REPLY,
     cosine,
@@ -45,7 +44,7 @@ def test_logits_match_transformers(gguf_ws, chat_hf, tmp_path, dtype, atol, min_
 def test_tokenization_matches_the_tokenizer(gguf_ws, chat_hf, tmp_path):
     out = export(gguf_ws, tmp_path / "g", "chat", "--format", "gguf", "--dtype", "f32")
     llm = load(gguf_file(out), vocab_only=True)
-    from conftest import TEXT
+    from gguf_helpers import TEXT
 
     assert llm.tokenize(TEXT.encode(), add_bos=False, special=True) == hf_ids(chat_hf)
 

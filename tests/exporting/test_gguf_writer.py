@@ -10,8 +10,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-
-from conftest import (
+from gguf_helpers import (
     PROMPT,
     REPLY,
     cosine,
@@ -22,6 +21,7 @@ from conftest import (
     load,
     metadata,
 )
+
 from llmforge.adapters.gguf_mapping import LLAMA_LIKE_HPARAMS, LLAMA_LIKE_TENSORS, GGUFMapping
 from llmforge.adapters.qwen import QWEN2_GGUF, QWEN3_GGUF
 from llmforge.errors import ExportError

@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from gguf_helpers import LICENSE_TEXT, export
 
-from conftest import LICENSE_TEXT, export
 from llmforge.errors import ExportError
 from llmforge.exporting.modelfile import (
     OLLAMA_CHATML,
