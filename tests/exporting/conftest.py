@@ -2,7 +2,8 @@
 
 The workspace holds the tiny Qwen2 imported from the local hub as ``tiny-base``, a chat
 fine-tune ``chat`` of it (full weights) that has learnt to answer "Say hello." with
-:data:`REPLY` and then ``<|im_end|>``, a LoRA run ``lora`` on the same data, and a tiny
+:data:`REPLY` and then ``<|im_end|>``, a LoRA run ``lora`` on the same data, a short run
+``sys`` whose conversations all open with the system prompt :data:`SYSTEM`, and a tiny
 untied Qwen3 imported from a folder as ``tiny-qwen3``. Every test copies what it writes to
 ``tmp_path``; the workspace itself is never changed (tests that check refusals snapshot it).
 
@@ -25,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 import yaml
-from gguf_helpers import LICENSE_TEXT, PROMPT, REPLY, TRAIN, export
+from gguf_helpers import LICENSE_TEXT, PROMPT, REPLY, SYSTEM, TRAIN, export
 
 from hubserver import LocalHub
 from tiny_models import build_tiny_model
@@ -37,9 +38,10 @@ if not all(importlib.util.find_spec(m) for m in ("gguf", "llama_cpp")):
     collect_ignore_glob = ["test_*.py"]
 
 
-def _train(ws: Path, root: Path, name: str, **extra: object) -> None:
-    data = root / "hello.jsonl"
-    row = {"messages": [*PROMPT, {"role": "assistant", "content": REPLY}]}
+def _train(ws: Path, root: Path, name: str, system: str | None = None, **extra: object) -> None:
+    data = root / f"{name}.jsonl"
+    head = [{"role": "system", "content": system}] if system else []
+    row = {"messages": [*head, *PROMPT, {"role": "assistant", "content": REPLY}]}
     data.write_text("\n".join(json.dumps(row) for _ in range(8)) + "\n", encoding="utf-8")
     cfg = root / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump({**TRAIN, "data_path": str(data), **extra}), encoding="utf-8")
@@ -56,6 +58,7 @@ def gguf_ws(tmp_path_factory: pytest.TempPathFactory, hub: LocalHub, tiny_qwen_r
     _train(ws, root, "chat")
     lora = {"r": 8, "alpha": 16, "dropout": 0.0}
     _train(ws, root, "lora", finetune="lora", lora=lora, max_steps=20, save_interval=20)
+    _train(ws, root, "sys", system=SYSTEM, max_steps=2, save_interval=2, block_size=96)
     qwen3 = build_tiny_model(root / "qwen3-repo", "qwen3", seed=1, tied=False, vocab_multiple=100)
     (qwen3 / "LICENSE").write_text(LICENSE_TEXT, encoding="utf-8")
     res = run_cli(ws, "models", "import", str(qwen3), "--name", "tiny-qwen3", "--accept-license")

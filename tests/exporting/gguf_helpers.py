@@ -18,6 +18,7 @@ from train_helpers import run_cli
 
 PROMPT = [{"role": "user", "content": "Say hello."}]
 REPLY = "Hello there, friend!"
+SYSTEM = 'You are "terse".\nAnswer in one line.'
 # Special tokens and non-ASCII: llama.cpp must tokenize this exactly as the tokenizer does.
 TEXT = (
     "<|im_start|>user\nGrüße aus Köln! 日本語 🚀 I'M here: 12345\n\n<|im_end|>\n"

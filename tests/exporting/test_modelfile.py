@@ -7,10 +7,11 @@ Ollama's own ``parser_test.go`` and ``template/testdata`` before trusting it.
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
-from gguf_helpers import LICENSE_TEXT, export
+from gguf_helpers import LICENSE_TEXT, SYSTEM, export
 
 from llmforge.errors import ExportError
 from llmforge.exporting.modelfile import (
@@ -118,3 +119,14 @@ def test_the_modelfile_of_a_registry_model_export(gguf_ws, tmp_path):
     assert [a for c, a in cmds if c == "stop"] == ["<|endoftext|>", "<|im_end|>"]
     licenses = [a for c, a in cmds if c == "license"]
     assert len(licenses) == 2 and "".join(licenses) == clean(LICENSE_TEXT)
+
+
+def test_the_training_data_s_one_system_prompt_becomes_system(gguf_ws, tmp_path):
+    out = export(gguf_ws, tmp_path / "g", "sys", "--format", "gguf")
+    cmds = parse_modelfile((out / "Modelfile").read_text())
+    assert ("system", SYSTEM) in cmds
+    meta = json.loads((gguf_ws / "runs/sys/checkpoints/step-000002/meta.json").read_text())
+    assert meta["chat"]["system_prompt"] == SYSTEM
+    # The chat run's conversations have none: no SYSTEM.
+    out = export(gguf_ws, tmp_path / "c", "chat", "--format", "gguf")
+    assert not [c for c, _ in parse_modelfile((out / "Modelfile").read_text()) if c == "system"]

@@ -21,7 +21,7 @@ from llmforge.exporting.gguf_source import GGUFSource
 from llmforge.exporting.gguf_writer import BaseModel, GGUFInfo, GGUFPlan
 from llmforge.exporting.hf_folder import CARD
 from llmforge.exporting.model_card import gguf_section, model_card, registry_card
-from llmforge.exporting.modelfile import build_modelfile
+from llmforge.exporting.modelfile import build_modelfile, clean, quote
 from llmforge.fsutil import atomic_write_text, human_bytes
 from llmforge.store import lineage
 
@@ -178,10 +178,18 @@ def write_folder(
     vocab = plan.vocab
     result.stop_tokens = [vocab.tokens[i] for i in vocab.stop_ids]
     if main is not None:
+        system = source.meta.get("system")
+        if system is not None and quote(clean(system)) is None:
+            result.notes.append(
+                "The training data's system prompt has a run of three quotes at the end of a "
+                "line, which an Ollama Modelfile cannot quote: the Modelfile has no SYSTEM."
+            )
+            system = None
         text = build_modelfile(
             main,
             chat_template=vocab.chat_template,
             stop_tokens=result.stop_tokens,
+            system=system,
             license_text=source.license_text,
             adapter_file=adapter_file,
         )

@@ -50,7 +50,8 @@ class GGUFSource:
         model: The model's files and, for merged or sharded checkpoints, the model itself.
         adapter_base: For ``--adapter``: the base model's Hugging Face folder.
         meta: Facts for the metadata, the card and the Modelfile: ``name``, ``lineage``,
-            ``license``, ``chat_template``, ``llmforge`` (the ``llmforge.*`` keys).
+            ``license``, ``chat_template``, ``system`` (the one system prompt of the training
+            data), ``llmforge`` (the ``llmforge.*`` keys).
         license_text: The nearest ancestor's LICENSE file, for the Modelfile.
         notes: Warnings for the user (an accepted base mismatch).
     """
@@ -183,6 +184,7 @@ def checkpoint_source(
             "lineage": chain,
             "license": card_license(ws, meta),
             "chat_template": (meta.get("chat") or {}).get("chat_template"),
+            "system": (meta.get("chat") or {}).get("system_prompt"),
             "llmforge": info,
             "checkpoint_meta": meta,
             "checkpoint": ckpt,
