@@ -146,3 +146,23 @@ def test_a_gguf_lora_adapter_applies_on_the_base_gguf(gguf_ws, lora_merged_hf, t
     assert cmds[:2] == [("model", f"./{base.name}"), ("adapter", f"./{adapter.name}")]
     # The base's GGUF carries the fine-tune's stop tokens: the adapter file has no vocabulary.
     assert [a for c, a in cmds if c == "stop"] == ["<|im_end|>", "<|endoftext|>"]
+
+
+def test_a_registered_lora_adapter_exports_like_its_checkpoint(gguf_ws, lora_merged_hf, tmp_path):
+    """A registry adapter entry (``ckpt register`` of a LoRA run): merged, or as an adapter."""
+    import shutil
+
+    from train_helpers import run_cli
+
+    ws = tmp_path / "ws"
+    shutil.copytree(gguf_ws, ws, symlinks=True)
+    assert run_cli(ws, "ckpt", "register", "lora", "--name", "lora-ent").exit_code == 0
+    ids = hf_ids(lora_merged_hf)
+    ref = hf_logits(hf_model(lora_merged_hf), ids)
+    merged = export(ws, tmp_path / "m", "lora-ent", "--format", "gguf", "--dtype", "f32")
+    assert np.abs(ref - llama_logits(gguf_file(merged), ids)).max() < 1e-3
+    args = ("--format", "gguf", "--dtype", "f32", "--adapter", "--with-base")
+    out = export(ws, tmp_path / "a", "lora-ent", *args)
+    adapter = next(out.glob("*-lora-*.gguf"))
+    got = llama_logits(gguf_file(out), ids, lora_path=str(adapter))
+    assert np.abs(ref - got).max() < 1e-3
