@@ -106,6 +106,8 @@ def build_tiny_model(
     readme: str | None = README,
     max_position_embeddings: int = 512,
     initializer_range: float = 0.02,
+    tied: bool = True,
+    vocab_multiple: int = 1,
 ) -> Path:
     """Write a tiny random model of ``architecture`` (a key of TINY_CONFIGS) into ``out_dir``.
 
@@ -118,6 +120,9 @@ def build_tiny_model(
         initializer_range: Std of the random weights. transformers' default (0.02) makes a
             model whose every next token is nearly equally likely, so its greedy output hardly
             depends on the context; ~0.3 gives one whose output does (for generation tests).
+        tied: Tie the output layer to the token embedding (else a separate ``lm_head``).
+        vocab_multiple: Round the embedding's rows up to a multiple of this (Qwen's own have
+            rows no token uses: 151936 for 151665 tokens).
 
     Returns:
         ``out_dir``.
@@ -126,7 +131,7 @@ def build_tiny_model(
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = build_tokenizer(out_dir)
+    vocab = -(-build_tokenizer(out_dir) // vocab_multiple) * vocab_multiple
     config = TINY_CONFIGS[architecture](
         hidden_size=64,
         intermediate_size=128,
@@ -136,7 +141,7 @@ def build_tiny_model(
         vocab_size=vocab,
         max_position_embeddings=max_position_embeddings,
         initializer_range=initializer_range,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         bos_token_id=None,
         eos_token_id=0,
         pad_token_id=0,

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from llmforge.adapters.gguf_mapping import GGUFMapping
     from llmforge.config import TrainingConfig
     from llmforge.modeling.tokenizers import Tokenizer
     from llmforge.store.registry import ModelEntry
@@ -40,6 +41,9 @@ class ModelAdapter(ABC):
 
     architecture: ClassVar[str]
     importable: ClassVar[bool] = False  # True: from_registry loads Hugging Face folders
+    # How the Hugging Face folder that save() writes maps to GGUF (adapters/gguf_mapping.py);
+    # None: `ckpt export --format gguf` refuses the architecture.
+    gguf_mapping: ClassVar[GGUFMapping | None] = None
     model: nn.Module
     tokenizer: Tokenizer
     extra_stop_ids: list[int] = []  # noqa: RUF012 -- never mutated: add_stop_token_ids rebinds

@@ -6,12 +6,12 @@ A CKPT argument is a checkpoint directory, a run name (its latest checkpoint), `
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from llmforge.cli import _render as r
+from llmforge.cli import ckpt_export
 from llmforge.cli._context import workspace
 from llmforge.cli.eval import record_lines
 from llmforge.fsutil import human_bytes, human_count
@@ -250,40 +250,7 @@ def register(
     )
 
 
-@app.command("export")
-def export(
-    ctx: typer.Context,
-    ckpt: CkptArg,
-    dest: Annotated[Path, typer.Argument(help="The folder to write (new or empty).")],
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace the contents of a non-empty folder.")
-    ] = False,
-    merge: MergeOpt = False,
-    allow_base_mismatch: AllowMismatchOpt = False,
-) -> None:
-    """Export a checkpoint as a standalone Hugging Face folder (or custom-model folder).
-
-    A LoRA checkpoint exports as a PEFT adapter folder, or with --merge as a plain Hugging
-    Face folder with the adapter folded into the base weights.
-    """
-    from llmforge.exporting.hf_folder import export_checkpoint
-
-    notes: list[str] = []
-    res = export_checkpoint(
-        workspace(ctx),
-        ckpt,
-        dest,
-        force=force,
-        merge=merge,
-        allow_base_mismatch=allow_base_mismatch,
-        warnings=notes,
-    )
-    for note in notes:
-        r.print_warning(note)
-    r.print_text(
-        f"Exported {res.checkpoint} ({res.architecture}) to {res.dest}: {', '.join(res.files)}."
-    )
-    r.print_text(f"Load it with: {res.loads_with}")
+app.command("export")(ckpt_export.export)
 
 
 @app.command("consolidate")

@@ -180,6 +180,18 @@ def _split_records(
     )
 
 
+def _one_system_prompt(records: list[dict[str, Any]]) -> str | None:
+    """The system prompt every conversation opens with, when they all share one; else None."""
+    prompts = set()
+    for r in records:
+        first = (r.get("messages") or [{}])[0]
+        prompts.add(first.get("content") if first.get("role") == "system" else None)
+        if len(prompts) > 1:
+            return None
+    prompt = next(iter(prompts), None)
+    return prompt if isinstance(prompt, str) else None
+
+
 def _example_batches(
     data: LoadedData,
     adapter: ModelAdapter,
@@ -193,6 +205,9 @@ def _example_batches(
         fmt = resolve_chat_format(tok, cfg.chat_template, recorded_chat)
         adapter.add_stop_token_ids(stop_token_ids(tok, fmt))
         chat_meta = fmt.to_meta()
+        system = _one_system_prompt(data.train.records)
+        if system is not None:  # an export's Modelfile makes it the default (SYSTEM)
+            chat_meta["system_prompt"] = system
 
         def encode(r: dict[str, Any]) -> tuple[list[int], list[bool]]:
             return encode_chat(tok, fmt, r["messages"], cfg.train_on_prompt)

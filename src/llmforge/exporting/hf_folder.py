@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,16 @@ class ExportResult:
     loads_with: str
 
 
-def _check_dest(ws: Workspace, ckpt: Path, dest: Path, force: bool) -> None:
+def check_dest(ws: Workspace, source: Path, dest: Path, force: bool) -> None:
+    """Refuse a destination that is a file, overlaps ``source``, ``models/`` or ``runs/``, or
+    is a non-empty folder (unless ``force``).
+
+    Raises:
+        ExportError: Naming the problem and what to do.
+    """
     if dest.exists() and not dest.is_dir():
         raise ExportError(f"{dest} exists and is not a folder.", "Choose another destination.")
-    protected = [ckpt.resolve(), ws.models_dir.resolve(), ws.runs_dir.resolve()]
+    protected = [source.resolve(), ws.models_dir.resolve(), ws.runs_dir.resolve()]
     if any(dest == p or dest in p.parents or p in dest.parents for p in protected):
         raise ExportError(
             f"Cannot export into {dest}: it overlaps the workspace's models/ or runs/ folder.",
@@ -136,15 +143,16 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copyfile(src, dst)
 
 
-def _write(
-    dest: Path,
-    model: StandaloneModel,
-    adapter_of: str | None,
-    generation: dict[str, Any] | None,
-    card: str,
-) -> None:
-    """Assemble the folder beside ``dest`` (``.DEST.export-PID``) and rename it into place,
-    all or nothing; a replaced folder waits at ``.DEST.old-PID`` until the new one is in."""
+@contextlib.contextmanager
+def writing_export(dest: Path) -> Iterator[Path]:
+    """Assemble an export folder beside ``dest`` (``.DEST.export-PID``), renamed into place when
+    the block ends, all or nothing; a replaced folder waits at ``.DEST.old-PID`` until the new
+    one is in. A failed write (a full disk) becomes an :class:`ExportError` and leaves
+    ``dest`` as it was, and no folder this export created.
+
+    Yields:
+        The empty temporary folder.
+    """
     missing = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.export-{os.getpid()}"
@@ -152,19 +160,37 @@ def _write(
     try:
         # Not fsynced: an export is a copy the user can make again (a checkpoint is not).
         with building_folder(dest, tmp, trash, sync=False) as folder:
-            model.write(folder, _copy)  # copies: an export never shares bytes
-            if adapter_of is not None:
-                from llmforge.adapters import peft_lora
-
-                peft_lora.set_base_reference(folder, adapter_of)
-            if generation is not None:
-                atomic_write_json(folder / GENERATION_CONFIG, generation)
-            atomic_write_text(folder / CARD, card)
-    except BaseException:
+            yield folder
+    except BaseException as e:
         for parent in missing:  # parents this export made, if empty
             with contextlib.suppress(OSError):
                 parent.rmdir()
-        raise
+        if isinstance(e, LLMForgeError) or not isinstance(e, Exception):
+            raise
+        raise ExportError(  # a full disk, or safetensors' own error for it
+            f"Could not write the export to {dest}: {write_failure_reason(e)}. Nothing was left "
+            f"behind; {dest} is unchanged.",
+            "Free some disk space (or choose another destination), then export again.",
+        ) from e
+
+
+def _write(
+    dest: Path,
+    model: StandaloneModel,
+    adapter_of: str | None,
+    generation: dict[str, Any] | None,
+    card: str,
+) -> None:
+    """Write the folder at ``dest`` (see :func:`writing_export`)."""
+    with writing_export(dest) as folder:
+        model.write(folder, _copy)  # copies: an export never shares bytes
+        if adapter_of is not None:
+            from llmforge.adapters import peft_lora
+
+            peft_lora.set_base_reference(folder, adapter_of)
+        if generation is not None:
+            atomic_write_json(folder / GENERATION_CONFIG, generation)
+        atomic_write_text(folder / CARD, card)
 
 
 def export_checkpoint(
@@ -198,7 +224,7 @@ def export_checkpoint(
     meta = load_meta(ckpt)
     dest = dest.expanduser().resolve()
     clean_stale_exports(dest)
-    _check_dest(ws, ckpt, dest, force)
+    check_dest(ws, ckpt, dest, force)
     is_lora = meta.get("finetune") == "lora"
     if merge and not is_lora:
         raise ExportError(
@@ -218,16 +244,7 @@ def export_checkpoint(
     kind = ("merged" if merge else "adapter") if is_lora else None
     card = model_card(ckpt, meta, card_license(ws, meta), hf, kind)
     gen = _generation_config(ckpt, meta) if hf else None
-    try:
-        _write(dest, model, adapter_of, gen, card)
-    except LLMForgeError:
-        raise
-    except Exception as e:  # a full disk, or safetensors' own error for it
-        raise ExportError(
-            f"Could not write the export to {dest}: {write_failure_reason(e)}. Nothing was left "
-            f"behind; {dest} is unchanged.",
-            "Free some disk space (or choose another destination), then export again.",
-        ) from e
+    _write(dest, model, adapter_of, gen, card)
     names = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     return ExportResult(ckpt, dest, names, arch, _loads_with(dest, hf, adapter_of))
 

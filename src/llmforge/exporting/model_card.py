@@ -42,10 +42,12 @@ def model_card(
     license_label: str | None,
     hf: bool,
     lora: str | None = None,
+    library: str | None = None,
 ) -> str:
     """The ``README.md`` of an export: base model, license, lineage, training summary.
 
-    ``lora`` is ``"adapter"`` for a PEFT adapter folder, ``"merged"`` for merged weights.
+    ``lora`` is ``"adapter"`` for a PEFT adapter folder, ``"merged"`` for merged weights;
+    ``library`` overrides the card's ``library_name`` (``gguf`` for a GGUF export).
     """
     chain = [str(x) for x in meta.get("lineage") or []]
     _, origin = lineage.split(chain)
@@ -54,7 +56,7 @@ def model_card(
     if base:
         front.append(f"base_model: {base}")
     if hf:
-        library = "peft" if lora == "adapter" else "transformers"
+        library = library or ("peft" if lora == "adapter" else "transformers")
         front += [f"library_name: {library}", "pipeline_tag: text-generation"]
     front += ["tags:", "- llmforge", "- fine-tuned" if chain else "- from-scratch", "---", ""]
     run, step = meta.get("run_name") or ckpt.parent.parent.name, meta.get("step")
@@ -67,7 +69,7 @@ def model_card(
         about = "A custom decoder-only Transformer trained from scratch with llmforge."
     settings, base_entry = meta.get("lora") or {}, (meta.get("base") or {}).get("model_name")
     if lora and settings:
-        how = "This folder holds only the" if lora == "adapter" else "The weights merge the"
+        how = "This export holds only the" if lora == "adapter" else "The weights merge the"
         about += (
             f" {how} LoRA adapter (r={settings.get('r')}, alpha={settings.get('alpha')}, "
             f"target modules {', '.join(settings.get('target_modules') or [])}) trained on "
@@ -97,4 +99,49 @@ def model_card(
         f"| train_loss | {meta.get('train_loss')} |",
         f"| val_loss | {meta.get('val_loss')} |",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def registry_card(name: str, architecture: str, chain: list[str], license_label: str | None) -> str:
+    """The ``README.md`` of a registry model's GGUF export: base model, license, lineage."""
+    _, origin = lineage.split(chain)
+    base = origin.removeprefix("hf:") if origin and origin.startswith("hf:") else None
+    front = ["---", f"license: {license_label or 'other'}"]
+    front += [f"base_model: {base}"] if base else []
+    front += ["library_name: gguf", "pipeline_tag: text-generation", "tags:", "- llmforge"]
+    lic = license_label or "unknown: check the base model's license before sharing"
+    return "\n".join(
+        [
+            *front,
+            "---",
+            "",
+            f"# {name}",
+            "",
+            f"The llmforge registry model `{name}` as GGUF.",
+            "",
+            f"- License: {lic}",
+            f"- Architecture: {architecture}",
+            "",
+            "## Lineage",
+            "",
+            f"- {lineage.chain_text(f'model {name}', chain)}",
+            "",
+        ]
+    )
+
+
+def gguf_section(
+    files: list[str], stop_tokens: list[str], modelfile: bool, adapter: str | None
+) -> str:
+    """The card's part on the GGUF files: what they are and how to run them."""
+    lines = ["", "## GGUF", ""]
+    lines += [f"- `{f}`" for f in files]
+    stops = ", ".join(f"`{t}`" for t in stop_tokens)
+    lines += ["", f"Generation stops at {stops} (the GGUF's eos / eot / eos_token_ids)."]
+    main = next((f for f in files if f != adapter), None)
+    if modelfile:
+        lines += ["", "Ollama:", "", "```", "ollama create NAME -f Modelfile", "```"]
+    if main:
+        lora = f" --lora {adapter}" if adapter else ""
+        lines += ["", "llama.cpp:", "", "```", f"llama-cli -m {main}{lora} -cnv", "```"]
     return "\n".join(lines) + "\n"
