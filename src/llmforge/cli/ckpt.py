@@ -151,6 +151,7 @@ def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
         ("fine_tune_started_at", str(meta.get("fine_tune_started_at") or "-")),
         ("tokenizer", f"{tok.get('identifier')} ({tok.get('kind')})"),
         ("data", str((meta.get("data") or {}).get("source", "-"))),
+        *_hub_data_fields(meta),
         ("registered_as", ", ".join(ci.registered_as) or "-"),
         ("created", str(s.created)),
         ("size", human_bytes(s.size)),
@@ -290,3 +291,11 @@ def consolidate(ctx: typer.Context, ckpt: CkptArg) -> None:
         f"Consolidated {path}: one model file and optimizer.pt instead of the shards; it "
         "resumes with strategy: ddp on any number of processes."
     )
+
+
+def _hub_data_fields(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """The hub datasets a checkpoint was trained on (``data.hub`` of its meta.json)."""
+    from llmforge.data.hub_data import hub_entries, lineage_text
+
+    names = {"train": "dataset", "val": "validation dataset"}
+    return [(names[k], lineage_text(v)) for k, v in hub_entries(meta).items()]

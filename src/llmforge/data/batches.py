@@ -26,7 +26,7 @@ from llmforge.data.chat_templates import (
 )
 from llmforge.data.corpus import split_tokens
 from llmforge.data.data_files import DataFile, read_data_file, skipped_warning
-from llmforge.data.hub_records import read_hub_config, unused_hub_keys
+from llmforge.data.hub_data import read_hub_config, unused_hub_keys
 from llmforge.data.hub_uri import is_hub_uri
 from llmforge.data.samplers import (
     Example,

@@ -46,6 +46,7 @@ from llmforge.workspace import resolve_inside
 
 _HASHED_ID = re.compile(r".+-[0-9a-f]{16}")
 
+
 # -- revision -> commit ----------------------------------------------------------------------
 def offline() -> bool:
     """``HF_HUB_OFFLINE``, or ``HF_DATASETS_OFFLINE`` (which ``datasets`` obeys too), read now."""
@@ -294,8 +295,9 @@ def _check_splits(
 def _settings_now() -> Iterator[None]:
     """Give ``datasets`` the settings of now, for the duration of one load.
 
-    ``datasets`` reads ``HF_ENDPOINT`` once, at import, and takes no argument for it; its
-    raw downloads go to ``huggingface_hub``'s hub cache, also read at import. llmforge reads
+    ``datasets`` reads ``HF_ENDPOINT`` once, at import, and takes no argument for it; some
+    of its URLs come from ``huggingface_hub``'s ``ENDPOINT`` and its raw downloads go to
+    ``huggingface_hub``'s hub cache, both also read at import. llmforge reads
     both at each call, as for models. Download counting is turned off unless the user set
     ``HF_UPDATE_DOWNLOAD_COUNTS`` to a true value: it sends a request to
     ``s3.amazonaws.com`` (a host ``HF_ENDPOINT`` does not redirect, with a 3 s timeout on a
@@ -304,19 +306,26 @@ def _settings_now() -> Iterator[None]:
     import datasets.config as cfg
     from huggingface_hub import constants
 
-    saved = cfg.HF_ENDPOINT, cfg.HUB_DATASETS_URL, cfg.HF_UPDATE_DOWNLOAD_COUNTS
-    saved_cache = constants.HF_HUB_CACHE
+    names = ("HF_ENDPOINT", "HUB_DATASETS_URL", "HF_UPDATE_DOWNLOAD_COUNTS")
+    hub_names = ("ENDPOINT", "HUGGINGFACE_CO_URL_TEMPLATE", "HF_HUB_CACHE")
+    saved = [getattr(cfg, n) for n in names], [getattr(constants, n) for n in hub_names]
     endpoint = hub_endpoint() or "https://huggingface.co"
-    cfg.HF_ENDPOINT = endpoint
-    cfg.HUB_DATASETS_URL = endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}"
     counts = os.environ.get("HF_UPDATE_DOWNLOAD_COUNTS", "").strip().upper()
-    cfg.HF_UPDATE_DOWNLOAD_COUNTS = counts in ("1", "ON", "YES", "TRUE")
-    constants.HF_HUB_CACHE = str(hub_cache())
+    now = (
+        endpoint,
+        endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}",
+        counts in ("1", "ON", "YES", "TRUE"),
+    )
+    hub_now = (endpoint, endpoint + "/{repo_id}/resolve/{revision}/{filename}", str(hub_cache()))
+    for module, keys, values in ((cfg, names, now), (constants, hub_names, hub_now)):
+        for key, value in zip(keys, values, strict=True):
+            setattr(module, key, value)
     try:
         yield
     finally:
-        cfg.HF_ENDPOINT, cfg.HUB_DATASETS_URL, cfg.HF_UPDATE_DOWNLOAD_COUNTS = saved
-        constants.HF_HUB_CACHE = saved_cache
+        for module, keys, values in ((cfg, names, saved[0]), (constants, hub_names, saved[1])):
+            for key, value in zip(keys, values, strict=True):
+                setattr(module, key, value)
 
 
 def hub_token() -> str | None:

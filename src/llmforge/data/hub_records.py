@@ -34,7 +34,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmforge.config import TrainingConfig
 from llmforge.data.data_files import DataFile, check_record, text_problem
 from llmforge.data.hub_datasets import (
     LoadedSplits,
@@ -44,7 +43,7 @@ from llmforge.data.hub_datasets import (
     remember_commit,
     resolve_commit,
 )
-from llmforge.data.hub_uri import HubDatasetRef, is_hub_uri, parse_hub_uri
+from llmforge.data.hub_uri import HubDatasetRef, parse_hub_uri
 from llmforge.errors import BadRecordError, DataError
 from llmforge.importing.source import COMMIT
 from llmforge.untrusted import brief
@@ -367,62 +366,3 @@ def read_hub_data(
         val = read_split(loaded, val_split, data_columns, skip_bad_lines, alpaca_layout)
     remember_commit(ref, sha)
     return HubData(train, val)
-
-
-HUB_KEYS = ("data_split", "val_split", "data_config", "data_columns")
-
-
-def read_hub_config(
-    cfg: TrainingConfig,
-) -> tuple[DataFile, DataFile | None, dict[str, Any]]:
-    """The training and validation data of a config whose ``data_path`` or ``val_data_path``
-    is a hub dataset, and the ``data.hub`` lineage of ``meta.json``.
-
-    ``data_split`` (and ``val_split``, a split of the same dataset) are read from
-    ``data_path``; a hub ``val_data_path`` of another dataset gives its ``val_split``
-    (default ``train``). ``data_config`` and ``data_columns`` apply to both.
-
-    Raises:
-        InvalidSourceError, DataError, BadRecordError, HubError: As :func:`read_hub_data`.
-    """
-    from llmforge.data.data_files import read_data_file
-
-    common = {"config": cfg.data_config, "data_columns": cfg.data_columns}
-    common["skip_bad_lines"] = cfg.skip_bad_lines
-    train_uri, val_uri = cfg.data_path, cfg.val_data_path
-    lineage: dict[str, Any] = {"train": None, "val": None}
-    val: HubSplit | DataFile | None = None
-    if is_hub_uri(train_uri):
-        same = val_uri is None or val_uri == train_uri
-        read = read_hub_data(train_uri, cfg.data_split, cfg.val_split if same else None, **common)
-        train, val = read.train.data, read.val
-        lineage["train"] = read.train.lineage
-    else:
-        train = read_data_file(train_uri, cfg.data_format, cfg.skip_bad_lines)
-        same = False
-    if val_uri is not None and not same:
-        if is_hub_uri(val_uri):
-            val = read_hub_data(val_uri, cfg.val_split or "train", **common).train
-        else:
-            fmt = train.format if train.format != "text" else cfg.data_format
-            val = read_data_file(val_uri, fmt, cfg.skip_bad_lines)
-    if isinstance(val, HubSplit):
-        lineage["val"] = val.lineage
-        val = val.data
-    return train, val, lineage
-
-
-def unused_hub_keys(cfg: TrainingConfig) -> None:
-    """Refuse ``data_split`` & co. set for local data, where they would silently do nothing.
-
-    Raises:
-        DataError: If one of :data:`HUB_KEYS` is set and no data path is a hub dataset.
-    """
-    used = [k for k in HUB_KEYS if k in cfg.model_fields_set and getattr(cfg, k) is not None]
-    if used and not (is_hub_uri(cfg.data_path) or is_hub_uri(cfg.val_data_path)):
-        raise DataError(
-            f"{', '.join(used)} applies to hub datasets only, but data_path is "
-            f"{brief(cfg.data_path or 'the built-in corpus', 120)}.",
-            "Set data_path: hf://datasets/ORG/NAME to train on a hub dataset, or remove "
-            f"{used[0]} from the config.",
-        )

@@ -29,6 +29,7 @@ from llmforge.checkpoints.metadata import load_meta, load_state
 from llmforge.checkpoints.sharded import load_sharded, skeleton
 from llmforge.config import RESUMABLE_KEYS, TrainingConfig
 from llmforge.data.batches import build_batches, load_data
+from llmforge.data.hub_data import check_hub_revisions
 from llmforge.errors import CheckpointError, LLMForgeError, TrainingError
 from llmforge.training.checkpointing import set_rng_state
 from llmforge.training.distributed import fit_world_size, join_run
@@ -188,12 +189,14 @@ def resume_trainer(
     workspace: Workspace,
     allow_base_mismatch: bool = False,
     processes: int | None = None,
+    allow_data_change: bool = False,
 ) -> tuple[Trainer, dict[str, Any], list[str], list[str]]:
     """A trainer positioned after ``ckpt``'s step: (trainer, meta, warnings, notes).
 
     Raises:
         CheckpointError: The checkpoint is incomplete or damaged, or does not fit the model.
         TrainingError: The model cannot fit in memory (checked before it is loaded).
+        DataError: A hub dataset's revision moved (unless ``allow_data_change``).
     """
     warnings: list[str] = []
     check_complete(ckpt)
@@ -208,6 +211,8 @@ def resume_trainer(
         )
     updates = {k: getattr(cfg, k) for k in RESUMABLE_KEYS if k in explicit}
     run_cfg = TrainingConfig.from_dict({**saved.to_dict(), **updates}, source="resumed config")
+    # before the model is loaded: a moved dataset revision is refused at once
+    warnings += check_hub_revisions((meta.get("data") or {}).get("hub"), allow_data_change)
     world = world_size(processes)
     precheck_memory(
         run_cfg,
@@ -238,7 +243,11 @@ def resume_trainer(
     start = int(state["step"])
     notes, more = extend_schedule(run_cfg, saved, state, start)
     warnings += more
-    meta = {**meta, "config": run_cfg.to_dict()}
+    old_data = meta.get("data") or {}
+    data = dict(batches.meta)
+    if old_data.get("hub") and old_data.get("hub") != data.get("hub"):  # --allow-data-change
+        data["hub_before_resume"] = old_data["hub"]
+    meta = {**meta, "data": data, "config": run_cfg.to_dict()}
     for k in ("step", "train_loss", "val_loss"):
         meta.pop(k, None)
     trainer = Trainer(
