@@ -100,7 +100,7 @@ def lineage_text(entry: dict[str, Any]) -> str:
     return (
         f"{entry.get('dataset')}@{str(entry.get('sha'))[:12]}{rev}, config {entry.get('config')}"
         f", split {entry.get('split')}, {entry.get('rows')} rows, {entry.get('format')} "
-        f"columns {columns}, {str(entry.get('fingerprint'))[:19]}…"
+        f"(columns {columns}), {str(entry.get('fingerprint'))[:19]}…"
     )
 
 
