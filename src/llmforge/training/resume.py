@@ -182,6 +182,13 @@ def _restore(
         ) from e
 
 
+def _resumed_data(meta: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` entry of a resumed run's checkpoints: what it trains on now, and the hub
+    lineage it started with when that moved (``--allow-data-change``)."""
+    before = (meta.get("data") or {}).get("hub")
+    return {**now, "hub_before_resume": before} if before and before != now.get("hub") else now
+
+
 def resume_trainer(
     ckpt: Path,
     cfg: TrainingConfig,
@@ -243,11 +250,7 @@ def resume_trainer(
     start = int(state["step"])
     notes, more = extend_schedule(run_cfg, saved, state, start)
     warnings += more
-    old_data = meta.get("data") or {}
-    data = dict(batches.meta)
-    if old_data.get("hub") and old_data.get("hub") != data.get("hub"):  # --allow-data-change
-        data["hub_before_resume"] = old_data["hub"]
-    meta = {**meta, "data": data, "config": run_cfg.to_dict()}
+    meta = {**meta, "data": _resumed_data(meta, batches.meta), "config": run_cfg.to_dict()}
     for k in ("step", "train_loss", "val_loss"):
         meta.pop(k, None)
     trainer = Trainer(
