@@ -112,6 +112,7 @@ def test_second_run_downloads_nothing_and_offline_reads_the_cache(
     assert fresh.downloads("org/alpaca") == 2  # one parquet file per split
     home = Path(os.environ["HF_HOME"])  # the HF_HOME of now, not of datasets' import
     assert (home / "hub/datasets--org--alpaca/refs/main").read_text() == repos["alpaca"].sha
+    assert any((home / "hub/datasets--org--alpaca/blobs").iterdir())  # raw files there too
     assert list((home / "datasets").glob("org___alpaca/default/0.0.0/*/*-train.arrow"))
     fresh.reset_counts()
     again = read_hub_data("hf://datasets/org/alpaca", val_split="test")
@@ -129,6 +130,10 @@ def test_second_run_downloads_nothing_and_offline_reads_the_cache(
     assert offline.lineage == first.lineage and fresh.log == []
     never = _error("hf://datasets/org/text")
     assert type(never).__name__ == "HubUnreachableError" and "org/text" in str(never)
+    unprepared = _error(f"hf://datasets/org/text@{'a' * 40}")
+    assert type(unprepared).__name__ == "HubUnreachableError" and "never prepared" in str(
+        unprepared
+    )
     assert fresh.log == []
 
 
