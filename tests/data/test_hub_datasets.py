@@ -190,6 +190,10 @@ def test_gated_needs_a_granted_token_and_bad_rows_can_be_skipped(
     denied = _error("hf://datasets/org/gated")
     assert type(denied).__name__ == "GatedRepoError" and "refused" in str(denied)
     assert "hf_other" not in str(denied) + str(denied.hint)
+    monkeypatch.setenv("HF_TOKEN", "hf_sec ret")  # never sent: refused before any request
+    malformed = _error("hf://datasets/org/gated")
+    assert type(malformed).__name__ == "MalformedTokenError" and "whitespace" in str(malformed)
+    assert "hf_sec" not in str(malformed) + str(malformed.hint)
     monkeypatch.setenv("HF_TOKEN", "hf_ok")
     assert read_hub_data("hf://datasets/org/gated").lineage["train"]["rows"] == 8
     monkeypatch.delenv("HF_TOKEN")

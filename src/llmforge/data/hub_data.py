@@ -66,7 +66,9 @@ def unused_hub_keys(cfg: TrainingConfig) -> None:
     Raises:
         DataError: If one of :data:`HUB_KEYS` is set and no data path is a hub dataset.
     """
-    used = [k for k in HUB_KEYS if k in cfg.model_fields_set and getattr(cfg, k) is not None]
+    # not model_fields_set: a resumed run's config sets every key (to its saved value)
+    defaults = {k: TrainingConfig.model_fields[k].default for k in HUB_KEYS}
+    used = [k for k in HUB_KEYS if getattr(cfg, k) != defaults[k]]
     if used and not (is_hub_uri(cfg.data_path) or is_hub_uri(cfg.val_data_path)):
         raise DataError(
             f"{', '.join(used)} applies to hub datasets only, but data_path is "
