@@ -15,7 +15,7 @@ from llmforge.config import TrainingConfig
 from llmforge.data.data_files import DataFile, read_data_file
 from llmforge.data.hub_datasets import hub_token, resolve_commit
 from llmforge.data.hub_records import HubSplit, read_hub_data
-from llmforge.data.hub_uri import HubDatasetRef, is_hub_uri
+from llmforge.data.hub_uri import HubDatasetRef, is_hub_uri, parse_hub_uri
 from llmforge.errors import DataError
 from llmforge.untrusted import brief
 
@@ -124,7 +124,8 @@ def check_hub_revisions(hub: dict[str, Any] | None, allow_change: bool) -> list[
     for role, entry in (hub or {}).items():
         if not entry:
             continue
-        ref = HubDatasetRef(str(entry["dataset"]), entry.get("revision"), entry.get("path"))
+        named = HubDatasetRef(str(entry.get("dataset")), entry.get("revision"), entry.get("path"))
+        ref = parse_hub_uri(named.uri())  # meta.json is a file: checked as a config would be
         old = str(entry.get("sha"))
         now = old if ref.revision == old else resolve_commit(ref, hub_token())
         if now == old:
