@@ -9,10 +9,12 @@ wing or to a lower layer. Why this order:
 - ``serving`` and ``evaluation`` drive models for a command and build on ``inference``.
 - ``training`` and ``exporting`` produce runs and folders; training samples through
   ``inference`` (the samples in its log), so inference sits below it.
-- ``inference`` and ``importing`` read checkpoints and models; ``checkpoints`` know the runs'
-  files and reach the model through ``adapters``; ``data`` renders chat templates with an
-  adapter's tokenizer; ``adapters`` build ``modeling`` classes from ``store`` entries and
-  ``config``; ``tracking`` only writes what the trainer reports.
+- ``inference`` reads checkpoints and models; ``checkpoints`` know the runs' files and reach
+  the model through ``adapters``; ``data`` renders chat templates with an adapter's tokenizer
+  and reads hub datasets through ``importing``'s hub access (revision checks, offline mode),
+  so ``importing`` (which needs only ``store`` and ``adapters``) sits below it; ``adapters``
+  build ``modeling`` classes from ``store`` entries and ``config``; ``tracking`` only writes
+  what the trainer reports.
 - The ground (errors, fsutil, workspace, device, untrusted) imports no wing.
 """
 
@@ -37,7 +39,7 @@ LAYERS = {
     "training": 6,
     "exporting": 6,
     "inference": 5,
-    "importing": 5,
+    "importing": 2.5,  # below data: hub datasets reuse its hub access (revision, errors, offline)
     "checkpoints": 4,
     "data": 3,
     "adapters": 2,

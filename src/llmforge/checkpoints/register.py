@@ -20,6 +20,7 @@ from llmforge.checkpoints.layout import META_FILE, check_complete
 from llmforge.checkpoints.metadata import load_meta
 from llmforge.checkpoints.references import resolve_checkpoint, workspace_relative
 from llmforge.checkpoints.standalone import StandaloneModel, standalone_model
+from llmforge.data.hub_data import hub_entries, lineage_text
 from llmforge.errors import CheckpointError, LLMForgeError, ModelExistsError
 from llmforge.fsutil import write_failure_reason
 from llmforge.store import blobs, lineage
@@ -202,6 +203,7 @@ def _entry(
             "tokenizer_kind": tok.get("kind"),
             "fine_tune_started_at": meta.get("fine_tune_started_at"),
             "origin": origin,
+            **{f"data_{k}": lineage_text(v) for k, v in hub_entries(meta).items()},
             **details,
         },
     )

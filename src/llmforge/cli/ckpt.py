@@ -116,6 +116,22 @@ def list_ckpts(
     r.stdout().print(r.table(f"{len(rows)} checkpoint(s)", cols, table_rows))
 
 
+def _lora_fields(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """The LoRA lines of ``ckpt info`` (none for a full fine-tune)."""
+    if meta.get("finetune") != "lora":
+        return []
+    lora, base = meta.get("lora") or {}, meta.get("base") or {}
+    return [
+        ("finetune", "lora (the checkpoint holds only the adapter)"),
+        ("base", f"{base.get('model_name')} ({base.get('model_id') or '-'})"),
+        ("base manifest sha256", str(base.get("manifest_sha256"))),
+        ("lora rank / alpha", f"r={lora.get('r')}, alpha={lora.get('alpha', 0):g}"),
+        ("lora dropout", str(lora.get("dropout"))),
+        ("target modules", ", ".join(lora.get("target_modules") or [])),
+        ("adapter parameters", human_count(lora.get("parameters"))),
+    ]
+
+
 @app.command("info")
 def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
     """Show a checkpoint's metadata, config and lineage tree."""
@@ -160,22 +176,13 @@ def info(ctx: typer.Context, ckpt: CkptArg, as_json: JsonOpt = False) -> None:
         ("fine_tune_started_at", str(meta.get("fine_tune_started_at") or "-")),
         ("tokenizer", f"{tok.get('identifier')} ({tok.get('kind')})"),
         ("data", str((meta.get("data") or {}).get("source", "-"))),
+        *_hub_data_fields(meta),
         ("registered_as", ", ".join(ci.registered_as) or "-"),
         ("created", str(s.created)),
         ("size", human_bytes(s.size)),
         ("integrity", ci.integrity),
     ]
-    if meta.get("finetune") == "lora":
-        lora, base = meta.get("lora") or {}, meta.get("base") or {}
-        fields[1:1] = [
-            ("finetune", "lora (the checkpoint holds only the adapter)"),
-            ("base", f"{base.get('model_name')} ({base.get('model_id') or '-'})"),
-            ("base manifest sha256", str(base.get("manifest_sha256"))),
-            ("lora rank / alpha", f"r={lora.get('r')}, alpha={lora.get('alpha', 0):g}"),
-            ("lora dropout", str(lora.get("dropout"))),
-            ("target modules", ", ".join(lora.get("target_modules") or [])),
-            ("adapter parameters", human_count(lora.get("parameters"))),
-        ]
+    fields[1:1] = _lora_fields(meta)
     if meta.get("branched_from"):
         b = meta["branched_from"]
         fields.append(
@@ -269,3 +276,11 @@ def consolidate(ctx: typer.Context, ckpt: CkptArg) -> None:
         f"Consolidated {path}: one model file and optimizer.pt instead of the shards; it "
         "resumes with strategy: ddp on any number of processes."
     )
+
+
+def _hub_data_fields(meta: dict[str, Any]) -> list[tuple[str, str]]:
+    """The hub datasets a checkpoint was trained on (``data.hub`` of its meta.json)."""
+    from llmforge.data.hub_data import hub_entries, lineage_text
+
+    names = {"train": "dataset", "val": "validation dataset"}
+    return [(names[k], lineage_text(v)) for k, v in hub_entries(meta).items()]

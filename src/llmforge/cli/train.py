@@ -70,6 +70,13 @@ AllowMismatchOpt = Annotated[
         help="Resume a LoRA run even though its base model's files changed (experts only).",
     ),
 ]
+AllowDataChangeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-data-change",
+        help="Resume even though the hub dataset's revision moved since the run started.",
+    ),
+]
 StopAtOpt = Annotated[
     int | None,
     typer.Option(
@@ -110,6 +117,7 @@ def train(
     stop_at: StopAtOpt = None,
     dry_run: DryRunOpt = False,
     nproc: NprocOpt = 1,
+    allow_data_change: AllowDataChangeOpt = False,
 ) -> None:
     """Train a model: the from-scratch Transformer, or a registry model (model_name)."""
     from llmforge.config import load_config
@@ -118,7 +126,7 @@ def train(
     args = _TrainArgs(
         config, max_steps, set_ or [], run_name, resume, init_from, name, allow_base_mismatch
     )
-    args.stop_at, args.nproc = stop_at, nproc
+    args.stop_at, args.nproc, args.allow_data_change = stop_at, nproc, allow_data_change
     cfg = load_config(config, args.overrides())
     ws = workspace(ctx)
     if nproc > 1 and not in_job() and not dry_run:
@@ -139,6 +147,7 @@ def train(
         dry_run=dry_run,
         processes=nproc if dry_run else None,
         stop_at=stop_at,
+        allow_data_change=allow_data_change,
     )
     ctx.call_on_close(run.close)  # release the run's lock, leave the process group
     if dry_run:
@@ -165,6 +174,7 @@ class _TrainArgs:
     allow_base_mismatch: bool = False
     stop_at: int | None = None
     nproc: int = 1
+    allow_data_change: bool = False
 
     def overrides(self) -> dict[str, Any]:
         """The config keys the command line sets (``--set``, ``--max-steps``, the run name)."""
@@ -199,6 +209,8 @@ class _TrainArgs:
             argv += ["--set", item]
         if self.allow_base_mismatch:
             argv.append("--allow-base-mismatch")
+        if self.allow_data_change:
+            argv.append("--allow-data-change")
         return argv
 
     def resume_hint(self, nproc: int) -> str:

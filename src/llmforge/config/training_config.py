@@ -136,6 +136,27 @@ class TrainingConfig(BaseModel):
         description="None = the model's own, else ChatML; 'chatml'; a Jinja template or "
         "a .jinja file.",
     )
+    data_split: str = Field(
+        default="train",
+        pattern=r"^[\w.-]{1,200}$",
+        description="Hub datasets (data_path: hf://datasets/ORG/NAME): the split trained on.",
+    )
+    val_split: str | None = Field(
+        default=None,
+        pattern=r"^[\w.-]{1,200}$",
+        description="Hub datasets: a split for validation (e.g. test); None = val_fraction.",
+    )
+    data_config: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Hub datasets: the config (subset) name; None = the default one.",
+    )
+    data_columns: dict[str, str] | None = Field(
+        default=None,
+        description="Hub datasets: llmforge field -> dataset column, e.g. "
+        "{prompt: question, completion: answer}.",
+    )
 
     # -- optimisation -----------------------------------------------------------------
     learning_rate: float = Field(

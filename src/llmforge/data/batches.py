@@ -26,6 +26,8 @@ from llmforge.data.chat_templates import (
 )
 from llmforge.data.corpus import split_tokens
 from llmforge.data.data_files import DataFile, read_data_file, skipped_warning
+from llmforge.data.hub_data import read_hub_config, unused_hub_keys
+from llmforge.data.hub_uri import is_hub_uri
 from llmforge.data.samplers import (
     Example,
     ExampleSampler,
@@ -46,6 +48,7 @@ class LoadedData:
     train: DataFile
     val: DataFile | None
     warnings: list[str] = field(default_factory=list)
+    hub: dict[str, Any] | None = None  # the lineage of hub datasets (meta.json data.hub)
 
     @property
     def format(self) -> str:
@@ -84,26 +87,34 @@ def _texts_joined(f: DataFile) -> str:
 
 
 def load_data(cfg: TrainingConfig) -> LoadedData:
-    """Read ``data_path`` (and ``val_data_path``) in ``data_format``.
+    """Read ``data_path`` (and ``val_data_path``) in ``data_format``; an
+    ``hf://datasets/...`` path is a hub dataset (:mod:`llmforge.data.hub_records`).
 
     Raises:
         BadRecordError, DataError: For a missing, empty or malformed file (with line numbers).
+        HubError: For a hub dataset that cannot be read (not found, gated, offline...).
     """
-    train = read_data_file(cfg.data_path, cfg.data_format, cfg.skip_bad_lines)
-    val = None
-    if cfg.val_data_path is not None:
-        fmt = train.format if train.format != "text" else cfg.data_format
-        val = read_data_file(cfg.val_data_path, fmt, cfg.skip_bad_lines)
-        if (val.format in EXAMPLE_FORMATS or train.format in EXAMPLE_FORMATS) and (
-            val.format != train.format
-        ):
-            raise DataError(
-                f"The validation file {val.source} holds {val.format} data but the training "
-                f"file {train.source} holds {train.format} data.",
-                "Use the same format for both.",
-            )
+    hub = None
+    if is_hub_uri(cfg.data_path) or is_hub_uri(cfg.val_data_path):
+        train, val, hub = read_hub_config(cfg)
+    else:
+        unused_hub_keys(cfg)
+        train = read_data_file(cfg.data_path, cfg.data_format, cfg.skip_bad_lines)
+        val = None
+        if cfg.val_data_path is not None:
+            fmt = train.format if train.format != "text" else cfg.data_format
+            val = read_data_file(cfg.val_data_path, fmt, cfg.skip_bad_lines)
+    if val is not None and (
+        (val.format in EXAMPLE_FORMATS or train.format in EXAMPLE_FORMATS)
+        and val.format != train.format
+    ):
+        raise DataError(
+            f"The validation file {val.source} holds {val.format} data but the training "
+            f"file {train.source} holds {train.format} data.",
+            "Use the same format for both.",
+        )
     warnings = [w for f in (train, val) if f is not None and (w := skipped_warning(f))]
-    return LoadedData(train, val, warnings)
+    return LoadedData(train, val, warnings, hub)
 
 
 @dataclass
@@ -295,6 +306,7 @@ def build_batches(
         "val_source": data.val.source if data.val else None,
         "skipped_lines": len(data.train.skipped) + (len(data.val.skipped) if data.val else 0),
         **out.meta,
+        **({"hub": data.hub} if data.hub else {}),
     }
     out.warnings = data.warnings + out.warnings
     return out

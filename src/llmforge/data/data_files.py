@@ -183,7 +183,7 @@ def _json_lines(text: str) -> Iterator[tuple[int, Any]]:
             yield n, problem if problem is not None else value
 
 
-def _text_problem(record: Any) -> str | None:
+def text_problem(record: Any) -> str | None:
     """Why a parsed record cannot be trained on and saved: bad Unicode, or nested too deep."""
     stack: list[tuple[str, Any, int]] = [("", record, 0)]
     while stack:
@@ -252,7 +252,7 @@ def read_data_file(path_str: str | None, data_format: str, skip_bad_lines: bool)
     for line, obj in rows:
         if isinstance(obj, str):
             problem: str | None = obj
-        elif (problem := _text_problem(obj)) is None:
+        elif (problem := text_problem(obj)) is None:
             if fmt is None and isinstance(obj, dict):
                 fmt = detect_format(obj)
             problem = check_record(obj, fmt) if fmt else _undetectable(obj)

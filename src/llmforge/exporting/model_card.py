@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from llmforge.data.hub_data import dataset_ids, hub_entries, lineage_text
 from llmforge.store import lineage
 from llmforge.store.registry import ModelRegistry
 from llmforge.workspace import Workspace
@@ -55,6 +56,8 @@ def model_card(
     front = ["---", f"license: {license_label or 'other'}"]
     if base:
         front.append(f"base_model: {base}")
+    if datasets := dataset_ids(meta):
+        front += ["datasets:", *(f"- {d}" for d in datasets)]
     if hf:
         library = library or ("peft" if lora == "adapter" else "transformers")
         front += [f"library_name: {library}", "pipeline_tag: text-generation"]
@@ -91,6 +94,9 @@ def model_card(
         "",
     ]
     lines += [f"- {lineage.chain_text(f'run {run} step {step}', chain)}", ""]
+    if hub := hub_entries(meta):
+        lines += ["## Training data", ""]
+        lines += [f"- {role}: {lineage_text(e)}" for role, e in hub.items()] + [""]
     cfg = meta.get("config") or {}
     lines += ["## Training", "", "| setting | value |", "| --- | --- |"]
     lines += [f"| {k} | {cfg.get(k)} |" for k in _CARD_KEYS if k in cfg]

@@ -29,6 +29,7 @@ from llmforge.checkpoints.metadata import load_meta, load_state
 from llmforge.checkpoints.sharded import load_sharded, skeleton
 from llmforge.config import RESUMABLE_KEYS, TrainingConfig
 from llmforge.data.batches import build_batches, load_data
+from llmforge.data.hub_data import check_hub_revisions
 from llmforge.errors import CheckpointError, LLMForgeError, TrainingError
 from llmforge.modeling.model_size import ModelShape, folder_shape
 from llmforge.training.checkpointing import set_rng_state
@@ -182,6 +183,13 @@ def _restore(
         ) from e
 
 
+def _resumed_data(meta: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The ``data`` entry of a resumed run's checkpoints: what it trains on now, and the hub
+    lineage it started with when that moved (``--allow-data-change``)."""
+    before = (meta.get("data") or {}).get("hub")
+    return {**now, "hub_before_resume": before} if before and before != now.get("hub") else now
+
+
 def resume_trainer(
     ckpt: Path,
     cfg: TrainingConfig,
@@ -189,12 +197,14 @@ def resume_trainer(
     workspace: Workspace,
     allow_base_mismatch: bool = False,
     processes: int | None = None,
+    allow_data_change: bool = False,
 ) -> tuple[Trainer, dict[str, Any], list[str], list[str]]:
     """A trainer positioned after ``ckpt``'s step: (trainer, meta, warnings, notes).
 
     Raises:
         CheckpointError: The checkpoint is incomplete or damaged, or does not fit the model.
         TrainingError: The model cannot fit in memory (checked before it is loaded).
+        DataError: A hub dataset's revision moved (unless ``allow_data_change``).
     """
     warnings: list[str] = []
     check_complete(ckpt)
@@ -209,6 +219,8 @@ def resume_trainer(
         )
     updates = {k: getattr(cfg, k) for k in RESUMABLE_KEYS if k in explicit}
     run_cfg = TrainingConfig.from_dict({**saved.to_dict(), **updates}, source="resumed config")
+    # before the model is loaded: a moved dataset revision is refused at once
+    warnings += check_hub_revisions((meta.get("data") or {}).get("hub"), allow_data_change)
     world = world_size(processes)
     precheck_memory(
         run_cfg,
@@ -239,7 +251,7 @@ def resume_trainer(
     start = int(state["step"])
     notes, more = extend_schedule(run_cfg, saved, state, start)
     warnings += more
-    meta = {**meta, "config": run_cfg.to_dict()}
+    meta = {**meta, "data": _resumed_data(meta, batches.meta), "config": run_cfg.to_dict()}
     for k in ("step", "train_loss", "val_loss"):
         meta.pop(k, None)
     trainer = Trainer(

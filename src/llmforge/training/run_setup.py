@@ -126,6 +126,7 @@ def prepare_run(
     dry_run: bool = False,
     processes: int | None = None,
     stop_at: int | None = None,
+    allow_data_change: bool = False,
 ) -> PreparedRun:
     """Build everything a run needs, resuming from a checkpoint when asked.
 
@@ -152,6 +153,7 @@ def prepare_run(
         processes: Estimate memory per process for a job of this many processes (a dry run
             of ``--nproc N`` runs in one process); default: this job's.
         stop_at: The step ``--stop-at`` pauses at (checked against the run's steps).
+        allow_data_change: Resume even though a hub dataset's revision moved (a warning).
 
     Raises:
         ConfigError, ModelNotFoundError, ModelFilesMissingError, DataError, CheckpointError,
@@ -160,7 +162,15 @@ def prepare_run(
     explicit = explicit_keys if explicit_keys is not None else set(cfg.model_fields_set)
     _refuse_flags(cfg, resume, init_from, branch_name, stop_at)
     built = _build(
-        workspace, cfg, resume, explicit, init_from, branch_name, allow_base_mismatch, processes
+        workspace,
+        cfg,
+        resume,
+        explicit,
+        init_from,
+        branch_name,
+        allow_base_mismatch,
+        processes,
+        allow_data_change=allow_data_change,
     )
     trainer = built.trainer
     prepared = PreparedRun(
@@ -227,12 +237,19 @@ def _build(
     branch_name: str | None,
     allow_base_mismatch: bool,
     processes: int | None,
+    allow_data_change: bool = False,
 ) -> _Built:
     """The trainer of a resumed, branched or new run, every check passed, nothing written."""
     if resume is not None:
         resumed_from = _resume_target(workspace, cfg, resume)
         trainer, meta, warnings, notes = resume_trainer(
-            resumed_from, cfg, explicit, workspace, allow_base_mismatch, processes
+            resumed_from,
+            cfg,
+            explicit,
+            workspace,
+            allow_base_mismatch,
+            processes,
+            allow_data_change,
         )
         return _Built(trainer, meta, warnings, notes, trainer.run_dir, resumed_from)
     world = world_size(processes)
