@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from llmforge import __version__
-from llmforge.cli import ckpt, generate, models, train
+from llmforge.cli import ckpt, generate, models, runs, train
 from llmforge.cli._context import CliState
 from llmforge.cli._render import print_error
 from llmforge.errors import EXIT_ERROR, EXIT_INTERRUPTED, DistributedError, LLMForgeError
@@ -122,6 +122,7 @@ app.add_typer(models.app, name="models")
 app.command(name="train")(train.train)
 app.add_typer(ckpt.app, name="ckpt")
 app.command(name="generate")(generate.generate)
+app.add_typer(runs.app, name="runs")
 
 
 def _openmp_waits_politely() -> None:

@@ -16,6 +16,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
 
@@ -49,7 +50,11 @@ RESUMABLE_KEYS = (
     "device",
     "dist_timeout",
     "schedule_on_extend",
+    "report_to",
 )
+
+# The experiment trackers ``report_to`` may name (llmforge/tracking/reporting.py runs them).
+TRACKERS = ("tensorboard", "trackio", "wandb", "mlflow")
 
 
 class LoraSettings(BaseModel):
@@ -249,6 +254,25 @@ class TrainingConfig(BaseModel):
     run_name: str | None = Field(
         default=None, description="Folder under output_dir; default: the config file's name."
     )
+    report_to: list[Literal["tensorboard", "trackio", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that get every metric and the config: tensorboard "
+        "(runs/RUN/tensorboard/), trackio, wandb (offline unless WANDB_MODE), mlflow; none by "
+        "default. Each needs its package (docs/runs.md).",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        # The transformers convention: one name, "none", a comma list or a YAML list.
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            names = [v.strip() if isinstance(v, str) else v for v in value]
+            return list(dict.fromkeys(n for n in names if n != "none"))
+        return value
 
     @model_validator(mode="wrap")
     @classmethod
