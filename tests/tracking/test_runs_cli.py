@@ -142,7 +142,7 @@ def test_delete_refuses_a_run_a_registered_model_came_from(runs_home, tmp_path):
 
 
 def test_bytes_freed_count_hard_links(tmp_path):
-    from llmforge.runs.removal import space
+    from llmforge.inspecting.removal import space
 
     run = tmp_path / "runs" / "r"
     (run / "a").mkdir(parents=True)
@@ -157,7 +157,7 @@ def test_bytes_freed_count_hard_links(tmp_path):
 def test_reading_runs_does_not_import_torch(runs_home):
     home = str(runs_home["home"])
     code = (
-        "import sys, pathlib; from llmforge.runs import overview; from llmforge.workspace "
+        "import sys, pathlib; from llmforge.inspecting import overview; from llmforge.workspace "
         f"import Workspace; overview.list_runs(Workspace(pathlib.Path({home!r})));"
         "import llmforge.cli.runs; assert 'torch' not in sys.modules, 'torch imported'"
     )

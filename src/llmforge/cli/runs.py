@@ -53,7 +53,7 @@ def list_runs(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List the workspace's runs, most recently active first: model, parent, steps, losses,
     tokens, training time and status (running, finished, stopped, failed)."""
     from llmforge.fsutil import human_count
-    from llmforge.runs.overview import list_runs as all_runs
+    from llmforge.inspecting.overview import list_runs as all_runs
 
     runs = all_runs(workspace(ctx))
     if as_json:
@@ -126,7 +126,7 @@ def show(
 ) -> None:
     """Show one run: summary, checkpoints, evaluations and a plot of its losses."""
     from llmforge.fsutil import human_bytes
-    from llmforge.runs import overview as summary
+    from llmforge.inspecting import overview as summary
     from llmforge.tracking import plots, series
 
     ws = workspace(ctx)
@@ -205,7 +205,7 @@ def plot(
     size: Annotated[str, typer.Option("--size", help="Pixels, WIDTHxHEIGHT.")] = "1000x600",
 ) -> None:
     """Draw the curves of one or more runs into an image (several runs overlaid)."""
-    from llmforge.runs import overview as summary
+    from llmforge.inspecting import overview as summary
     from llmforge.tracking import plots, series
 
     ws = workspace(ctx)
@@ -230,7 +230,7 @@ def compare(
 ) -> None:
     """Compare runs side by side: the config keys that differ, and their final metrics."""
     from llmforge.fsutil import human_count
-    from llmforge.runs import overview as summary
+    from llmforge.inspecting import overview as summary
 
     if len(runs) < 2:
         raise typer.BadParameter("give at least two runs to compare", param_hint="RUNS")
@@ -284,8 +284,8 @@ def delete(
     """Delete a run folder (checkpoints, metrics, tracker files) and report the space freed."""
     from llmforge.errors import ConfirmationRequiredError
     from llmforge.fsutil import human_bytes
-    from llmforge.runs import overview as summary
-    from llmforge.runs import removal as deleting
+    from llmforge.inspecting import overview as summary
+    from llmforge.inspecting import removal as deleting
 
     ws = workspace(ctx)
     run_dir = summary.find_run(ws, run)

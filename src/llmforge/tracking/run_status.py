@@ -4,7 +4,7 @@ The trainer reports the end of :meth:`~llmforge.training.trainer.Trainer.fit` (`
 finished, stopped or failed); :class:`~llmforge.tracking.reporting.RunTracker` records it
 here, with ``running`` when a segment starts. A segment that was killed never writes its
 outcome, so ``running`` in the file while nobody holds the run's lock means *killed*
-(``llmforge.runs.state`` judges that; the lock is the proof of running, the file a claim).
+(``llmforge.inspecting.state`` judges that; the lock is the proof of running, the file a claim).
 """
 
 from __future__ import annotations
