@@ -28,7 +28,7 @@ from llmforge.checkpoints.layout import (
     checkpoint_bytes,
     list_checkpoints,
 )
-from llmforge.errors import CheckpointError, LLMForgeError
+from llmforge.errors import CheckpointError, LLMForgeError, WorkspaceError
 from llmforge.inspecting import state
 from llmforge.store.registry import ModelRegistry
 from llmforge.tracking import series
@@ -306,6 +306,11 @@ def registry_entries(ws: Workspace) -> list[Any]:
 def list_runs(ws: Workspace) -> list[RunOverview]:
     """Every run of the workspace, the most recently active first."""
     root = ws.runs_dir
+    if os.path.lexists(root) and not root.is_dir():
+        raise WorkspaceError(
+            f"{root} is a file, not a folder; llmforge keeps training runs there.",
+            "Move or rename that file (llmforge creates runs/ when a run starts).",
+        )
     try:
         folders = [p for p in root.iterdir() if is_run_dir(p)]
     except OSError:

@@ -2,20 +2,21 @@
 
 matplotlib runs on its Agg backend (no display needed, nothing of the user's configured
 backend) with the figure object API, so nothing global (pyplot's current figure) leaks between
-calls. The file is written to a temporary name beside the target and renamed over it: a
-reader never sees half an image, and a failure leaves an older image as it was.
+calls. The image is rendered in memory and written by ``fsutil.atomic_write_bytes`` (a
+temporary file beside the target, renamed over it): a reader never sees half an image, and a
+failure leaves an older image as it was.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmforge.errors import ConfigError, LLMForgeError
+from llmforge.fsutil import atomic_write_bytes, write_failure_reason
 from llmforge.tracking.series import LABELS, Curve
 from llmforge.untrusted import brief
 
@@ -65,6 +66,8 @@ def _check_output(out: Path) -> str:
         )
     if not out.parent.is_dir():
         raise ConfigError(f"The folder {out.parent} does not exist.", "Create it first.")
+    if out.is_dir():
+        raise ConfigError(f"{out} is a folder.", "Give -o the name of an image file to write.")
     return fmt
 
 
@@ -141,25 +144,17 @@ def figure(
     return notes
 
 
-def _save_atomically(fig: object, out: Path, fmt: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+def _save_atomically(fig: Any, out: Path, fmt: str) -> None:
+    """Render the figure in memory, then write it through the one atomic writer."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=fmt, dpi=_DPI)
     try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format=fmt, dpi=_DPI)  # type: ignore[attr-defined]
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 is too private for an image
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        atomic_write_bytes(out, buffer.getvalue())
+    except OSError as e:
+        raise ConfigError(
+            f"Could not write the image {out}: {write_failure_reason(e)}. Nothing was written.",
+            "Give -o a file in a folder you can write to.",
+        ) from e
 
 
 def terminal_plot(
