@@ -6,7 +6,9 @@ flat modules at the top); every wing has a layer, and an import may only point t
 wing or to a lower layer. Why this order:
 
 - ``cli`` (and ``__main__``) sit on top: commands parse, call one library function, render.
-- ``serving`` and ``evaluation`` drive models for a command and build on ``inference``.
+- ``serving`` and ``evaluation`` drive models for a command and build on ``inference``;
+  ``inspecting`` (``llmforge runs``) reads what training leaves (checkpoints, metrics, the
+  run's lock), so it sits over ``training``.
 - ``training`` and ``exporting`` produce runs and folders; training samples through
   ``inference`` (the samples in its log), so inference sits below it.
 - ``inference`` reads checkpoints and models; ``checkpoints`` know the runs' files and reach
@@ -36,6 +38,7 @@ LAYERS = {
     "cli": 8,
     "serving": 7,
     "evaluation": 7,
+    "inspecting": 7,
     "training": 6,
     "exporting": 6,
     "inference": 5,

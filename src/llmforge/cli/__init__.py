@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from llmforge import __version__
-from llmforge.cli import ckpt, generate, models, serve, train
+from llmforge.cli import ckpt, generate, models, runs, serve, train
 from llmforge.cli._context import CliState
 from llmforge.cli._render import print_error
 from llmforge.cli.eval import eval_command
@@ -125,6 +125,7 @@ app.add_typer(ckpt.app, name="ckpt")
 app.command(name="generate")(generate.generate)
 app.command(name="serve")(serve.serve)
 app.command(name="eval")(eval_command)
+app.add_typer(runs.app, name="runs")
 
 
 def _openmp_waits_politely() -> None:

@@ -16,6 +16,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
 
@@ -27,53 +28,14 @@ from llmforge.config.defaults import (
     run_name_problem,
 )
 from llmforge.config.reading import config_error, read_yaml, short_text
+from llmforge.config.sections import (  # noqa: F401 -- re-exported through llmforge.config
+    ARCHITECTURE_KEYS,
+    RESUMABLE_KEYS,
+    TRACKERS,
+    LoraSettings,
+)
 from llmforge.errors import ConfigError
 from llmforge.untrusted import brief
-
-# Keys that only shape the from-scratch Transformer; a registry model's own config wins.
-# (block_size is not among them: it is the training sequence length for every model.)
-ARCHITECTURE_KEYS = ("n_layers", "d_model", "n_heads", "dropout")
-
-# Keys that may differ when a run is resumed without changing what it computes.
-RESUMABLE_KEYS = (
-    "max_steps",
-    "eval_interval",
-    "eval_steps",
-    "sample_interval",
-    "sample_tokens",
-    "save_interval",
-    "keep_last",
-    "log_interval",
-    "threads",
-    "memory_limit_gb",
-    "device",
-    "dist_timeout",
-    "schedule_on_extend",
-)
-
-
-class LoraSettings(BaseModel):
-    """The ``lora:`` section: the low-rank adapters that ``finetune: lora`` trains."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    r: int = Field(default=8, ge=1, le=4096, description="Rank of the update matrices.")
-    alpha: float = Field(default=16.0, gt=0.0, description="Scale: updates are x alpha / r.")
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on LoRA inputs.")
-    target_modules: list[str] | None = Field(
-        default=None,
-        description="Module names to adapt; None = the architecture's default (for Qwen the "
-        "attention and MLP projections).",
-    )
-
-    @model_validator(mode="after")
-    def _targets(self) -> LoraSettings:
-        if self.target_modules is not None and (
-            not self.target_modules
-            or not all(isinstance(t, str) and t for t in self.target_modules)
-        ):
-            raise ValueError("target_modules must be a non-empty list of module names, or null")
-        return self
 
 
 class TrainingConfig(BaseModel):
@@ -270,6 +232,25 @@ class TrainingConfig(BaseModel):
     run_name: str | None = Field(
         default=None, description="Folder under output_dir; default: the config file's name."
     )
+    report_to: list[Literal["tensorboard", "trackio", "wandb", "mlflow"]] = Field(
+        default_factory=list,
+        description="Experiment trackers that get every metric and the config: tensorboard "
+        "(runs/RUN/tensorboard/), trackio, wandb (offline unless WANDB_MODE), mlflow; none by "
+        "default. Each needs its package (docs/runs.md).",
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _report_to_list(cls, value: Any) -> Any:
+        # The transformers convention: one name, "none", a comma list or a YAML list.
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            names = [v.strip() if isinstance(v, str) else v for v in value]
+            return list(dict.fromkeys(n for n in names if n != "none"))
+        return value
 
     @model_validator(mode="wrap")
     @classmethod

@@ -22,3 +22,7 @@ class Callback:
 
     def on_checkpoint(self, step: int, path: Path) -> None:
         """After a checkpoint was written."""
+
+    def on_end(self, outcome: dict[str, Any]) -> None:
+        """When ``Trainer.fit`` returns or raises: status (``finished``, ``stopped`` or
+        ``failed``), step (steps completed), and for a failure reason and error."""

@@ -20,6 +20,7 @@ from llmforge.errors import CheckpointError, ConfigError, TrainingError
 from llmforge.fsutil import atomic_write_text
 from llmforge.tracking.callback import Callback
 from llmforge.tracking.metrics import MetricsWriter, truncate_metrics
+from llmforge.tracking.reporting import RunInfo, RunTracker, check_report_to, run_tracker
 from llmforge.training import run_lock
 from llmforge.training.checkpointing import clean_temporaries
 from llmforge.training.distributed import DistContext
@@ -67,7 +68,11 @@ class PreparedRun:
         return self.start_step >= self.trainer.cfg.max_steps
 
     def close(self) -> None:
-        """Release the run's lock and leave the process group. Idempotent."""
+        """Close the trackers, release the run's lock and leave the process group. Idempotent."""
+        for cb in self.trainer.callbacks:  # trackers flush and finish before the lock goes
+            close = getattr(cb, "close", None)
+            if close is not None:
+                close()
         if self.lock is not None:
             self.lock.release()
         # DDP's reducer holds the process group from C++ and is freed with the GIL held. Were
@@ -270,6 +275,7 @@ def _refuse_what_cannot_run(prepared: PreparedRun, stop_at: int | None) -> None:
     """Refuse a ``--stop-at`` the run never reaches, and a run that cannot fit in memory."""
     trainer = prepared.trainer
     _check_stop_at(stop_at, prepared.start_step, trainer.cfg.max_steps)
+    check_report_to(trainer.cfg.report_to)  # a tracker's package missing: nothing written yet
     # Refuse a run that cannot fit, before it exists. CPU processes share the machine's memory.
     dist = trainer.dist
     assert prepared.memory is not None
@@ -308,10 +314,29 @@ def _create_run(
         atomic_write_text(
             run_dir / "config.yaml", yaml.safe_dump(trainer.cfg.to_dict(), sort_keys=False)
         )
-        trainer.callbacks = [MetricsWriter(run_dir), *(callbacks or [])]
+        tracker = _run_tracker(workspace, trainer, run_dir, prepared.start_step)
+        trainer.callbacks = [MetricsWriter(run_dir), *(callbacks or []), tracker]
     if built.branch_source is not None:  # every rank's checkpoints record the same size
         meta["model_disk_bytes"] = dist.broadcast(meta.get("model_disk_bytes"))
     dist.barrier()
+
+
+def _run_tracker(workspace: Workspace, trainer: Trainer, run_dir: Path, start: int) -> RunTracker:
+    """Rank 0's status recorder and ``report_to`` reporters, started (llmforge.tracking)."""
+    cfg, dist = trainer.cfg, trainer.dist
+    tokens = cfg.batch_size * cfg.grad_accum_steps * dist.world_size
+    info = RunInfo(
+        run_name=run_dir.name,
+        run_dir=run_dir,
+        workspace_root=workspace.root,
+        start_step=start,
+        max_steps=cfg.max_steps,
+        hparams=cfg.to_dict(),
+        model_name=trainer.meta.get("model_name"),
+        tokens_per_step=tokens * trainer.train_sampler.block_size,
+        world_size=dist.world_size,
+    )
+    return run_tracker(info, list(cfg.report_to))
 
 
 def _resume_target(workspace: Workspace, cfg: TrainingConfig, resume: str) -> Path:

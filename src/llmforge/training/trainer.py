@@ -253,6 +253,23 @@ class Trainer:
                 within ``dist_timeout``.
         """
         try:
+            result = self._fit_or_lost_peer(should_stop, stop_at)
+        except BaseException as e:  # a second Ctrl-C too: the run did not stop cleanly
+            done = int(self.state.get("step", 0))  # the last checkpoint's: the rest is redone
+            message = getattr(e, "message", None) or str(e) or type(e).__name__
+            failed = {"status": "failed", "step": done, "reason": "error", "error": message[:500]}
+            self._emit("on_end", failed)
+            raise
+        self._emit(
+            "on_end",
+            {"status": "stopped" if result.stopped_early else "finished", "step": result.step},
+        )
+        return result
+
+    def _fit_or_lost_peer(
+        self, should_stop: Callable[[], bool], stop_at: int | None
+    ) -> TrainResult:
+        try:
             return self._fit(should_stop, stop_at)
         except RuntimeError as e:
             if self.dist.world_size == 1 or not is_comm_error(e):
