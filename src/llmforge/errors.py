@@ -85,6 +85,10 @@ class ModelInUseError(LLMForgeError):
     """Deleting a model would leave adapters or checkpoints that need it unable to load."""
 
 
+class RunInUseError(ModelInUseError):
+    """``runs delete``: registry models were made from the run's checkpoints."""
+
+
 class ConfirmationRequiredError(LLMForgeError):
     """A destructive command needs confirmation and none could be asked for."""
 

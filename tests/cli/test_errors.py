@@ -37,6 +37,7 @@ EXPECTED_CODES = {
     errors.TrainingError: 1,
     errors.DistributedError: 1,
     errors.RunLockedError: 1,
+    errors.RunInUseError: 1,
     errors.ExportError: 1,
     errors.LLMForgeError: 1,
     errors.InvalidSourceError: 2,

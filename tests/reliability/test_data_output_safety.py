@@ -239,15 +239,26 @@ def test_malformed_or_missing_tokenizer_json(
         HFTokenizer(repo)
     home = tmp_path / "ws"
     home.mkdir()
+    # models import refuses it before anything is registered ...
+    before = snapshot(home)
     res = run_cli(home, "models", "import", str(repo), "--name", "t", "--accept-license")
+    assert res.exit_code == 3, res.output
+    assert needle.replace("Cannot load the tokenizer in", "cannot be used") in res.stderr
+    assert "Unexpected" not in res.stderr and snapshot(home) == before
+    # ... and a tokenizer damaged after the import is caught by the model's manifest.
+    res = run_cli(home, "models", "import", str(tiny_qwen_repo), "--name", "t", "--accept-license")
     assert res.exit_code == 0, res.output
+    registered = home / "models/t/tokenizer.json"
+    registered.unlink()  # a hard link into the blob store: never write through it
+    if broken == "malformed":
+        registered.write_text('{"model": {"type": "BPE", "vocab": 5')
     cfg = write_config(
         tmp_path / "q.yaml", model_name="t", data_path=str(small_corpus(tmp_path / "q.txt"))
     )
     before = snapshot(home)
     res = run_cli(home, "train", str(cfg))
-    assert res.exit_code == 1, res.output
-    assert needle in res.stderr and "re-import" in res.stderr
+    assert res.exit_code == 3, res.output
+    assert "are not intact: tokenizer.json" in res.stderr and "re-import" in res.stderr
     assert "Unexpected" not in res.stderr and "0 tokens" not in res.stderr
     assert snapshot(home) == before
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import numpy as np
+from tracking_helpers import listed, ok
 
-from conftest import listed, ok
 from helpers import assert_unchanged, snapshot
 from llmforge.training import run_lock
 from train_helpers import run_cli, small_corpus, write_config

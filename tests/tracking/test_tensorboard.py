@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tracking_helpers import QUIET, assert_tensorboard_matches, listed, ok
 
-from conftest import QUIET, assert_tensorboard_matches, listed, ok
 from llmforge.tracking.reporter import Reporter, RunInfo
 from llmforge.tracking.reporting import RunTracker
 from llmforge.tracking.tensorboard import TB_DIR, raw_scalar_points, read_scalars

@@ -32,17 +32,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llmforge.errors import ModelInUseError, RunLockedError
+from llmforge.errors import RunInUseError, RunLockedError
 from llmforge.inspecting import overview, state
 from llmforge.store.registry import ModelRegistry
 from llmforge.training.run_lock import LOCK_NAME, acquire
 from llmforge.workspace import Workspace
 
 _TRASH_PREFIX = ".trash-"
-
-
-class RunInUseError(ModelInUseError):
-    """Registry models were made from the run's checkpoints."""
 
 
 @dataclass
