@@ -36,10 +36,16 @@ def lint(session: nox.Session) -> None:
 MUTMUT = "mutmut==3.8.1"
 MUTATION_TESTS: dict[str, list[str]] = {
     "fsutil.py": ["tests/test_fsutil.py"],
-    "store/registry.py": ["tests/store/test_registry.py", "tests/store/test_registry_concurrency.py"],
+    "store/registry.py": [
+        "tests/store/test_registry.py",
+        "tests/store/test_registry_concurrency.py",
+    ],
     "store/commit.py": ["tests/store/test_registry.py", "tests/reliability/test_store_safety.py"],
     "store/folder_change.py": ["tests/reliability/test_store_safety.py"],
-    "store/blobs.py": ["tests/store/test_store_weights.py", "tests/reliability/test_store_safety.py"],
+    "store/blobs.py": [
+        "tests/store/test_store_weights.py",
+        "tests/reliability/test_store_safety.py",
+    ],
     "training/checkpointing.py": [
         "tests/training/test_checkpointing.py",
         "tests/reliability/test_checkpoint_integrity.py",

@@ -86,9 +86,8 @@ def test_atomic_writes_flush_the_data_and_the_folder(
     for name in ("a", "sub/b"):
         (tmp_path / "tree" / name).write_text(name)
     fsutil.fsync_tree(tmp_path / "tree")
-    assert synced == [str(tmp_path / "tree" / "a"), str(tmp_path / "tree" / "sub" / "b")] + [
-        str(tmp_path / "tree")
-    ]
+    tree = tmp_path / "tree"
+    assert synced == [str(tree / "a"), str(tree / "sub" / "b"), str(tree)]
 
 
 def _folder(path: Path, content: str) -> Path:
