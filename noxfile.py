@@ -37,6 +37,7 @@ MUTMUT = "mutmut==3.8.1"
 MUTATION_TESTS: dict[str, list[str]] = {
     "fsutil.py": ["tests/test_fsutil.py"],
     "store/registry.py": [
+        "tests/store/test_registry_errors.py",
         "tests/store/test_registry.py",
         "tests/store/test_registry_concurrency.py",
     ],
@@ -46,15 +47,8 @@ MUTATION_TESTS: dict[str, list[str]] = {
         "tests/store/test_store_weights.py",
         "tests/reliability/test_store_safety.py",
     ],
-    "training/checkpointing.py": [
-        "tests/training/test_checkpointing.py",
-        "tests/reliability/test_checkpoint_integrity.py",
-        "tests/reliability/test_atomic_writes.py",
-    ],
-    "checkpoints/manifest.py": [
-        "tests/training/test_checkpointing.py",
-        "tests/reliability/test_checkpoint_integrity.py",
-    ],
+    "training/checkpointing.py": ["tests/training/test_checkpointing.py"],
+    "checkpoints/manifest.py": ["tests/training/test_checkpointing.py"],
     "checkpoints/metadata.py": [
         "tests/training/test_checkpointing.py",
         "tests/reliability/test_run_safety.py",
