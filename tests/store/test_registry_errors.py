@@ -57,10 +57,8 @@ def _corrupt(ws: Workspace, text: str) -> RegistryCorruptError:
 
 
 def test_a_model_named_twice(workspace: Workspace) -> None:
-    e = _corrupt(
-        workspace,
-        f'{{"schema_version": 1, "models": {{"a": {json.dumps(_entry('a'))}, "a": {json.dumps(_entry('a'))}}}}}',
-    )
+    one = json.dumps(_entry("a"))
+    e = _corrupt(workspace, f'{{"schema_version": 1, "models": {{"a": {one}, "a": {one}}}}}')
     assert e.message == (
         f"{workspace.registry_path} names the model 'a' twice; loading it would silently keep "
         "only the last one, so llmforge will not read or overwrite it."
