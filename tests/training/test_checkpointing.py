@@ -182,16 +182,50 @@ def test_hidden_files_and_old_checkpoints_are_not_damage(tmp_path: Path) -> None
     assert manifest.check_manifest(final).ok
     (final / "manifest.json").unlink()
     old = manifest.check_manifest(final)
-    assert not old.has_manifest and old.ok and old.files_checked == 0
+    assert old.has_manifest is False and old.ok and old.files_checked == 0 and old.path == final
     assert old.status == "unverified: saved before checkpoints had a manifest"
     assert manifest.require_intact(final) == old
 
 
-def test_many_problems_are_cut_to_five_in_the_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("added", "cut"), [(2, False), (5, False), (6, True)])
+def test_the_error_names_up_to_five_problems(tmp_path: Path, added: int, cut: bool) -> None:
     final = _checkpoint(tmp_path, 2)
-    for i in range(7):
+    for i in range(added):
         (final / f"added{i}.txt").write_text("x")
     with pytest.raises(CheckpointDamagedError) as info:
         manifest.require_intact(final)
-    text = str(info.value)
-    assert "added4.txt" in text and "added5.txt" not in text and "; ..." in text
+    shown = "; ".join(f"added{i}.txt was added after the checkpoint was saved" for i in range(5))
+    shown = "; ".join(shown.split("; ")[:added]) + ("; ..." if cut else "")
+    assert info.value.message == (
+        f"The checkpoint {final} is damaged or was changed after it was saved: {shown}."
+    )
+    assert info.value.hint == (
+        "Use another checkpoint of the run (`llmforge ckpt list` shows them). If you changed "
+        "it on purpose, delete its manifest.json to use it unverified."
+    )
+
+
+def test_require_intact_full_hashes_the_big_files(tmp_path: Path) -> None:
+    size = manifest.ALWAYS_HASH_BYTES + 1
+    final = _checkpoint(tmp_path, 2, b"a" * size)
+    (final / "model.safetensors").write_bytes(b"b" * size)
+    assert manifest.require_intact(final).ok
+    with pytest.raises(CheckpointDamagedError):
+        manifest.require_intact(final, full=True)
+
+
+def test_a_manifest_that_cannot_be_read_or_lists_a_path_outside(tmp_path: Path) -> None:
+    final = _checkpoint(tmp_path, 2)
+    data = json.loads((final / "manifest.json").read_text())
+    data["files"] = {"../x": {"size": 1, "sha256": "0"}, **data["files"]}
+    (final / "manifest.json").write_text(json.dumps(data))
+    (final / "meta.json").unlink()  # listed after the outside path: still checked
+    assert manifest.check_manifest(final).problems == [
+        "manifest.json lists '../x', a path outside the checkpoint",
+        "meta.json is missing",
+    ]
+    (final / "manifest.json").unlink()
+    (final / "manifest.json").mkdir()
+    assert manifest.check_manifest(final).problems == [
+        "manifest.json cannot be read (Is a directory)"
+    ]
