@@ -229,3 +229,40 @@ def test_a_manifest_that_cannot_be_read_or_lists_a_path_outside(tmp_path: Path) 
     assert manifest.check_manifest(final).problems == [
         "manifest.json cannot be read (Is a directory)"
     ]
+
+
+def test_save_checkpoint_writes_every_part_and_replaces_a_step_only_whole(tmp_path: Path) -> None:
+    from llmforge.adapters.custom import CustomTransformerAdapter
+    from llmforge.checkpoints.loading import load_checkpoint_adapter
+    from llmforge.modeling.tokenizers import CharTokenizer
+    from llmforge.modeling.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    tok = CharTokenizer.from_text("abc ")
+    cfg = TransformerConfig(vocab_size=tok.vocab_size, n_layers=1, d_model=8, n_heads=2)
+    adapter = CustomTransformerAdapter(Transformer(cfg), tok)
+    opt = torch.optim.AdamW(adapter.model.parameters())
+    adapter.model(torch.tensor([[0, 1]]))[0].sum().backward()
+    opt.step()
+    state, meta = (
+        {"step": 3, "losses": [[1, 2.5]]},
+        {"step": 3, "architecture": "custom-transformer"},
+    )
+    final = checkpointing.save_checkpoint(tmp_path, 3, adapter, opt, state, meta)
+    assert final == tmp_path / "checkpoints" / "step-000003"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["step-000003"]
+    names = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
+    assert {"optimizer.pt", "trainer_state.json", "meta.json", "manifest.json"} <= names
+    assert any(n.startswith("tokenizer/") for n in names) and "model.safetensors" in names
+    assert json.loads((final / "trainer_state.json").read_text()) == state
+    assert json.loads((final / "meta.json").read_text()) == meta
+    saved = torch.load(final / "optimizer.pt", weights_only=True)
+    assert saved["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+    assert manifest.check_manifest(final, full=True).ok
+    loaded, _ = load_checkpoint_adapter(final)
+    for a, b in zip(loaded.model.state_dict().values(), adapter.model.state_dict().values()):
+        assert torch.equal(a, b)
+    # Saving the same step again (an earlier attempt of the run) replaces it whole.
+    again = checkpointing.save_checkpoint(tmp_path, 3, adapter, opt, {"step": 3}, meta)
+    assert again == final and json.loads((final / "trainer_state.json").read_text()) == {"step": 3}
+    assert sorted(p.name for p in final.parent.iterdir()) == ["step-000003"]
