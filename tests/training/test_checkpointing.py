@@ -260,8 +260,8 @@ def test_save_checkpoint_writes_every_part_and_replaces_a_step_only_whole(tmp_pa
     assert saved["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
     assert manifest.check_manifest(final, full=True).ok
     loaded, _ = load_checkpoint_adapter(final)
-    for a, b in zip(loaded.model.state_dict().values(), adapter.model.state_dict().values()):
-        assert torch.equal(a, b)
+    want = adapter.model.state_dict()
+    assert all(torch.equal(t, want[k]) for k, t in loaded.model.state_dict().items())
     # Saving the same step again (an earlier attempt of the run) replaces it whole.
     again = checkpointing.save_checkpoint(tmp_path, 3, adapter, opt, {"step": 3}, meta)
     assert again == final and json.loads((final / "trainer_state.json").read_text()) == {"step": 3}
