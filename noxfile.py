@@ -90,7 +90,13 @@ def mutation(session: nox.Session) -> None:
         work = _mutation_workdir(session, module)
         # Subprocesses the tests start (the CLI, killed at a file operation) import the mutated
         # copy too, and inherit MUTANT_UNDER_TEST from the environment.
-        env = {"PYTHONPATH": str(work / "mutants" / "src")}
+        # One thread each: mutmut forks a child per mutant, and a forked torch whose parent
+        # started a thread pool can hang (a mutant would then count as a timeout).
+        env = {
+            "PYTHONPATH": str(work / "mutants" / "src"),
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
         with session.chdir(work):
             session.run("mutmut", "run", "--max-children", "2", env=env)
             session.run("mutmut", "results", "--all", "true", env=env)

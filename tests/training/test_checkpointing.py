@@ -248,8 +248,9 @@ def test_save_checkpoint_writes_every_part_and_replaces_a_step_only_whole(tmp_pa
         {"step": 3, "losses": [[1, 2.5]]},
         {"step": 3, "architecture": "custom-transformer"},
     )
-    final = checkpointing.save_checkpoint(tmp_path, 3, adapter, opt, state, meta)
-    assert final == tmp_path / "checkpoints" / "step-000003"
+    run = tmp_path / "runs" / "r"  # a new run: its folders are created
+    final = checkpointing.save_checkpoint(run, 3, adapter, opt, state, meta)
+    assert final == run / "checkpoints" / "step-000003"
     assert sorted(p.name for p in final.parent.iterdir()) == ["step-000003"]
     names = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
     assert {"optimizer.pt", "trainer_state.json", "meta.json", "manifest.json"} <= names
@@ -263,6 +264,6 @@ def test_save_checkpoint_writes_every_part_and_replaces_a_step_only_whole(tmp_pa
     want = adapter.model.state_dict()
     assert all(torch.equal(t, want[k]) for k, t in loaded.model.state_dict().items())
     # Saving the same step again (an earlier attempt of the run) replaces it whole.
-    again = checkpointing.save_checkpoint(tmp_path, 3, adapter, opt, {"step": 3}, meta)
+    again = checkpointing.save_checkpoint(run, 3, adapter, opt, {"step": 3}, meta)
     assert again == final and json.loads((final / "trainer_state.json").read_text()) == {"step": 3}
     assert sorted(p.name for p in final.parent.iterdir()) == ["step-000003"]
