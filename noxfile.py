@@ -49,7 +49,10 @@ MUTATION_TESTS: dict[str, list[str]] = {
         "tests/cli/test_models_cli.py",
         "tests/reliability/test_store_safety.py",
     ],
-    "store/folder_change.py": ["tests/reliability/test_store_safety.py"],
+    "store/folder_change.py": [
+        "tests/store/test_commit.py",
+        "tests/reliability/test_store_safety.py",
+    ],
     "store/blobs.py": [
         "tests/store/test_store_weights.py",
         "tests/reliability/test_store_safety.py",
