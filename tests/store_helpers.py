@@ -1,11 +1,11 @@
 """Helpers for the model-store reliability tests: run ``llmforge`` in-process or in a
-subprocess killed (or paused) at an exact step by a Python audit hook, and check refusals."""
+subprocess paused at an exact step by a Python audit hook, and check refusals (a subprocess
+killed at an exact step: ``tests/reliability/kill_at.py``)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -15,23 +15,6 @@ from llmforge.cli import app
 from llmforge.workspace import Workspace
 
 MODEL_FILES = {f"w{i}.bin": bytes([i]) * 100 for i in range(4)}
-
-# Runs ``llmforge ARGS`` and SIGKILLs itself at the NTH audit event EVENT whose argument ARG
-# contains NEEDLE (the hook runs before the operation: the rename or delete does not happen).
-KILLER = r"""
-import os, signal, sys
-event, arg, needle, nth = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-seen = [0]
-def hook(ev, args):
-    if ev == event and len(args) > arg and needle in str(args[arg]):
-        seen[0] += 1
-        if seen[0] == nth:
-            os.kill(os.getpid(), signal.SIGKILL)
-sys.addaudithook(hook)
-from llmforge.cli import main
-sys.argv = ["llmforge", *sys.argv[5:]]
-main()
-"""
 
 # Runs ``llmforge ARGS`` and, at its first shutil.rmtree, writes MARKER and waits for GO.
 PAUSER = r"""
@@ -55,14 +38,6 @@ main()
 def llmforge(home: Path, *args: str, stdin: str | None = None):
     """``llmforge --home HOME ARGS`` in-process (stderr separate)."""
     return CliRunner().invoke(app, ["--home", str(home), *args], input=stdin)
-
-
-def killed_at(home: Path, event: str, arg: int, needle: str, *args: str, nth: int = 1):
-    """Run ``llmforge --home HOME ARGS`` in a subprocess that is killed at the given event."""
-    cmd = [sys.executable, "-c", KILLER, event, str(arg), needle, str(nth), "--home", str(home)]
-    return subprocess.run(
-        [*cmd, *args], capture_output=True, text=True, timeout=120, env=cli_env(), check=False
-    )
 
 
 def cli_env() -> dict[str, str]:

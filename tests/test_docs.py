@@ -156,3 +156,43 @@ def test_the_tutorial_shows_what_tutorial_run_runs() -> None:
     for command in tutorial_run.COMMANDS:
         assert f"$ {command}\n" in text, command
     assert tutorial_run.LOAD_EXPORT in text
+
+
+# ``file.py::test_name`` citations in the tests' own READMEs: a path with a folder is from the
+# repository root, a bare file name is beside the README. A cited test that was renamed or
+# removed would leave an invariant claimed but unchecked.
+CITATION = re.compile(r"`((?:[\w/]+/)?test_\w+\.py)(?:::(test_\w+))?`")
+TEST_READMES = [ROOT / "tests" / "README.md", ROOT / "tests" / "reliability" / "README.md"]
+
+
+def cited_tests(readme: Path) -> list[tuple[Path, str | None]]:
+    """(test file, test function or None) for every citation in ``readme``."""
+    found = []
+    for file, name in CITATION.findall(readme.read_text(encoding="utf-8")):
+        path = ROOT / file if "/" in file else readme.parent / file
+        found.append((path, name or None))
+    return found
+
+
+@pytest.mark.parametrize("readme", TEST_READMES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_the_tests_readmes_cite_tests_that_exist(readme: Path) -> None:
+    if not readme.exists():
+        pytest.skip(f"{readme.name} not written yet")
+    cited = cited_tests(readme)
+    assert cited, f"{readme} cites no test"
+    missing = []
+    for path, name in cited:
+        if not path.is_file():
+            missing.append(str(path.relative_to(ROOT)))
+        elif name and not re.search(rf"^\s*def {name}\(", path.read_text("utf-8"), re.M):
+            missing.append(f"{path.relative_to(ROOT)}::{name}")
+    assert not missing, f"{readme.relative_to(ROOT)} cites tests that do not exist: {missing}"
+
+
+def test_a_citation_of_a_missing_test_is_caught(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("`test_docs.py::test_nothing_here` and `tests/test_docs.py`")
+    (path, name), (root_path, none) = cited_tests(readme)
+    assert path == tmp_path / "test_docs.py" and name == "test_nothing_here"
+    assert root_path == ROOT / "tests" / "test_docs.py" and none is None
+    assert not re.search(r"^\s*def test_nothing_here\(", root_path.read_text(), re.M)

@@ -1,4 +1,5 @@
-"""Fixtures of the reliability tests: a tiny from-scratch run, copied per test."""
+"""Fixtures of the reliability tests: a tiny from-scratch run, copied per test; a workspace
+with one model imported from the local hub."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from hubserver import LocalHub
 from llmforge.workspace import Workspace
 from store_helpers import llmforge
 from train_helpers import small_corpus, write_config
@@ -32,3 +34,12 @@ def scratch_ws(scratch_run: Path, tmp_path: Path) -> Workspace:
     shutil.copy(scratch_run / "c.txt", tmp_path / "c.txt")
     shutil.copytree(scratch_run / "ws", tmp_path / "ws")
     return Workspace(root=(tmp_path / "ws").resolve())
+
+
+@pytest.fixture
+def base_ws(cli, workspace: Workspace, hub_env: LocalHub, tiny_qwen_repo: Path) -> Workspace:
+    """A workspace that already holds one model imported from the hub (a warm cache)."""
+    hub_env.add_repo("Base/tiny", tiny_qwen_repo)
+    res = cli("models", "import", "Base/tiny", "--name", "base", "--accept-license")
+    assert res.exit_code == 0, res.output
+    return workspace

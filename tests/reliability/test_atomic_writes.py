@@ -15,10 +15,9 @@ import json
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
+import kill_at
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -28,14 +27,12 @@ from llmforge.checkpoints.layout import list_checkpoints
 from llmforge.checkpoints.loading import load_checkpoint_adapter
 from train_helpers import run_cli, small_corpus, write_config
 
-KILL_AT = Path(__file__).with_name("kill_at.py")
 STEP8 = r"checkpoints/[^/]*step-000008[^/]*/"
 
 
 def killed(home: Path, event: str, pattern: str, when: str, *args: str) -> None:
     """Run ``llmforge --home HOME ARGS`` and assert it was SIGKILLed at the operation."""
-    cmd = [sys.executable, str(KILL_AT), event, pattern, when, "--", "--home", str(home), *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = kill_at.run(home, event, pattern, *args, when=when)
     assert res.returncode == -signal.SIGKILL, (
         f"not killed at {event} {pattern!r} (exit {res.returncode}): {res.stderr[-2000:]}"
     )

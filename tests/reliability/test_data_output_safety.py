@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import kill_at
 import pytest
 
 from helpers import flat, snapshot
@@ -330,7 +331,7 @@ def ws(trained: Path, tmp_path: Path) -> Path:
     return home
 
 
-def _llmforge(home: Path, *args: str, limit: int | None = None, launcher: Path | None = None):
+def _llmforge(home: Path, *args: str, limit: int | None = None, launcher: list[str] | None = None):
     """Run the console entry point in a child, under a file-size limit or a kill launcher."""
 
     def apply_limit() -> None:  # in the child before exec: a write past it fails with EFBIG
@@ -340,9 +341,9 @@ def _llmforge(home: Path, *args: str, limit: int | None = None, launcher: Path |
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    head = [str(launcher)] if launcher else ["-m", "llmforge"]
+    head = launcher or [sys.executable, "-m", "llmforge"]  # kill_at.command(...): killed at a step
     return subprocess.run(
-        [sys.executable, *head, "--home", str(home), *args],
+        [*head, "--home", str(home), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -386,46 +387,11 @@ def test_register_on_a_full_disk_changes_nothing(ws: Path) -> None:
 
 # A launcher that SIGKILLs llmforge at one exact system call: the audit event EVENT (``open``
 # for writing, or ``os.rename``) whose (source) path matches the regular expression PATTERN.
-KILL_LAUNCHER = """
-import os, re, signal, sys
-
-event, needle = sys.argv[1], sys.argv[2]
-del sys.argv[1:3]
-
-
-def hook(name, args):
-    if name != event:
-        return
-    if name == "open" and not (isinstance(args[1], str) and "w" in args[1]):
-        return
-    if re.search(needle, str(args[0])):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-sys.addaudithook(hook)
-from llmforge.cli import main
-
-sys.argv[0] = "llmforge"
-main()
-"""
-
-
-def _kill_at(tmp_path: Path, event: str, needle: str) -> Path:
-    launcher = tmp_path / f"kill-{event}.py"
-    launcher.write_text(
-        KILL_LAUNCHER.replace("event, needle = sys.argv[1], sys.argv[2]", "").replace(
-            "del sys.argv[1:3]", f"event, needle = {event!r}, {needle!r}"
-        ),
-        encoding="utf-8",
-    )
-    return launcher
-
-
 def test_a_killed_export_is_tidied_by_the_next_one(ws: Path, tmp_path: Path) -> None:
     dest = tmp_path / "exports" / "tiny"
     dest.parent.mkdir()
     # Killed while copying the weights into its hidden work folder.
-    kill = _kill_at(tmp_path, "open", r"\.tiny\.export-\d+/model\.safetensors$")
+    kill = kill_at.command("write", r"\.tiny\.export-\d+/model\.safetensors$")
     res = _llmforge(ws, "ckpt", "export", "tiny", str(dest), launcher=kill)
     assert res.returncode == -9, res.stderr
     assert not dest.exists() and [n.rsplit("-", 1)[0] for n in _beside(dest)] == [".tiny.export"]
@@ -439,7 +405,7 @@ def test_a_killed_export_is_tidied_by_the_next_one(ws: Path, tmp_path: Path) -> 
     (dest / "notes.txt").write_text("mine")
     before = snapshot(dest)
     # Killed between its two renames: the old folder was moved aside, the new one not yet in.
-    kill = _kill_at(tmp_path, "os.rename", r"\.tiny\.export-\d+$")
+    kill = kill_at.command("os.rename", r"\.tiny\.export-\d+$", arg=0)
     res = _llmforge(ws, "ckpt", "export", "tiny", str(dest), "--force", launcher=kill)
     assert res.returncode == -9, res.stderr
     assert not dest.exists()

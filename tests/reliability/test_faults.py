@@ -75,13 +75,13 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path: Path) ->
     assert [p.name for p in list_checkpoints(run_dir)] == ["step-000004", "step-000008"]
 
 
-def test_nan_loss_stops_with_the_last_good_checkpoint_kept(tmp_path: Path) -> None:
+def _diverging_run(tmp_path: Path, name: str, **settings: object):
+    """Train RUN ``name`` at a learning rate of 500 without clipping: the loss becomes NaN/inf."""
     home = tmp_path / "ws"
     home.mkdir()
-    data = str(small_corpus(tmp_path / "c.txt"))
     cfg = write_config(
-        tmp_path / "nan.yaml",
-        data_path=data,
+        tmp_path / f"{name}.yaml",
+        data_path=str(small_corpus(tmp_path / "c.txt")),
         max_steps=40,
         save_interval=2,
         learning_rate=500.0,
@@ -89,8 +89,13 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_kept(tmp_path: Path) -> No
         grad_clip=0.0,
         warmup_steps=0,
         sample_interval=0,
+        **settings,
     )
-    res = run_cli(home, "train", str(cfg))
+    return home, run_cli(home, "train", str(cfg))
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_kept(tmp_path: Path) -> None:
+    home, res = _diverging_run(tmp_path, "nan")
     assert res.exit_code == 1, res.output
     assert "The training loss became nan" in res.stderr or "became inf" in res.stderr
     assert "nonfinite_loss: skip" in res.stderr and "Lower learning_rate" in res.stderr
@@ -100,23 +105,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_kept(tmp_path: Path) -> No
 
 
 def test_nan_loss_can_skip_steps_until_too_many_in_a_row(tmp_path: Path) -> None:
-    home = tmp_path / "ws"
-    home.mkdir()
-    data = str(small_corpus(tmp_path / "c.txt"))
-    cfg = write_config(
-        tmp_path / "skip.yaml",
-        data_path=data,
-        max_steps=40,
-        save_interval=2,
-        learning_rate=500.0,
-        min_lr=0.0,
-        grad_clip=0.0,
-        warmup_steps=0,
-        sample_interval=0,
-        nonfinite_loss="skip",
-        max_consecutive_skips=3,
-    )
-    res = run_cli(home, "train", str(cfg))
+    home, res = _diverging_run(tmp_path, "skip", nonfinite_loss="skip", max_consecutive_skips=3)
     assert res.exit_code == 1, res.output
     assert "for 4 steps in a row" in res.stderr
     metrics = (home / "runs" / "skip" / "metrics.jsonl").read_text()

@@ -30,15 +30,6 @@ from llmforge.importing.pickled_weights import convert_pickled
 from llmforge.store.safetensors_header import safetensors_problem
 
 
-@pytest.fixture
-def base_ws(cli, workspace, hub_env: LocalHub, tiny_qwen_repo: Path):
-    """A workspace that already holds one model imported from the hub (a warm cache)."""
-    hub_env.add_repo("Base/tiny", tiny_qwen_repo)
-    res = cli("models", "import", "Base/tiny", "--name", "base", "--accept-license")
-    assert res.exit_code == 0, res.output
-    return workspace
-
-
 # -- a full disk ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("source", ["folder", "hub"])
 def test_disk_full_during_import_is_clear_and_leaves_nothing(

@@ -33,15 +33,6 @@ BOMB = (
 )
 
 
-@pytest.fixture
-def base_ws(cli, workspace, hub_env: LocalHub, tiny_qwen_repo: Path):
-    """A workspace that already holds one model imported from the hub (a warm cache)."""
-    hub_env.add_repo("Base/tiny", tiny_qwen_repo)
-    res = cli("models", "import", "Base/tiny", "--name", "base", "--accept-license")
-    assert res.exit_code == 0, res.output
-    return workspace
-
-
 def _requests_for(hub: LocalHub, repo_id: str) -> int:
     return sum(n for (_m, path), n in hub.requests.items() if repo_id in path)
 

@@ -9,11 +9,13 @@ about to rename, delete or write a given path (``tests/store_helpers.py``).
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import kill_at
 import pytest
 
 from helpers import make_model, snapshot
@@ -24,12 +26,17 @@ from store_helpers import (
     PAUSER,
     cli_env,
     entry_json,
-    killed_at,
     llmforge,
     refused,
     visible,
     write_registry,
 )
+
+
+def killed_at(home: Path, event: str, arg: int, needle: str, *args: str):
+    """``llmforge --home HOME ARGS`` SIGKILLed at the first EVENT whose argument ARG holds NEEDLE
+    (before the operation: the rename or delete does not happen)."""
+    return kill_at.run(home, event, re.escape(needle), *args, arg=arg, env=cli_env())
 
 
 # -- 1. an entry's folder is models/<its own name>; reserved names are refused everywhere -------
