@@ -102,7 +102,9 @@ def test_alpaca_parquet_cached_once_then_offline(
     cfg = _config(tmp_path, "alpaca", data_path=uri, val_split="test", block_size=256)
     res = run_cli(home, "train", str(cfg))
     assert res.exit_code == 0, res.output
-    assert _meta(home, "alpaca")["data"]["format"] == "prompt-completion"
+    data = _meta(home, "alpaca")["data"]  # the model has a chat template: Alpaca uses it
+    assert data["format"] == "chat" and data["hub"]["train"]["alpaca_layout"] == "chat"
+    assert _meta(home, "alpaca")["chat"]["source"] == "model"
     assert hub.downloads("org/alpaca") == 2
     hub.reset_counts()
     res = run_cli(home, "train", str(cfg), "--run-name", "again")
