@@ -64,7 +64,7 @@ def _meta(home: Path, run: str, step: int = 2) -> dict:
     return json.loads((home / f"runs/{run}/checkpoints/step-{step:06d}/meta.json").read_text())
 
 
-def test_chat_set_lineage_shown_by_ckpt_info_models_info_and_the_card(
+def test_chat_set_lineage_shown_by_ckpt_info_models_info_the_card_and_the_gguf(
     home: Path, tmp_path: Path, repos: dict[str, HubRepo]
 ) -> None:
     sha = repos["chat"].sha
@@ -93,6 +93,21 @@ def test_chat_set_lineage_shown_by_ckpt_info_models_info_and_the_card(
     assert run_cli(home, "ckpt", "export", "chat/step-2", str(out)).exit_code == 0
     card = (out / "README.md").read_text()
     assert "datasets:\n- org/chat\n" in card and f"org/chat@{sha[:12]}" in card
+    # The GGUF export records the dataset too (general.dataset.N.*), read back by gguf-py.
+    gguf_out = tmp_path / "gguf"
+    res = run_cli(home, "ckpt", "export", "chat/step-2", str(gguf_out), "--format", "gguf")
+    assert res.exit_code == 0, res.output
+    import gguf
+
+    (path,) = [p for p in gguf_out.glob("*.gguf")]
+    fields = gguf.GGUFReader(path).fields
+    keys = gguf.Keys.General
+    assert fields[keys.DATASET_COUNT].contents() == 1
+    assert fields[keys.DATASET_NAME.format(id=0)].contents() == "chat"
+    assert fields[keys.DATASET_ORGANIZATION.format(id=0)].contents() == "org"
+    assert fields[keys.DATASET_VERSION.format(id=0)].contents() == sha
+    url = fields[keys.DATASET_REPO_URL.format(id=0)].contents()
+    assert url == "https://huggingface.co/datasets/org/chat"
 
 
 def test_alpaca_parquet_cached_once_then_offline(
