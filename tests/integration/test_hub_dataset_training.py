@@ -180,3 +180,37 @@ def test_bad_hub_data_is_one_paragraph_and_writes_nothing(home: Path, tmp_path: 
         assert detail in flat(res.output), res.output
         assert_unchanged(home, before)
     assert not (home / "runs").exists()
+
+
+def _eval(home: Path, *args: str) -> dict:
+    res = run_cli(home, "eval", "tiny-base", "--json", "--no-record", *args)
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)
+    return row
+
+
+def test_eval_takes_hub_datasets_masked_as_training_masks_them(
+    home: Path, tmp_path: Path, repos: dict[str, HubRepo]
+) -> None:
+    # The chat set's test split (the default) scores as its local file does.
+    hub_chat = _eval(home, "--data", "hf://datasets/org/chat")
+    local = _eval(home, "--data", str(repos["chat"].folder / "chat/test.jsonl"))
+    assert hub_chat == local and hub_chat["documents"] == 2
+    # Alpaca rows for a model with a chat template: one user turn, only the output scored.
+    convs = [
+        [("user", f"Double {i}." + ("" if i % 2 else f"\n\nn = {i}")), ("assistant", str(2 * i))]
+        for i in range(3)
+    ]
+    rows = [{"messages": [{"role": r, "content": c} for r, c in turns]} for turns in convs]
+    as_chat = write_jsonl(tmp_path / "alpaca-chat.jsonl", rows)
+    hub_alpaca = _eval(home, "--data", "hf://datasets/org/alpaca", "--data-split", "test")
+    assert hub_alpaca == _eval(home, "--data", str(as_chat))
+    train = _eval(home, "--data", "hf://datasets/org/alpaca", "--data-split", "train")
+    assert train["documents"] == 8
+    before = snapshot(home)
+    res = run_cli(
+        home, "eval", "tiny-base", "--data", "hf://datasets/org/alpaca", "--data-split", "dev"
+    )
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "'train', 'test'" in flat(res.output)
+    assert_unchanged(home, before)

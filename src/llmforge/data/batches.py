@@ -102,7 +102,7 @@ def load_data(
     """
     hub = None
     if is_hub_uri(cfg.data_path) or is_hub_uri(cfg.val_data_path):
-        layout = alpaca_layout(tokenizer, cfg, recorded_hub)
+        layout = alpaca_layout(tokenizer, cfg.chat_template, recorded_hub)
         train, val, hub = read_hub_config(cfg, layout)
     else:
         unused_hub_keys(cfg)

@@ -22,7 +22,9 @@ from llmforge.untrusted import brief
 HUB_KEYS = ("data_split", "val_split", "data_config", "data_columns")
 
 
-def alpaca_layout(tokenizer: Any, cfg: TrainingConfig, recorded: dict[str, Any] | None) -> str:
+def alpaca_layout(
+    tokenizer: Any, chat_template: str | None, recorded: dict[str, Any] | None
+) -> str:
     """How Alpaca rows become records: ``chat`` (one user turn, trained with the chat
     template) when the config sets ``chat_template`` or the model's tokenizer has one, else
     ``prompt`` (the Stanford layout); ``recorded`` (a resumed run's ``data.hub``) wins."""
@@ -30,7 +32,7 @@ def alpaca_layout(tokenizer: Any, cfg: TrainingConfig, recorded: dict[str, Any] 
         if isinstance(entry, dict) and entry.get("alpaca_layout") in ("prompt", "chat"):
             return entry["alpaca_layout"]
     hf = getattr(tokenizer, "hf", None)
-    return "chat" if cfg.chat_template or getattr(hf, "chat_template", None) else "prompt"
+    return "chat" if chat_template or getattr(hf, "chat_template", None) else "prompt"
 
 
 def read_hub_config(
