@@ -149,6 +149,7 @@ HOSTILE_TASK = "task: evil\ncustom_dataset: !function os.system\n"
         ("limit 0", "--limit must be at least 1"),
         ("hostile include path", "not a .py file in the --include-path folder"),
         ("nothing to do", "Nothing to evaluate"),
+        ("split of a file", "--data-split and --data-config apply to hub datasets only"),
     ],
 )
 def test_bad_input_is_one_paragraph_and_writes_nothing(home: Path, case: str, needle: str) -> None:
@@ -170,6 +171,7 @@ def test_bad_input_is_one_paragraph_and_writes_nothing(home: Path, case: str, ne
             str(outside / "ev"),
         ],
         "nothing to do": ["qwen-base"],
+        "split of a file": ["qwen-base", "--data", val, "--data-split", "test"],
     }[case]
     before = snapshot(home)
     res = run_cli(home, "eval", *args)

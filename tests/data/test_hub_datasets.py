@@ -14,11 +14,15 @@ import pytest
 
 from dataset_repos import make_alpaca, messages_row, serve_datasets
 from hubserver import HubRepo, LocalHub
+from llmforge.config import TrainingConfig
 from llmforge.data import hub_records
+from llmforge.data.batches import load_data
+from llmforge.data.chat_templates import encode_chat, resolve_chat_format
 from llmforge.data.data_files import read_data_file
 from llmforge.data.hub_records import read_hub_data
 from llmforge.data.hub_uri import parse_hub_uri
 from llmforge.errors import InvalidSourceError, LLMForgeError
+from llmforge.modeling.tokenizers import HFTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +85,33 @@ def test_alpaca_parquet_and_chat_jsonl_with_configs(hf: LocalHub, repos: dict) -
     short = read_hub_data("hf://datasets/org/chat", config="short")
     assert short.lineage["train"]["config"] == "short" and short.lineage["train"]["rows"] == 2
     assert list(short.train.data.records) == [messages_row(6), messages_row(7)]
+
+
+def test_alpaca_uses_the_models_chat_template_and_trains_only_the_output(
+    hf: LocalHub, tiny_qwen_repo: Path
+) -> None:
+    tok = HFTokenizer(tiny_qwen_repo, "native", "tiny")  # it has a chat template
+    cfg = TrainingConfig(data_path="hf://datasets/org/alpaca", val_split="test")
+    data = load_data(cfg, tok)
+    assert data.format == "chat" and data.hub["train"]["alpaca_layout"] == "chat"
+    first = data.train.records[0]  # one user turn: the instruction, then the input
+    assert first["messages"][0]["role"] == "user" and first["messages"][0]["content"].endswith(
+        "\n\nn = 0"
+    )
+    assert first["messages"][1] == {"role": "assistant", "content": "0"}
+    fmt = resolve_chat_format(tok)
+    ids, trained = encode_chat(tok, fmt, first["messages"], train_on_prompt=False)
+    assert "### Response" not in tok.decode(ids)  # not the Stanford layout
+    trained_text = "".join(tok.decode([i]) for i, m in zip(ids, trained, strict=True) if m)
+    assert trained_text == "0<|im_end|>\n"  # the answer only, as for chat data
+    plain = HFTokenizer(tiny_qwen_repo, "native", "tiny")
+    plain.hf.chat_template = None  # a model without a chat template: the Stanford layout
+    assert load_data(cfg, plain).format == "prompt-completion"
+    assert load_data(cfg.model_copy(update={"chat_template": "chatml"}), plain).format == "chat"
+    # A resumed run keeps the layout it started with (recorded in data.hub).
+    assert load_data(cfg, tok, {"train": {"alpaca_layout": "prompt"}}).format == (
+        "prompt-completion"
+    )
 
 
 def test_sharegpt_text_and_data_columns(hf: LocalHub) -> None:

@@ -64,7 +64,7 @@ def _meta(home: Path, run: str, step: int = 2) -> dict:
     return json.loads((home / f"runs/{run}/checkpoints/step-{step:06d}/meta.json").read_text())
 
 
-def test_chat_set_lineage_shown_by_ckpt_info_models_info_and_the_card(
+def test_chat_set_lineage_shown_by_ckpt_info_models_info_the_card_and_the_gguf(
     home: Path, tmp_path: Path, repos: dict[str, HubRepo]
 ) -> None:
     sha = repos["chat"].sha
@@ -93,6 +93,21 @@ def test_chat_set_lineage_shown_by_ckpt_info_models_info_and_the_card(
     assert run_cli(home, "ckpt", "export", "chat/step-2", str(out)).exit_code == 0
     card = (out / "README.md").read_text()
     assert "datasets:\n- org/chat\n" in card and f"org/chat@{sha[:12]}" in card
+    # The GGUF export records the dataset too (general.dataset.N.*), read back by gguf-py.
+    gguf_out = tmp_path / "gguf"
+    res = run_cli(home, "ckpt", "export", "chat/step-2", str(gguf_out), "--format", "gguf")
+    assert res.exit_code == 0, res.output
+    import gguf
+
+    (path,) = [p for p in gguf_out.glob("*.gguf")]
+    fields = gguf.GGUFReader(path).fields
+    keys = gguf.Keys.General
+    assert fields[keys.DATASET_COUNT].contents() == 1
+    assert fields[keys.DATASET_NAME.format(id=0)].contents() == "chat"
+    assert fields[keys.DATASET_ORGANIZATION.format(id=0)].contents() == "org"
+    assert fields[keys.DATASET_VERSION.format(id=0)].contents() == sha
+    url = fields[keys.DATASET_REPO_URL.format(id=0)].contents()
+    assert url == "https://huggingface.co/datasets/org/chat"
 
 
 def test_alpaca_parquet_cached_once_then_offline(
@@ -102,7 +117,9 @@ def test_alpaca_parquet_cached_once_then_offline(
     cfg = _config(tmp_path, "alpaca", data_path=uri, val_split="test", block_size=256)
     res = run_cli(home, "train", str(cfg))
     assert res.exit_code == 0, res.output
-    assert _meta(home, "alpaca")["data"]["format"] == "prompt-completion"
+    data = _meta(home, "alpaca")["data"]  # the model has a chat template: Alpaca uses it
+    assert data["format"] == "chat" and data["hub"]["train"]["alpaca_layout"] == "chat"
+    assert _meta(home, "alpaca")["chat"]["source"] == "model"
     assert hub.downloads("org/alpaca") == 2
     hub.reset_counts()
     res = run_cli(home, "train", str(cfg), "--run-name", "again")
@@ -163,3 +180,37 @@ def test_bad_hub_data_is_one_paragraph_and_writes_nothing(home: Path, tmp_path: 
         assert detail in flat(res.output), res.output
         assert_unchanged(home, before)
     assert not (home / "runs").exists()
+
+
+def _eval(home: Path, *args: str) -> dict:
+    res = run_cli(home, "eval", "tiny-base", "--json", "--no-record", *args)
+    assert res.exit_code == 0, res.output
+    (row,) = json.loads(res.stdout)
+    return row
+
+
+def test_eval_takes_hub_datasets_masked_as_training_masks_them(
+    home: Path, tmp_path: Path, repos: dict[str, HubRepo]
+) -> None:
+    # The chat set's test split (the default) scores as its local file does.
+    hub_chat = _eval(home, "--data", "hf://datasets/org/chat")
+    local = _eval(home, "--data", str(repos["chat"].folder / "chat/test.jsonl"))
+    assert hub_chat == local and hub_chat["documents"] == 2
+    # Alpaca rows for a model with a chat template: one user turn, only the output scored.
+    convs = [
+        [("user", f"Double {i}." + ("" if i % 2 else f"\n\nn = {i}")), ("assistant", str(2 * i))]
+        for i in range(3)
+    ]
+    rows = [{"messages": [{"role": r, "content": c} for r, c in turns]} for turns in convs]
+    as_chat = write_jsonl(tmp_path / "alpaca-chat.jsonl", rows)
+    hub_alpaca = _eval(home, "--data", "hf://datasets/org/alpaca", "--data-split", "test")
+    assert hub_alpaca == _eval(home, "--data", str(as_chat))
+    train = _eval(home, "--data", "hf://datasets/org/alpaca", "--data-split", "train")
+    assert train["documents"] == 8
+    before = snapshot(home)
+    res = run_cli(
+        home, "eval", "tiny-base", "--data", "hf://datasets/org/alpaca", "--data-split", "dev"
+    )
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "'train', 'test'" in flat(res.output)
+    assert_unchanged(home, before)

@@ -29,8 +29,15 @@ DataOpt = Annotated[
     typer.Option(
         "--data",
         help="Held-out data file, any format training reads (text, JSONL text, "
-        "prompt-completion, chat; .txt/.jsonl/.json/.csv/.parquet).",
+        "prompt-completion, chat; .txt/.jsonl/.json/.csv/.parquet), or a hub dataset "
+        "hf://datasets/ORG/NAME[@REVISION].",
     ),
+]
+DataSplitOpt = Annotated[
+    str | None, typer.Option("--data-split", help="Split of a hub dataset (default: test).")
+]
+DataConfigOpt = Annotated[
+    str | None, typer.Option("--data-config", help="Config of a hub dataset (default: its own).")
 ]
 DataFormatOpt = Annotated[
     str, typer.Option("--data-format", help="auto, text, jsonl-text, prompt-completion, chat.")
@@ -89,6 +96,8 @@ def eval_command(
     targets: TargetsArg,
     data: DataOpt = None,
     data_format: DataFormatOpt = "auto",
+    data_split: DataSplitOpt = None,
+    data_config: DataConfigOpt = None,
     tasks: TasksOpt = None,
     include_path: IncludePathOpt = None,
     limit: LimitOpt = None,
@@ -113,6 +122,8 @@ def eval_command(
         targets=tuple(targets),
         data=data,
         data_format=data_format,
+        data_split=data_split,
+        data_config=data_config,
         tasks=names,
         include_path=tuple(include_path or ()),
         limit=limit,

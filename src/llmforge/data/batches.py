@@ -26,7 +26,7 @@ from llmforge.data.chat_templates import (
 )
 from llmforge.data.corpus import split_tokens
 from llmforge.data.data_files import DataFile, read_data_file, skipped_warning
-from llmforge.data.hub_data import read_hub_config, unused_hub_keys
+from llmforge.data.hub_data import alpaca_layout, read_hub_config, unused_hub_keys
 from llmforge.data.hub_uri import is_hub_uri
 from llmforge.data.samplers import (
     Example,
@@ -86,9 +86,15 @@ def _texts_joined(f: DataFile) -> str:
     return f.text if f.format == "text" else "\n".join(r["text"] for r in f.records)
 
 
-def load_data(cfg: TrainingConfig) -> LoadedData:
+def load_data(
+    cfg: TrainingConfig, tokenizer: Any = None, recorded_hub: dict[str, Any] | None = None
+) -> LoadedData:
     """Read ``data_path`` (and ``val_data_path``) in ``data_format``; an
     ``hf://datasets/...`` path is a hub dataset (:mod:`llmforge.data.hub_records`).
+
+    Alpaca rows of a hub dataset use the chat template of ``tokenizer`` when it has one
+    (or the config sets ``chat_template``), else the Stanford prompt layout; a resumed run
+    keeps the layout of ``recorded_hub`` (its ``data.hub``).
 
     Raises:
         BadRecordError, DataError: For a missing, empty or malformed file (with line numbers).
@@ -96,7 +102,8 @@ def load_data(cfg: TrainingConfig) -> LoadedData:
     """
     hub = None
     if is_hub_uri(cfg.data_path) or is_hub_uri(cfg.val_data_path):
-        train, val, hub = read_hub_config(cfg)
+        layout = alpaca_layout(tokenizer, cfg.chat_template, recorded_hub)
+        train, val, hub = read_hub_config(cfg, layout)
     else:
         unused_hub_keys(cfg)
         train = read_data_file(cfg.data_path, cfg.data_format, cfg.skip_bad_lines)

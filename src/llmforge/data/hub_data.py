@@ -22,21 +22,36 @@ from llmforge.untrusted import brief
 HUB_KEYS = ("data_split", "val_split", "data_config", "data_columns")
 
 
+def alpaca_layout(
+    tokenizer: Any, chat_template: str | None, recorded: dict[str, Any] | None
+) -> str:
+    """How Alpaca rows become records: ``chat`` (one user turn, trained with the chat
+    template) when the config sets ``chat_template`` or the model's tokenizer has one, else
+    ``prompt`` (the Stanford layout); ``recorded`` (a resumed run's ``data.hub``) wins."""
+    for entry in ((recorded or {}).get("train"), (recorded or {}).get("val")):
+        if isinstance(entry, dict) and entry.get("alpaca_layout") in ("prompt", "chat"):
+            return entry["alpaca_layout"]
+    hf = getattr(tokenizer, "hf", None)
+    return "chat" if chat_template or getattr(hf, "chat_template", None) else "prompt"
+
+
 def read_hub_config(
-    cfg: TrainingConfig,
+    cfg: TrainingConfig, layout: str = "prompt"
 ) -> tuple[DataFile, DataFile | None, dict[str, Any]]:
     """The training and validation data of a config whose ``data_path`` or ``val_data_path``
     is a hub dataset, and the ``data.hub`` lineage of ``meta.json``.
 
     ``data_split`` (and ``val_split``, a split of the same dataset) are read from
     ``data_path``; a hub ``val_data_path`` of another dataset gives its ``val_split``
-    (default ``train``). ``data_config`` and ``data_columns`` apply to both.
+    (default ``train``). ``data_config`` and ``data_columns`` apply to both; ``layout`` is
+    the Alpaca layout (:func:`alpaca_layout`).
 
     Raises:
         InvalidSourceError, DataError, BadRecordError, HubError: As :func:`read_hub_data`.
     """
     common = {"config": cfg.data_config, "data_columns": cfg.data_columns}
     common["skip_bad_lines"] = cfg.skip_bad_lines
+    common["alpaca_layout"] = layout
     train_uri, val_uri = cfg.data_path, cfg.val_data_path
     lineage: dict[str, Any] = {"train": None, "val": None}
     val: HubSplit | DataFile | None = None

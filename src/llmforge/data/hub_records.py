@@ -12,9 +12,9 @@ columns                     llmforge record              loss
                             system)
 ``instruction``, ``output``  ``prompt-completion`` with   the output and EOS
 (``input`` optional)        :data:`ALPACA_PROMPT`, or
-                            ``chat`` (``alpaca_layout:
-                            chat``: one user turn, the
-                            model's chat template)
+                            ``chat`` (one user turn, when
+                            the model has a chat template:
+                            :func:`hub_data.alpaca_layout`)
 ``prompt``, ``completion``  ``prompt-completion``        the completion and EOS
 ``text``                    ``jsonl-text``               every token (one stream)
 ==========================  ===========================  =====================================

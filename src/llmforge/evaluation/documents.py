@@ -5,7 +5,8 @@ the second token on, unless a prefix token is prepended). ``chat`` and ``prompt-
 records are encoded and masked by :mod:`llmforge.data.chat_templates`, the functions
 training's :mod:`llmforge.data.batches` calls, so only the tokens training puts a loss on
 count (``train_on_prompt`` respected). Files are read by training's own reader
-(:func:`llmforge.data.data_files.read_data_file`): the same formats, the same errors.
+(:func:`llmforge.data.data_files.read_data_file`): the same formats, the same errors; a hub
+dataset (``hf://datasets/...``) by training's :func:`llmforge.data.hub_records.read_hub_data`.
 
 One difference from training: training cuts an example at ``block_size + 1`` tokens, while
 eval scores all of it in windows (the numbers agree whenever the example fits).
@@ -23,7 +24,10 @@ import torch
 
 from llmforge.data.chat_templates import encode_chat, encode_completion, resolve_chat_format
 from llmforge.data.data_files import DataFile, read_data_file
-from llmforge.errors import DataError
+from llmforge.data.hub_records import read_hub_data
+from llmforge.data.hub_uri import is_hub_uri
+from llmforge.errors import ConfigError, DataError
+from llmforge.untrusted import brief
 
 _ZERO = torch.zeros(1, dtype=torch.int8)
 
@@ -160,6 +164,39 @@ def read_eval_file(path: str, data_format: str = "auto") -> DataFile:
         BadRecordError, DataError: As training raises them for the same file.
     """
     return read_data_file(path, data_format, skip_bad_lines=False)
+
+
+def read_eval_data(
+    path: str,
+    data_format: str = "auto",
+    split: str | None = None,
+    config: str | None = None,
+    layout: str = "prompt",
+) -> tuple[DataFile, dict[str, Any] | None]:
+    """A held-out file, or a split of a hub dataset (``hf://datasets/...``, read as training
+    reads it; ``split`` defaults to ``test``), and the hub split's lineage entry (None for a
+    file). ``layout``: how Alpaca rows become records (``prompt`` or ``chat``).
+
+    Raises:
+        ConfigError: For a split or config given with a local file, or a format with a hub one.
+        BadRecordError, DataError, HubError: As training raises them for the same data.
+    """
+    if not is_hub_uri(path):
+        if split is not None or config is not None:
+            raise ConfigError(
+                f"--data-split and --data-config apply to hub datasets only, but --data is "
+                f"the file {brief(path, 120)}.",
+                "Pass --data hf://datasets/ORG/NAME, or drop --data-split / --data-config.",
+            )
+        return read_eval_file(path, data_format), None
+    if data_format != "auto":
+        raise ConfigError(
+            f"--data-format {brief(data_format, 30)} does not apply to a hub dataset: its "
+            "format is recognised from its columns.",
+            "Drop --data-format.",
+        )
+    hub = read_hub_data(path, split or "test", config=config, alpaca_layout=layout).train
+    return hub.data, hub.lineage
 
 
 def file_documents(

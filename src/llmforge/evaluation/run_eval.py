@@ -16,7 +16,7 @@ from typing import Any
 
 from llmforge.errors import ConfigError, EvalError
 from llmforge.evaluation import eval_records as rec
-from llmforge.evaluation.documents import default_prefix_id, file_documents, read_eval_file
+from llmforge.evaluation.documents import default_prefix_id, file_documents, read_eval_data
 from llmforge.workspace import Workspace
 
 
@@ -29,6 +29,8 @@ class EvalRequest:
             the others are compared with.
         data: A held-out data file (any format training reads), or None.
         data_format: ``auto`` or a format name, as in the training config.
+        data_split: The split of a hub dataset ``data`` (None: ``test``).
+        data_config: The config of a hub dataset ``data`` (None: its default).
         tasks: lm-evaluation-harness task names.
         include_path: Folders of local task YAML files (their code runs).
         limit: Documents (records) of ``data`` and of each task to use; None: all.
@@ -47,6 +49,8 @@ class EvalRequest:
     targets: tuple[str, ...]
     data: str | None = None
     data_format: str = "auto"
+    data_split: str | None = None
+    data_config: str | None = None
     tasks: tuple[str, ...] = ()
     include_path: tuple[str, ...] = ()
     limit: int | None = None
@@ -171,6 +175,22 @@ def _heldout(adapter: Any, meta: dict[str, Any], f: Any, req: EvalRequest, top: 
     return result, settings
 
 
+def _data_for(read: tuple[Any, Any], adapter: Any, meta: dict[str, Any], config: Any) -> Any:
+    """The held-out data as this target was (or would be) trained on it: Alpaca rows of a hub
+    dataset in the chat layout for a model with a chat template (as training decides)."""
+    from llmforge.data.hub_data import alpaca_layout
+
+    data, hub = read
+    if not hub or hub.get("format") != "alpaca":
+        return data
+    recorded = (meta.get("data") or {}).get("hub") if isinstance(meta.get("data"), dict) else None
+    layout = alpaca_layout(adapter.tokenizer, None, recorded)
+    if layout == hub.get("alpaca_layout"):
+        return data
+    # the same commit (data.source pins it): read from the prepared cache, no request
+    return read_eval_data(data.source, split=hub["split"], config=config, layout=layout)[0]
+
+
 def _harness_tokenizer(adapter: Any, target: str) -> Any:
     hf = getattr(adapter.tokenizer, "hf", None)
     if hf is None or not hasattr(adapter.model, "config"):
@@ -190,7 +210,9 @@ def _prepare(ws: Workspace, req: EvalRequest) -> tuple[list[rec.Subject], Any, A
         subject = rec.subject_of(ws, target)
         folder = ws.inside(subject.folder, "the eval records folder")  # no symlink out
         subjects.append(rec.Subject(subject.kind, subject.ref, folder, subject.fingerprint))
-    data = read_eval_file(req.data, req.data_format) if req.data is not None else None
+    data = None
+    if req.data is not None:
+        data = read_eval_data(req.data, req.data_format, req.data_split, req.data_config)
     manager = None
     if req.tasks:
         from llmforge.evaluation import harness
@@ -212,7 +234,7 @@ def _one_target(
     """Load one target, score it, and build (not write) its records."""
     from llmforge.inference.model_source import load_for_inference
 
-    data, manager = prepared
+    read, manager = prepared
     adapter, meta = load_for_inference(
         ws,
         target,
@@ -221,6 +243,7 @@ def _one_target(
         device=req.device,
     )
     out, records = TargetResult(target), []
+    data = _data_for(read, adapter, meta, req.data_config) if read is not None else None
     if data is not None:
         out.heldout, settings = _heldout(adapter, meta, data, req, _train_on_prompt(req, [meta]))
         settings["batch_size"] = req.batch_size

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from llmforge.adapters.peft_lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from llmforge.data.hub_data import dataset_ids, hub_entries
 from llmforge.errors import InsufficientDiskError
 from llmforge.exporting import gguf_lora, gguf_writer
 from llmforge.exporting.gguf_source import GGUFSource
-from llmforge.exporting.gguf_writer import BaseModel, GGUFInfo, GGUFPlan
+from llmforge.exporting.gguf_writer import BaseModel, GGUFInfo, GGUFPlan, TrainingDataset
 from llmforge.exporting.hf_folder import CARD
 from llmforge.exporting.model_card import gguf_section, model_card, registry_card
 from llmforge.exporting.modelfile import build_modelfile, clean, quote
@@ -84,12 +85,24 @@ def base_models(chain: list[str]) -> list[BaseModel]:
     return out
 
 
+def training_datasets(meta: dict[str, Any]) -> list[TrainingDataset]:
+    """``general.dataset.N.*`` for the hub datasets of a checkpoint's ``meta.json``."""
+    out, entries = [], list(hub_entries(meta).values())
+    for ident in dataset_ids(meta):
+        sha = next((e.get("sha") for e in entries if e.get("dataset") == ident), None)
+        org, _, name = ident.partition("/")
+        url = f"https://huggingface.co/datasets/{ident}"
+        out.append(TrainingDataset(name or org, org if name else None, url, sha))
+    return out
+
+
 def _info(source: GGUFSource, name_suffix: str = "") -> GGUFInfo:
     meta = source.meta
     return GGUFInfo(
         name=meta["name"] + name_suffix,
         license=meta.get("license"),
         base_models=base_models(meta.get("lineage") or []),
+        datasets=training_datasets(meta.get("checkpoint_meta") or {}),
         custom=dict(meta.get("llmforge") or {}),
     )
 

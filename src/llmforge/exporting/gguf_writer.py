@@ -48,6 +48,16 @@ class BaseModel:
     repo_url: str | None = None
 
 
+@dataclass(frozen=True)
+class TrainingDataset:
+    """One hub dataset trained on (``general.dataset.N.*``); ``version`` is its commit sha."""
+
+    name: str
+    organization: str | None = None
+    repo_url: str | None = None
+    version: str | None = None
+
+
 @dataclass
 class GGUFInfo:
     """The metadata an export adds besides the weights and the tokenizer.
@@ -56,12 +66,14 @@ class GGUFInfo:
         name: ``general.name``.
         license: ``general.license`` (an SPDX id or ``other``).
         base_models: The lineage, nearest parent first.
+        datasets: The hub datasets the model was trained (and validated) on.
         custom: ``llmforge.*`` keys (without the prefix): step, manifest pointer, run.
     """
 
     name: str
     license: str | None = None
     base_models: list[BaseModel] = field(default_factory=list)
+    datasets: list[TrainingDataset] = field(default_factory=list)
     custom: dict[str, str | int | float | bool] = field(default_factory=dict)
 
 
@@ -237,7 +249,7 @@ def write_general(
     ftype: gguf.LlamaFileType,
     kind: str = gguf.GGUFType.MODEL,
 ) -> None:
-    """``general.*`` (type, name, license, lineage, file type) and ``llmforge.*`` keys."""
+    """``general.*`` (type, name, license, lineage, datasets, file type) and ``llmforge.*``."""
     writer.add_type(kind)
     writer.add_name(info.name)
     if info.license:
@@ -250,6 +262,17 @@ def write_general(
                 writer.add_base_model_organization(i, base.organization)
             if base.repo_url:
                 writer.add_base_model_repo_url(i, base.repo_url)
+    if info.datasets:
+        writer.add_dataset_count(len(info.datasets))
+        for i, ds in enumerate(info.datasets):
+            writer.add_dataset_name(i, ds.name)
+            for value, add in (
+                (ds.organization, writer.add_dataset_organization),
+                (ds.repo_url, writer.add_dataset_repo_url),
+                (ds.version, writer.add_dataset_version),
+            ):
+                if value:
+                    add(i, value)
     for key, value in info.custom.items():
         full = f"llmforge.{key}"
         if isinstance(value, bool):

@@ -116,7 +116,7 @@ def new_run(
                 f"{', '.join(set_keys)} {'is' if len(set_keys) == 1 else 'are'} ignored: "
                 f"model {entry.model_name!r} brings its own architecture config."
             )
-        corpus = load_data(cfg)
+        corpus = load_data(cfg, adapter.tokenizer)
         meta_model = {
             "model_name": entry.model_name,
             "model_id": entry.model_id,
@@ -242,7 +242,7 @@ def branch_run(
             f"{', '.join(set_keys)} {'is' if len(set_keys) == 1 else 'are'} ignored: "
             f"the checkpoint {source} brings its own architecture config."
         )
-    corpus = load_data(cfg)
+    corpus = load_data(cfg, adapter.tokenizer)
     meta_model = {
         "model_name": name,
         "model_id": src.get("model_id"),

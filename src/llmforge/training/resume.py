@@ -237,7 +237,7 @@ def resume_trainer(
         )
     dist = join_run(run_cfg)
     run_cfg = fit_world_size(run_cfg, state, dist, warnings)
-    corpus = load_data(run_cfg)
+    corpus = load_data(run_cfg, adapter.tokenizer, (meta.get("data") or {}).get("hub"))
     if corpus.sha256 != (meta.get("data") or {}).get("sha256"):
         warnings.append(
             f"The training data ({corpus.source}) changed since the run started; the resumed "
