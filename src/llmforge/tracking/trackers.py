@@ -88,6 +88,19 @@ class TrackioReporter(Reporter):
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
 
+    def flush(self) -> None:
+        """Write the queued logs to the SQLite store now (at each checkpoint).
+
+        ``Run.log`` only queues; trackio's thread writes the queue every few seconds and at
+        ``finish``, so a killed run would lose every step since. trackio (0.43) has no public
+        flush: this is what its local thread does, under the same lock.
+        """
+        flush = getattr(self.run, "_flush_queues_inline", None)
+        lock = getattr(self.run, "_client_lock", None)
+        if flush is not None and lock is not None:
+            with lock:
+                flush()
+
     def close(self, outcome: str | None) -> None:
         if self.run is not None:
             with _quiet():
