@@ -176,7 +176,10 @@ def test_wandb_offline_files_equal_metrics_jsonl(tracked):
         for rec in _wandb_records(path):
             kind = rec.WhichOneof("record_type")
             if kind == "history":
-                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in rec.history.item}
+                items = {
+                    i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                    for i in rec.history.item
+                }
                 step = items.pop("_step", rec.history.step.num)
                 for tag, value in items.items():
                     if not tag.startswith("_"):

@@ -115,13 +115,19 @@ class WandbReporter(Reporter):
 
     def __init__(self) -> None:
         self.run: Any = None
+        self.run_dir: Path | None = None
 
     def start(self, run: RunInfo, hparams: dict[str, Any]) -> None:
         import wandb
 
         known = _identity(run.run_dir, self.name)
-        self.fresh = not known
+        # A segment that was killed never reached ``finish``: wandb-core had not written its
+        # records (the offline file holds only its header), so the resume replays
+        # metrics.jsonl up to the resumed step. Online, wandb drops the steps it already has
+        # (not larger than its last), which are the same values.
+        self.fresh = not known.get("finished")
         run_id = known.get("id") or secrets.token_hex(4)  # wandb ids: [a-z0-9]
+        self.run_dir = run.run_dir
         _save_identity(run.run_dir, self.name, {"id": run_id})  # before init: a kill keeps it
         settings = wandb.Settings(console="off", x_disable_stats=True, silent=True)
         self.run = wandb.init(
@@ -143,6 +149,8 @@ class WandbReporter(Reporter):
     def close(self, outcome: str | None) -> None:
         if self.run is not None:
             self.run.finish(exit_code=0 if outcome in _CLEAN_END else 1)
+            if self.run_dir is not None:
+                _save_identity(self.run_dir, self.name, {"id": self.run.id, "finished": True})
             self.run = None
 
 
