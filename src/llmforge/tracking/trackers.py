@@ -12,7 +12,9 @@ the same tracker run. Local-first defaults, each overridden by the tracker's own
   (``wandb sync`` uploads them later), project ``llmforge`` (``WANDB_PROJECT``), no console
   capture and no system metrics (they would wrap the progress bar's stdout).
 - MLflow: ``MLFLOW_TRACKING_URI``, else ``sqlite:///WORKSPACE/mlflow.db`` (MLflow 3's own
-  default store; ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` in the workspace),
+  default store, which needs the full ``mlflow``: ``mlflow-skinny`` has no SQLAlchemy; a
+  ``file:`` URI needs ``MLFLOW_ALLOW_FILE_STORE=true`` since MLflow 3;
+  ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` in the workspace),
   experiment ``llmforge`` (``MLFLOW_EXPERIMENT_NAME``).
 """
 
