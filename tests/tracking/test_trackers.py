@@ -4,7 +4,8 @@ the last checkpoint and its resume, and the config as params / hyperparameters.
 
 One run trains in subprocesses (trackio fixes its storage folder when first imported, wandb
 keeps global state), with all three trackers at once: SIGKILLed while its step-8 checkpoint is
-written (steps 5-8 were logged past the step-4 checkpoint), then resumed to the end.
+written (steps 5-8 were logged past the step-4 checkpoint), resumed to its end (8), then
+extended to 10 steps after that clean end.
 """
 
 from __future__ import annotations
@@ -64,7 +65,13 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> dict:
     again = [sys.executable, "-m", "llmforge", *common, "--resume", "latest"]
     second = subprocess.run(again, capture_output=True, text=True, timeout=300, env=env)
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
-    return {"root": root, "run_dir": home / "runs" / "t", "env": env, "segments": [first, second]}
+    extend = ["--resume", "latest", "--max-steps", "10", "--set", "schedule_on_extend=replan"]
+    third = subprocess.run(  # after a clean end: nothing may be sent twice
+        [*again[:-2], *extend], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert third.returncode == 0, third.stdout[-2000:] + third.stderr[-3000:]
+    segments = [first, second, third]
+    return {"root": root, "run_dir": home / "runs" / "t", "env": env, "segments": segments}
 
 
 def test_no_tracker_failed(tracked):
@@ -75,7 +82,7 @@ def test_no_tracker_failed(tracked):
 def _assert_same(got: dict[str, list[tuple[int, float]]], run_dir: Path) -> None:
     """``{tag: [(step, value)...]}`` from a tracker equals metrics.jsonl: each step once."""
     want = metrics_by_tag(run_dir)
-    assert max(want["train/loss"]) == 8 and 6 in want["val/loss"]
+    assert max(want["train/loss"]) == 10 and 6 in want["val/loss"]
     assert set(got) == set(want)
     for tag, points in want.items():
         steps = [s for s, _ in got[tag]]
@@ -169,7 +176,7 @@ def test_wandb_offline_files_equal_metrics_jsonl(tracked):
     run_dir = tracked["run_dir"]
     ident = json.loads((run_dir / "tracking.json").read_text())["wandb"]
     files = sorted((run_dir / "wandb").glob(f"offline-run-*-{ident['id']}/run-*.wandb"))
-    assert len(files) == 2  # one per segment, the same run id
+    assert len(files) == 3  # one per segment, the same run id
     got: dict[str, list[tuple[int, float]]] = {}
     config: dict = {}
     for path in files:
