@@ -12,7 +12,9 @@ the same tracker run. Local-first defaults, each overridden by the tracker's own
   (``wandb sync`` uploads them later), project ``llmforge`` (``WANDB_PROJECT``), no console
   capture and no system metrics (they would wrap the progress bar's stdout).
 - MLflow: ``MLFLOW_TRACKING_URI``, else ``sqlite:///WORKSPACE/mlflow.db`` (MLflow 3's own
-  default store; ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` in the workspace),
+  default store, which needs the full ``mlflow``: ``mlflow-skinny`` has no SQLAlchemy; a
+  ``file:`` URI needs ``MLFLOW_ALLOW_FILE_STORE=true`` since MLflow 3;
+  ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` in the workspace),
   experiment ``llmforge`` (``MLFLOW_EXPERIMENT_NAME``).
 """
 
@@ -88,6 +90,19 @@ class TrackioReporter(Reporter):
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
 
+    def flush(self) -> None:
+        """Write the queued logs to the SQLite store now (at each checkpoint).
+
+        ``Run.log`` only queues; trackio's thread writes the queue every few seconds and at
+        ``finish``, so a killed run would lose every step since. trackio (0.43) has no public
+        flush: this is what its local thread does, under the same lock.
+        """
+        flush = getattr(self.run, "_flush_queues_inline", None)
+        lock = getattr(self.run, "_client_lock", None)
+        if flush is not None and lock is not None:
+            with lock:
+                flush()
+
     def close(self, outcome: str | None) -> None:
         if self.run is not None:
             with _quiet():
@@ -102,13 +117,19 @@ class WandbReporter(Reporter):
 
     def __init__(self) -> None:
         self.run: Any = None
+        self.run_dir: Path | None = None
 
     def start(self, run: RunInfo, hparams: dict[str, Any]) -> None:
         import wandb
 
         known = _identity(run.run_dir, self.name)
-        self.fresh = not known
+        # A segment that was killed never reached ``finish``: wandb-core had not written its
+        # records (the offline file holds only its header), so the resume replays
+        # metrics.jsonl up to the resumed step. Online, wandb drops the steps it already has
+        # (not larger than its last), which are the same values.
+        self.fresh = not known.get("finished")
         run_id = known.get("id") or secrets.token_hex(4)  # wandb ids: [a-z0-9]
+        self.run_dir = run.run_dir
         _save_identity(run.run_dir, self.name, {"id": run_id})  # before init: a kill keeps it
         settings = wandb.Settings(console="off", x_disable_stats=True, silent=True)
         self.run = wandb.init(
@@ -130,6 +151,8 @@ class WandbReporter(Reporter):
     def close(self, outcome: str | None) -> None:
         if self.run is not None:
             self.run.finish(exit_code=0 if outcome in _CLEAN_END else 1)
+            if self.run_dir is not None:
+                _save_identity(self.run_dir, self.name, {"id": self.run.id, "finished": True})
             self.run = None
 
 
