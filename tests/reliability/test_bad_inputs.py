@@ -441,6 +441,41 @@ CASES = [
         ],
         ("evil-arch", "no installed adapter", "Known architectures"),
     ),
+    # Found by the fuzz pass (tests/fuzz/), pinned here.
+    Case(
+        "meta-json-nested-100000-deep",
+        lambda e: _ckpt(e, lambda c: (c / "meta.json").write_text("[" * 100_000), "info"),
+        ("meta.json", "not valid JSON", "damaged"),
+    ),
+    Case(
+        "manifest-not-utf8",
+        lambda e: [(e.ws / CK / MANIFEST_FILE).write_bytes(b"\x80\xff"), "ckpt", "info", "tiny"][
+            1:
+        ],
+        ("manifest.json is not a valid manifest",),
+    ),
+    Case(
+        "config-json-null",
+        lambda e: _ckpt(e, lambda c: (c / "config.json").write_text("null"), "generate"),
+        ("config.json is not a JSON object",),
+    ),
+    Case(
+        "config-json-claims-3t-parameters",
+        lambda e: _ckpt(
+            e,
+            lambda c: (c / "config.json").write_text(
+                json.dumps(
+                    {
+                        **json.loads((c / "config.json").read_text()),
+                        "d_model": 65536,
+                        "n_layers": 64,
+                    }
+                )
+            ),
+            "generate",
+        ),
+        ("claims", "parameters in its config.json", "nothing was loaded"),
+    ),
     # Found by the fuzz pass: ckpt info read trainer_state.json's elapsed without its schema.
     Case(
         "ckpt-info-elapsed-null",
