@@ -22,11 +22,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from llmforge.checkpoints.references import resolve_checkpoint
-from llmforge.errors import CheckpointError, ExportError
+from llmforge.errors import ExportError
 from llmforge.exporting.gguf_folder import FLOAT_DTYPES, WORK, GGUFExportResult, write_folder
 from llmforge.exporting.hf_folder import check_dest, clean_stale_exports, writing_export
-from llmforge.store.registry import ModelRegistry
+from llmforge.inference.model_source import find_source
 from llmforge.untrusted import brief
 from llmforge.workspace import Workspace
 
@@ -61,24 +60,6 @@ def _check_dtype(dtype: str) -> None:
             f"Use one of {', '.join(gguf_dtypes())} (f16 by default).",
         )
     require_quantizer(dtype)
-
-
-def _resolve(ws: Workspace, target: str) -> tuple[Path | None, Any]:
-    """(checkpoint folder, None) or (None, registry entry) for TARGET."""
-    try:
-        return resolve_checkpoint(ws, target), None
-    except CheckpointError as ckpt_error:
-        run = target.partition("/")[0]
-        if "/" in target and run and (ws.runs_dir / run).is_dir():
-            raise  # RUN/step-N of a run that exists: the error lists the run's checkpoints
-        registry = ModelRegistry(ws)
-        names = registry.names()
-        if target not in names:
-            raise CheckpointError(
-                f"{brief(target, 120)} is neither a checkpoint nor a registered model.",
-                f"{ckpt_error.hint} Registered models: {', '.join(names) or 'none'}.",
-            ) from None
-        return None, registry.get(target)
 
 
 def export_gguf(
@@ -120,7 +101,8 @@ def export_gguf(
             "--with-base goes with --adapter (the base's GGUF beside the adapter's).",
             "Add --adapter, or leave --with-base out (a merged export holds the whole model).",
         )
-    ckpt, entry = _resolve(ws, target)
+    found = find_source(ws, target)  # the same resolution as generate
+    ckpt, entry = found.checkpoint, found.entry
     dest = dest.expanduser().resolve()
     clean_stale_exports(dest)
     check_dest(ws, ckpt if ckpt is not None else ws.models_dir, dest, force)
