@@ -93,21 +93,35 @@ def test_chat_set_lineage_shown_by_ckpt_info_models_info_the_card_and_the_gguf(
     assert run_cli(home, "ckpt", "export", "chat/step-2", str(out)).exit_code == 0
     card = (out / "README.md").read_text()
     assert "datasets:\n- org/chat\n" in card and f"org/chat@{sha[:12]}" in card
-    # The GGUF export records the dataset too (general.dataset.N.*), read back by gguf-py.
-    gguf_out = tmp_path / "gguf"
-    res = run_cli(home, "ckpt", "export", "chat/step-2", str(gguf_out), "--format", "gguf")
-    assert res.exit_code == 0, res.output
+    # The GGUF export records the dataset too (general.dataset.N.*), read back by gguf-py:
+    # of the checkpoint, and of the model registered from it.
+    for target, folder in (("chat/step-2", "gguf"), ("tiny-chat", "gguf-model")):
+        res = run_cli(home, "ckpt", "export", target, str(tmp_path / folder), "--format", "gguf")
+        assert res.exit_code == 0, res.output
+        assert _gguf_datasets(tmp_path / folder) == [
+            ("chat", "org", sha, "https://huggingface.co/datasets/org/chat")
+        ]
+        assert "datasets:\n- org/chat\n" in (tmp_path / folder / "README.md").read_text()
+
+
+def _gguf_datasets(folder: Path) -> list[tuple[str, str, str, str]]:
+    """(name, organization, version, repo url) of each general.dataset.N of the GGUF file."""
     import gguf
 
-    (path,) = [p for p in gguf_out.glob("*.gguf")]
-    fields = gguf.GGUFReader(path).fields
-    keys = gguf.Keys.General
-    assert fields[keys.DATASET_COUNT].contents() == 1
-    assert fields[keys.DATASET_NAME.format(id=0)].contents() == "chat"
-    assert fields[keys.DATASET_ORGANIZATION.format(id=0)].contents() == "org"
-    assert fields[keys.DATASET_VERSION.format(id=0)].contents() == sha
-    url = fields[keys.DATASET_REPO_URL.format(id=0)].contents()
-    assert url == "https://huggingface.co/datasets/org/chat"
+    (path,) = [p for p in folder.glob("*.gguf")]
+    fields, keys = gguf.GGUFReader(path).fields, gguf.Keys.General
+    return [
+        tuple(
+            fields[key.format(id=i)].contents()
+            for key in (
+                keys.DATASET_NAME,
+                keys.DATASET_ORGANIZATION,
+                keys.DATASET_VERSION,
+                keys.DATASET_REPO_URL,
+            )
+        )
+        for i in range(fields[keys.DATASET_COUNT].contents())
+    ]
 
 
 def test_alpaca_parquet_cached_once_then_offline(
@@ -117,6 +131,7 @@ def test_alpaca_parquet_cached_once_then_offline(
     cfg = _config(tmp_path, "alpaca", data_path=uri, val_split="test", block_size=256)
     res = run_cli(home, "train", str(cfg))
     assert res.exit_code == 0, res.output
+    assert "tokenized and kept in .cache/tokenized" in flat(res.output)
     data = _meta(home, "alpaca")["data"]  # the model has a chat template: Alpaca uses it
     assert data["format"] == "chat" and data["hub"]["train"]["alpaca_layout"] == "chat"
     assert _meta(home, "alpaca")["chat"]["source"] == "model"
@@ -126,6 +141,9 @@ def test_alpaca_parquet_cached_once_then_offline(
     assert res.exit_code == 0, res.output
     assert hub.downloads() == 0 and hub.log == [("GET", "/api/datasets/org/alpaca")]
     assert _meta(home, "again")["data"]["hub"] == _meta(home, "alpaca")["data"]["hub"]
+    # nothing tokenized again (8 training + 3 test rows read back), and the same run
+    assert "11 record(s) read from the cache" in flat(res.output), res.output
+    assert _meta(home, "again")["train_loss"] == _meta(home, "alpaca")["train_loss"]
     hub.reset_counts()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     res = run_cli(home, "train", str(cfg), "--run-name", "offline")

@@ -204,6 +204,8 @@ def _entry(
             "fine_tune_started_at": meta.get("fine_tune_started_at"),
             "origin": origin,
             **{f"data_{k}": lineage_text(v) for k, v in hub_entries(meta).items()},
+            # the same, whole: what a GGUF export of the model records (general.dataset.N.*)
+            **({"data_hub": hub_entries(meta)} if hub_entries(meta) else {}),
             **details,
         },
     )

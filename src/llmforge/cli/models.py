@@ -121,7 +121,7 @@ def info(
                 f"(manifest sha256 {str(d.get('base_manifest_sha256'))[:16]}…, checked)",
             ),
         )
-    fields += [(k, str(v)) for k, v in d.items()]
+    fields += [(k, str(v)) for k, v in d.items() if k != "data_hub"]  # data_train/_val say it
     out.print(r.key_values(f"Model {entry.model_name}", fields))
     out.print()
     if evals:

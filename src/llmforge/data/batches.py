@@ -11,6 +11,7 @@ only the answers (see :mod:`llmforge.data.chat_templates` and
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ from llmforge.data.samplers import (
     _seed_for,
     make_example,
 )
+from llmforge.data.token_cache import Encoded, TokenCache
 from llmforge.errors import DataError
 
 EXAMPLE_FORMATS = ("prompt-completion", "chat")
@@ -145,24 +147,32 @@ class Batches:
     warnings: list[str] = field(default_factory=list)
 
 
-def _stream_ids(tokenizer: Any, f: DataFile) -> list[int]:
+def _stream_ids(tokenizer: Any, f: DataFile, cache: TokenCache) -> list[int]:
+    def encode(text: str) -> Encoded:
+        ids = tokenizer.encode(text)
+        return ids, [True] * len(ids)
+
+    texts = [f.text] if f.format == "text" else [r["text"] for r in f.records]
+    encoded = cache.encode_all(tokenizer, {"kind": "stream"}, texts, encode)
     if f.format == "text":
-        return tokenizer.encode(f.text)
+        return encoded[0][0]
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else tokenizer.encode("\n")
     ids: list[int] = []
-    for r in f.records:
-        ids += tokenizer.encode(r["text"]) + sep
+    for part, _ in encoded:
+        ids += part + sep
     return ids
 
 
-def _window_batches(data: LoadedData, tokenizer: Any, cfg: TrainingConfig, block: int) -> Batches:
-    ids = _stream_ids(tokenizer, data.train)
+def _window_batches(
+    data: LoadedData, tokenizer: Any, cfg: TrainingConfig, block: int, cache: TokenCache
+) -> Batches:
+    ids = _stream_ids(tokenizer, data.train, cache)
     if data.val is None:
         split = split_tokens(ids, cfg.val_fraction, block)
         train_ids, val_ids = split.train, split.val
     else:
         train_ids = torch.tensor(ids, dtype=torch.long)
-        val_ids = torch.tensor(_stream_ids(tokenizer, data.val), dtype=torch.long)
+        val_ids = torch.tensor(_stream_ids(tokenizer, data.val, cache), dtype=torch.long)
         for name, part in (("training", train_ids), ("validation", val_ids)):
             if len(part) < block + 1:
                 raise DataError(
@@ -210,43 +220,58 @@ def _one_system_prompt(records: list[dict[str, Any]]) -> str | None:
     return prompt if isinstance(prompt, str) else None
 
 
+def _encoder(
+    data: LoadedData,
+    adapter: ModelAdapter,
+    cfg: TrainingConfig,
+    recorded_chat: dict[str, Any] | None,
+) -> tuple[Callable[[dict[str, Any]], Encoded], dict[str, Any] | None, dict[str, Any]]:
+    """How a record becomes ids: (encode, the ``chat`` meta, what the ids depend on besides
+    the tokenizer and the record, for the token cache)."""
+    tok = adapter.tokenizer
+    settings: dict[str, Any] = {"kind": data.format, "train_on_prompt": cfg.train_on_prompt}
+    if data.format != "chat":
+        return (
+            lambda r: encode_completion(tok, r["prompt"], r["completion"], cfg.train_on_prompt),
+            None,
+            settings,
+        )
+    fmt = resolve_chat_format(tok, cfg.chat_template, recorded_chat)
+    adapter.add_stop_token_ids(stop_token_ids(tok, fmt))
+    chat_meta = fmt.to_meta()
+    settings.update(template=fmt.template, stop_tokens=list(fmt.stop_tokens))
+    system = _one_system_prompt(data.train.records)
+    if system is not None:  # an export's Modelfile makes it the default (SYSTEM)
+        chat_meta["system_prompt"] = system
+
+    def encode(r: dict[str, Any]) -> Encoded:
+        try:
+            return encode_chat(tok, fmt, r["messages"], cfg.train_on_prompt)
+        except ValueError as e:
+            raise DataError(
+                f"Cannot render a conversation of {data.source} with the chat template: {e}.",
+                "Set chat_template: chatml in the config, or fix the model's template.",
+            ) from e
+
+    return encode, chat_meta, settings
+
+
 def _example_batches(
     data: LoadedData,
     adapter: ModelAdapter,
     cfg: TrainingConfig,
     block: int,
     recorded_chat: dict[str, Any] | None,
+    cache: TokenCache,
 ) -> Batches:
     tok = adapter.tokenizer
-    chat_meta = None
-    if data.format == "chat":
-        fmt = resolve_chat_format(tok, cfg.chat_template, recorded_chat)
-        adapter.add_stop_token_ids(stop_token_ids(tok, fmt))
-        chat_meta = fmt.to_meta()
-        system = _one_system_prompt(data.train.records)
-        if system is not None:  # an export's Modelfile makes it the default (SYSTEM)
-            chat_meta["system_prompt"] = system
-
-        def encode(r: dict[str, Any]) -> tuple[list[int], list[bool]]:
-            return encode_chat(tok, fmt, r["messages"], cfg.train_on_prompt)
-    else:
-
-        def encode(r: dict[str, Any]) -> tuple[list[int], list[bool]]:
-            return encode_completion(tok, r["prompt"], r["completion"], cfg.train_on_prompt)
-
+    encode, chat_meta, settings = _encoder(data, adapter, cfg, recorded_chat)
     train_records, val_records = _split_records(data, cfg)
     truncated = dropped = 0
     sets: list[list[Example]] = []
     for records in (train_records, val_records):
         examples = []
-        for r in records:
-            try:
-                ids, trained = encode(r)
-            except ValueError as e:
-                raise DataError(
-                    f"Cannot render a conversation of {data.source} with the chat template: {e}.",
-                    "Set chat_template: chatml in the config, or fix the model's template.",
-                ) from e
+        for ids, trained in cache.encode_all(tok, settings, records, encode):
             truncated += len(ids) > block + 1
             ex = make_example(ids, trained, block)
             if ex is None:
@@ -290,6 +315,7 @@ def build_batches(
     cfg: TrainingConfig,
     block: int,
     recorded_chat: dict[str, Any] | None = None,
+    cache: TokenCache | None = None,
 ) -> Batches:
     """Tokenize ``data`` for ``adapter`` and build the samplers.
 
@@ -298,14 +324,17 @@ def build_batches(
 
     Args:
         recorded_chat: The ``chat`` entry of the checkpoint being resumed (its template wins).
+        cache: Where tokenized records are looked up and remembered (written at its
+            ``commit()``); None tokenizes everything and keeps nothing.
 
     Raises:
         DataError: If the data is too short or cannot be rendered for this model.
     """
+    cache = cache or TokenCache(None)
     if data.format in EXAMPLE_FORMATS:
-        out = _example_batches(data, adapter, cfg, block, recorded_chat)
+        out = _example_batches(data, adapter, cfg, block, recorded_chat, cache)
     else:
-        out = _window_batches(data, adapter.tokenizer, cfg, block)
+        out = _window_batches(data, adapter.tokenizer, cfg, block, cache)
     out.meta = {
         "source": data.source,
         "sha256": data.sha256,

@@ -102,7 +102,7 @@ def _info(source: GGUFSource, name_suffix: str = "") -> GGUFInfo:
         name=meta["name"] + name_suffix,
         license=meta.get("license"),
         base_models=base_models(meta.get("lineage") or []),
-        datasets=training_datasets(meta.get("checkpoint_meta") or {}),
+        datasets=training_datasets(meta.get("checkpoint_meta") or meta.get("trained_on") or {}),
         custom=dict(meta.get("llmforge") or {}),
     )
 
@@ -226,6 +226,10 @@ def _card(
         )
     else:
         head = registry_card(
-            meta["name"], source.architecture, meta.get("lineage") or [], meta["license"]
+            meta["name"],
+            source.architecture,
+            meta.get("lineage") or [],
+            meta["license"],
+            dataset_ids(meta.get("trained_on") or {}),
         )
     return head + gguf_section(files, result.stop_tokens, result.modelfile, adapter_file)

@@ -246,6 +246,8 @@ def registry_source(
             "license": card_license(ws, {"license": entry.license, "lineage": chain}),
             "chat_template": None,
             "llmforge": info,
+            # what a checkpoint's meta.json says of its data, as register copied it
+            "trained_on": {"data": {"hub": entry.details.get("data_hub")}},
         },
         license_text=_license_text(ws, [entry.model_name, *names]),
         notes=list(notes),

@@ -108,12 +108,20 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
-def registry_card(name: str, architecture: str, chain: list[str], license_label: str | None) -> str:
-    """The ``README.md`` of a registry model's GGUF export: base model, license, lineage."""
+def registry_card(
+    name: str,
+    architecture: str,
+    chain: list[str],
+    license_label: str | None,
+    datasets: list[str] | None = None,
+) -> str:
+    """The ``README.md`` of a registry model's GGUF export: base model, license, lineage,
+    the hub datasets it was trained on."""
     _, origin = lineage.split(chain)
     base = origin.removeprefix("hf:") if origin and origin.startswith("hf:") else None
     front = ["---", f"license: {license_label or 'other'}"]
     front += [f"base_model: {base}"] if base else []
+    front += ["datasets:", *(f"- {d}" for d in datasets)] if datasets else []
     front += ["library_name: gguf", "pipeline_tag: text-generation", "tags:", "- llmforge"]
     lic = license_label or "unknown: check the base model's license before sharing"
     return "\n".join(

@@ -22,6 +22,7 @@ from llmforge.checkpoints.loading import load_checkpoint_adapter
 from llmforge.checkpoints.metadata import load_meta
 from llmforge.config import ARCHITECTURE_KEYS, TrainingConfig
 from llmforge.data.batches import LoadedData, build_batches, load_data
+from llmforge.data.token_cache import TokenCache
 from llmforge.errors import ConfigError, ModelExistsError, TrainingError
 from llmforge.modeling.model_size import folder_shape
 from llmforge.modeling.tokenizers import CharTokenizer, Tokenizer
@@ -75,10 +76,15 @@ def _registry_model(
 
 
 def new_run(
-    workspace: Workspace, cfg: TrainingConfig, run_dir: Path, world: int = 1
+    workspace: Workspace,
+    cfg: TrainingConfig,
+    run_dir: Path,
+    world: int = 1,
+    cache: TokenCache | None = None,
 ) -> tuple[tuple[Trainer, dict[str, Any]], list[str]]:
     """A new run at step 0 (from scratch, or fine-tuning ``cfg.model_name``): (the trainer and
-    ``meta.json`` content, warnings). ``world``: processes of the job (for the memory check)."""
+    ``meta.json`` content, warnings). ``world``: processes of the job (for the memory check);
+    ``cache``: the token cache tokenized records are looked up in (see :func:`build_batches`)."""
     warnings: list[str] = []
     refuse_existing_run(run_dir)
     torch.manual_seed(cfg.seed)  # model initialisation is reproducible from the seed
@@ -132,7 +138,8 @@ def new_run(
             meta_model.update(
                 finetune="lora", lora=adapter.lora, base=lora_run.base_identity(entry)
             )
-    return fresh_trainer(cfg, adapter, corpus, run_dir, meta_model, warnings), warnings
+    trainer = fresh_trainer(cfg, adapter, corpus, run_dir, meta_model, warnings, cache)
+    return trainer, warnings
 
 
 def fresh_trainer(
@@ -142,13 +149,14 @@ def fresh_trainer(
     run_dir: Path,
     meta_model: dict[str, Any],
     warnings: list[str],
+    cache: TokenCache | None = None,
 ) -> tuple[Trainer, dict[str, Any]]:
     """A trainer at step 0 with a fresh optimizer, and the run's ``meta.json`` content.
 
     Warnings about the data (truncated or skipped examples) are appended to ``warnings``.
     """
     block = min(cfg.block_size, adapter.max_context or cfg.block_size)
-    batches = build_batches(corpus, adapter, cfg, block)
+    batches = build_batches(corpus, adapter, cfg, block, cache=cache)
     train, val, prompt = batches.train, batches.val, batches.sample_prompt
     warnings += batches.warnings
     dist = join_run(cfg)
@@ -199,6 +207,7 @@ def branch_run(
     source: Path,
     name: str,
     world: int = 1,
+    cache: TokenCache | None = None,
 ) -> tuple[tuple[Trainer, dict[str, Any]], list[str]]:
     """A new run from a checkpoint's weights, fine-tuning the branch model ``name``: (the
     trainer and ``meta.json`` content, warnings).
@@ -258,4 +267,5 @@ def branch_run(
             "model_name": src.get("model_name"),
         },
     }
-    return fresh_trainer(run_cfg, adapter, corpus, run_dir, meta_model, warnings), warnings
+    trainer = fresh_trainer(run_cfg, adapter, corpus, run_dir, meta_model, warnings, cache)
+    return trainer, warnings

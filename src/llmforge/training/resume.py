@@ -30,6 +30,7 @@ from llmforge.checkpoints.sharded import load_sharded, skeleton
 from llmforge.config import RESUMABLE_KEYS, TrainingConfig
 from llmforge.data.batches import build_batches, load_data
 from llmforge.data.hub_data import check_hub_revisions
+from llmforge.data.token_cache import TokenCache
 from llmforge.errors import CheckpointError, LLMForgeError, TrainingError
 from llmforge.modeling.model_size import ModelShape, folder_shape
 from llmforge.training.checkpointing import set_rng_state
@@ -198,8 +199,11 @@ def resume_trainer(
     allow_base_mismatch: bool = False,
     processes: int | None = None,
     allow_data_change: bool = False,
+    cache: TokenCache | None = None,
 ) -> tuple[Trainer, dict[str, Any], list[str], list[str]]:
     """A trainer positioned after ``ckpt``'s step: (trainer, meta, warnings, notes).
+
+    ``cache``: the token cache tokenized records are looked up in (see :func:`build_batches`).
 
     Raises:
         CheckpointError: The checkpoint is incomplete or damaged, or does not fit the model.
@@ -244,7 +248,7 @@ def resume_trainer(
             "run will not match an uninterrupted one."
         )
     block = min(run_cfg.block_size, adapter.max_context or run_cfg.block_size)
-    batches = build_batches(corpus, adapter, run_cfg, block, meta.get("chat"))
+    batches = build_batches(corpus, adapter, run_cfg, block, meta.get("chat"), cache)
     warnings += batches.warnings
     module, optimizer = setup_training(adapter, run_cfg, dist)
     _restore(ckpt, adapter, optimizer, state, dist, sharded_ckpt)
@@ -255,14 +259,7 @@ def resume_trainer(
     for k in ("step", "train_loss", "val_loss"):
         meta.pop(k, None)
     trainer = Trainer(
-        run_cfg,
-        adapter,
-        optimizer,
-        batches.train,
-        batches.val,
-        run_dir,
-        meta,
-        state,
+        *(run_cfg, adapter, optimizer, batches.train, batches.val, run_dir, meta, state),
         sample_prompt=batches.sample_prompt,
         dist=dist,
         train_module=module,

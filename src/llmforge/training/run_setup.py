@@ -16,6 +16,7 @@ import yaml
 from llmforge.checkpoints.layout import latest_checkpoint
 from llmforge.checkpoints.references import resolve_checkpoint
 from llmforge.config import KIND_PHRASES, TrainingConfig
+from llmforge.data.token_cache import TokenCache
 from llmforge.errors import CheckpointError, ConfigError, TrainingError
 from llmforge.fsutil import atomic_write_text
 from llmforge.tracking.callback import Callback
@@ -231,6 +232,7 @@ class _Built:
     resumed_from: Path | None = None
     branch_source: Path | None = None  # the checkpoint a new branch starts from
     branch_name: str | None = None
+    cache: TokenCache | None = None  # tokenized records, written once the run exists
 
 
 def _build(
@@ -245,6 +247,7 @@ def _build(
     allow_data_change: bool = False,
 ) -> _Built:
     """The trainer of a resumed, branched or new run, every check passed, nothing written."""
+    cache = TokenCache(workspace.root)
     if resume is not None:
         resumed_from = _resume_target(workspace, cfg, resume)
         trainer, meta, warnings, notes = resume_trainer(
@@ -255,20 +258,26 @@ def _build(
             allow_base_mismatch,
             processes,
             allow_data_change,
+            cache,
         )
-        return _Built(trainer, meta, warnings, notes, trainer.run_dir, resumed_from)
+        notes += [n for n in (cache.note(),) if n]
+        return _Built(trainer, meta, warnings, notes, trainer.run_dir, resumed_from, cache=cache)
     world = world_size(processes)
     run_dir = run_dir_for(workspace, cfg)
     run_lock.check_free(run_dir)
     source = None
     if init_from is not None and branch_name is not None:
         source = resolve_checkpoint(workspace, init_from, run_dir.parent)
-        (trainer, meta), warnings = branch_run(workspace, cfg, run_dir, source, branch_name, world)
+        (trainer, meta), warnings = branch_run(
+            workspace, cfg, run_dir, source, branch_name, world, cache
+        )
     else:
-        (trainer, meta), warnings = new_run(workspace, resolve_precision(cfg), run_dir, world)
+        (trainer, meta), warnings = new_run(
+            workspace, resolve_precision(cfg), run_dir, world, cache
+        )
     warnings = [*trainer.cfg.notes, *warnings]
-    notes = _start_notes(trainer.cfg)
-    return _Built(trainer, meta, warnings, notes, run_dir, None, source, branch_name)
+    notes = _start_notes(trainer.cfg) + [n for n in (cache.note(),) if n]
+    return _Built(trainer, meta, warnings, notes, run_dir, None, source, branch_name, cache)
 
 
 def _refuse_what_cannot_run(prepared: PreparedRun, stop_at: int | None) -> None:
@@ -309,6 +318,8 @@ def _create_run(
             entry = register_checkpoint(workspace, str(built.branch_source), built.branch_name)
             meta["model_disk_bytes"] = entry.disk_bytes
         run_dir.mkdir(parents=True, exist_ok=True)
+        if built.cache is not None:
+            built.cache.commit()
         clean_temporaries(run_dir)
         truncate_metrics(run_dir, prepared.start_step)
         atomic_write_text(
