@@ -230,8 +230,7 @@ def _resumed_batches(
     if recorded is not None and recorded != kind:
         raise CheckpointError(
             f"{ckpt} was trained on {recorded} batches, but resuming it would make "
-            f"{kind} batches (data.packing in its meta.json: "
-            f"{(meta.get('data') or {}).get('packing')}), so the run would not continue as "
+            f"{kind} batches (packed vs padded examples), so the run would not continue as "
             "it started. Nothing was written.",
             "Resume with the same data and model as the run started with, or start a new "
             "run from this checkpoint's weights with --init-from.",
