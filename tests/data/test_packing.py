@@ -81,13 +81,30 @@ def test_a_row_of_one_example_is_laid_out_as_the_padded_row() -> None:
 
 
 @pytest.mark.parametrize(
-    ("architecture", "attention", "fused"),
-    [("qwen2", "sdpa", 16), ("qwen2", "eager", 0), ("qwen3", "sdpa", 0), ("qwen3", "eager", 16)],
+    ("architecture", "attention", "fused", "lora"),
+    [
+        ("qwen2", "sdpa", 16, False),
+        ("qwen2", "eager", 0, False),
+        ("qwen3", "sdpa", 0, False),
+        ("qwen3", "eager", 16, False),
+        ("qwen2", "sdpa", 16, True),  # LoRA: the fused loss unwraps peft's model
+        ("qwen2", "sdpa", 0, True),  # LoRA: through peft's own forward
+    ],
 )
 def test_packed_loss_and_gradients_equal_the_padded_ones(
-    tiny_models: dict[str, Path], architecture: str, attention: str, fused: int
+    tiny_models: dict[str, Path], architecture: str, attention: str, fused: int, lora: bool
 ) -> None:
     adapter = tiny_adapter(tiny_models[architecture], architecture, attention)
+    if lora:
+        from llmforge.adapters import peft_lora
+
+        torch.manual_seed(0)
+        peft_lora.attach(
+            adapter, {"r": 4, "alpha": 8.0, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+        )
+        for _, p in adapter.trainable_parameters():  # B starts at 0: make every grad count
+            with torch.no_grad():
+                p.normal_(0.0, 0.05)
     adapter.fused_loss_chunk = fused  # the fused LM-head loss, or plain logits
     vocab = adapter.model.config.vocab_size
     exs = mixed_examples(40, vocab, BLOCK, seed=1)
