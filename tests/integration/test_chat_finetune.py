@@ -191,17 +191,26 @@ def test_custom_transformer_trains_on_jsonl_text_but_not_on_chat(tmp_path: Path)
     assert snapshot(home) == before
 
 
-def _as_before_packing(ckpt: Path) -> None:
-    """Make ``ckpt`` look written before the ``packing`` key existed (its manifest redone)."""
+def _rewrite(ckpt: Path, name: str, change) -> None:
+    """Change the JSON file ``name`` of ``ckpt`` with ``change(obj)``; redo the manifest."""
     from llmforge.checkpoints.manifest import write_manifest
 
-    meta_file = ckpt / "meta.json"
-    meta = json.loads(meta_file.read_text())
+    f = ckpt / name
+    obj = json.loads(f.read_text())
+    change(obj)
+    f.chmod(0o644)
+    f.write_text(json.dumps(obj))
+    write_manifest(ckpt)
+
+
+def _as_before_packing(meta: dict) -> None:
+    """``meta.json`` as written before the ``packing`` key existed."""
     del meta["config"]["packing"]
     del meta["data"]["packing"]
-    meta_file.chmod(0o644)
-    meta_file.write_text(json.dumps(meta))
-    write_manifest(ckpt)
+
+
+def _sampler_kind(kind: str):
+    return lambda state: state["sampler"].update(kind=kind)
 
 
 @pytest.mark.parametrize("packing", [True, False])
@@ -237,7 +246,15 @@ def test_chat_run_resumes_bit_exact_with_its_template(
     if packing:  # a packed run stays packed: turning it off is ignored, said so
         more = ["--set", "packing=false"]
     else:  # a padded checkpoint from before packing existed resumes padded, not packed
-        _as_before_packing(home / "runs/split/checkpoints/step-000003")
+        ckpt = home / "runs/split/checkpoints/step-000003"
+        # A checkpoint whose batches were of another kind than the resume would make: refused.
+        _rewrite(ckpt, "trainer_state.json", _sampler_kind("packed-example"))
+        before = snapshot(home)
+        res = run_cli(home, "train", str(cfg), "--run-name", "split", "--resume", "latest")
+        assert res.exit_code != 0 and "was trained on packed-example batches" in res.stderr
+        assert "Traceback" not in res.output and snapshot(home) == before
+        _rewrite(ckpt, "trainer_state.json", _sampler_kind("random-example"))
+        _rewrite(ckpt, "meta.json", _as_before_packing)
         more = []
     res = run_cli(home, "train", str(cfg), "--run-name", "split", "--resume", "latest", *more)
     assert res.exit_code == 0, res.output

@@ -229,7 +229,7 @@ def _resumed_batches(
     kind = getattr(batches.train, "kind", "random-window")
     if recorded is not None and recorded != kind:
         raise CheckpointError(
-            f"{ckpt} was trained on {recorded} batches, but resuming it would make "
+            f"{ckpt} was trained on {str(recorded)[:40]} batches, but resuming it would make "
             f"{kind} batches (packed vs padded examples), so the run would not continue as "
             "it started. Nothing was written.",
             "Resume with the same data and model as the run started with, or start a new "
