@@ -191,10 +191,38 @@ def test_custom_transformer_trains_on_jsonl_text_but_not_on_chat(tmp_path: Path)
     assert snapshot(home) == before
 
 
-def test_chat_run_resumes_bit_exact_with_its_template(home: Path, tmp_path: Path) -> None:
+def _rewrite(ckpt: Path, name: str, change) -> None:
+    """Change the JSON file ``name`` of ``ckpt`` with ``change(obj)``; redo the manifest."""
+    from llmforge.checkpoints.manifest import write_manifest
+
+    f = ckpt / name
+    obj = json.loads(f.read_text())
+    change(obj)
+    f.chmod(0o644)
+    f.write_text(json.dumps(obj))
+    write_manifest(ckpt)
+
+
+def _as_before_packing(meta: dict) -> None:
+    """``meta.json`` as written before the ``packing`` key existed."""
+    del meta["config"]["packing"]
+    del meta["data"]["packing"]
+
+
+def _sampler_kind(kind: str):
+    return lambda state: state["sampler"].update(kind=kind)
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_chat_run_resumes_bit_exact_with_its_template(
+    home: Path, tmp_path: Path, packing: bool
+) -> None:
     from safetensors.torch import load_file
 
-    rows = [json.dumps(_chat_row(f"say {w}", f"{w} {w}")) for w in "abcdefghij"]
+    # Mixed lengths, so that packed rows hold several conversations of different sizes.
+    rows = [
+        json.dumps(_chat_row(f"say {w * (i + 1)}", f"{w} {w}")) for i, w in enumerate("abcdefghij")
+    ]
     data = tmp_path / "c.jsonl"
     data.write_text("\n".join(rows), encoding="utf-8")
     cfg = _config(
@@ -208,21 +236,69 @@ def test_chat_run_resumes_bit_exact_with_its_template(home: Path, tmp_path: Path
         save_interval=6,
         eval_interval=3,
         chat_template="chatml",
+        **({} if packing else {"packing": False}),
     )
-    assert run_cli(home, "train", str(cfg), "--run-name", "straight").exit_code == 0
+    res = run_cli(home, "train", str(cfg), "--run-name", "straight")
+    assert res.exit_code == 0, res.output
+    assert ("(packed several to a row: packing)" in res.stdout) is packing
     res = run_cli(home, "train", str(cfg), "--run-name", "split", "--stop-at", "3")
     assert res.exit_code == 0, res.output
-    res = run_cli(home, "train", str(cfg), "--run-name", "split", "--resume", "latest")
+    if packing:  # a packed run stays packed: turning it off is ignored, said so
+        more = ["--set", "packing=false"]
+    else:  # a padded checkpoint from before packing existed resumes padded, not packed
+        ckpt = home / "runs/split/checkpoints/step-000003"
+        # A checkpoint whose batches were of another kind than the resume would make: refused.
+        _rewrite(ckpt, "trainer_state.json", _sampler_kind("packed-example"))
+        before = snapshot(home)
+        res = run_cli(home, "train", str(cfg), "--run-name", "split", "--resume", "latest")
+        assert res.exit_code != 0 and "was trained on packed-example batches" in res.stderr
+        assert "Traceback" not in res.output and snapshot(home) == before
+        _rewrite(ckpt, "trainer_state.json", _sampler_kind("random-example"))
+        _rewrite(ckpt, "meta.json", _as_before_packing)
+        more = []
+    res = run_cli(home, "train", str(cfg), "--run-name", "split", "--resume", "latest", *more)
     assert res.exit_code == 0, res.output
+    assert ("ignoring the changed packing" in res.output) is packing
     a = home / "runs/straight/checkpoints/step-000006"
     b = home / "runs/split/checkpoints/step-000006"
     la = json.loads((a / "trainer_state.json").read_text())
     lb = json.loads((b / "trainer_state.json").read_text())
-    assert la["losses"] == lb["losses"] and lb["sampler"]["kind"] == "random-example"
+    kind = "packed-example" if packing else "random-example"
+    assert la["losses"] == lb["losses"] and lb["sampler"]["kind"] == kind
     wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     meta = json.loads((b / "meta.json").read_text())
-    assert meta["chat"]["source"] == "config"
+    assert meta["chat"]["source"] == "config" and meta["data"]["packing"] is packing
+
+
+def test_a_packed_and_a_padded_run_train_alike(home: Path, tmp_path: Path) -> None:
+    # The same examples every step, laid out differently: the same losses to float rounding.
+    rows = [
+        json.dumps(_chat_row(f"say {w * (i % 4 + 1)}", f"{w}"))
+        for i, w in enumerate("abcdefghijklmn")
+    ]
+    data = tmp_path / "c.jsonl"
+    data.write_text("\n".join(rows), encoding="utf-8")
+    losses = {}
+    for packing in (True, False):
+        cfg = _config(
+            tmp_path,
+            data,
+            name=f"p{packing}",
+            max_steps=5,
+            warmup_steps=1,
+            batch_size=6,
+            save_interval=5,
+            eval_interval=5,
+            precision="fp32",
+            packing=packing,
+        )
+        res = run_cli(home, "train", str(cfg))
+        assert res.exit_code == 0, res.output
+        state = home / f"runs/p{packing}/checkpoints/step-000005/trainer_state.json"
+        losses[packing] = [loss for _, loss in json.loads(state.read_text())["losses"]]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert losses[True] != losses[True][:1] * 5  # it trained
 
 
 def test_chat_reads_stdin_or_runs_an_interactive_loop(home: Path) -> None:

@@ -37,6 +37,12 @@ class ModelAdapter(ABC):
             the loss together without the full (B, T, V) logits (``fused_loss`` in the
             config; the trainer sets it); 0 = plain logits and cross-entropy. Adapters that
             do not support the fused loss ignore it.
+
+    An adapter whose :meth:`forward` takes ``position_ids`` that restart at every packed
+    example, and keeps attention within each example, returns True from
+    :meth:`supports_packing`; chat and prompt/completion data are then packed
+    (``packing`` in the config, :mod:`llmforge.data.packing`). Others are given padded
+    batches and never ``position_ids``.
     """
 
     architecture: ClassVar[str]
@@ -67,6 +73,10 @@ class ModelAdapter(ABC):
     def load(cls, folder: Path, tokenizer: Tokenizer) -> ModelAdapter:
         """The model that :meth:`save` wrote into ``folder``."""
 
+    def supports_packing(self) -> bool:
+        """Whether :meth:`forward` takes ``position_ids`` of packed rows (see the class doc)."""
+        return False
+
     # -- use ---------------------------------------------------------------------------
     @abstractmethod
     def forward(
@@ -75,7 +85,8 @@ class ModelAdapter(ABC):
         """Logits (B, T, V) for ``input_ids`` (B, T), and the mean next-token loss.
 
         ``labels`` are already shifted (``labels[:, t]`` is the target of position ``t``);
-        ``-100`` marks positions without loss.
+        ``-100`` marks positions without loss. An adapter that :meth:`supports_packing` also
+        takes ``position_ids`` (B, T) of packed rows (keyword).
         """
 
     @abstractmethod

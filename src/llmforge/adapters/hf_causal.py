@@ -19,6 +19,9 @@ from llmforge.errors import CheckpointError
 from llmforge.modeling.tokenizers import HFTokenizer, Tokenizer
 from llmforge.store.registry import ModelEntry
 
+# Attention implementations that keep packed examples apart given only their position ids.
+PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
 
 class HFCausalLMAdapter(ModelAdapter):
     """A ``transformers`` causal LM with its native (or an override) tokenizer.
@@ -90,8 +93,17 @@ class HFCausalLMAdapter(ModelAdapter):
     def load(cls, folder: Path, tokenizer: Tokenizer) -> HFCausalLMAdapter:
         return cls(cls._load_model(folder), tokenizer)
 
+    def supports_packing(self) -> bool:
+        # transformers (>= 4.53) reads restarts in position_ids as sequence boundaries: a
+        # block-diagonal causal mask for these implementations, varlen for flash attention.
+        impl = getattr(self.model.config, "_attn_implementation", None)
+        return impl in PACKING_ATTENTION
+
     def forward(
-        self, input_ids: torch.Tensor, labels: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         # Labels are already shifted (labels[:, t] is the target of position t), so the loss
         # is computed here rather than by transformers, which would shift them again.
@@ -103,9 +115,11 @@ class HFCausalLMAdapter(ModelAdapter):
 
             # No logits at all: the LM head and the loss run fused, chunk by chunk.
             body, head = parts
-            hidden = body(input_ids=input_ids, use_cache=False).last_hidden_state  # (B, T, C)
+            out = body(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+            hidden = out.last_hidden_state  # (B, T, C)
             return None, fused_linear_cross_entropy(hidden, head, labels, chunk)
-        logits = self.model(input_ids=input_ids, use_cache=False).logits  # (B, T, V)
+        out = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        logits = out.logits  # (B, T, V)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(

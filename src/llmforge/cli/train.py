@@ -403,7 +403,8 @@ def _data_lines(s: RunSummary) -> list[str]:
     examples = s.data.get("examples")
     what = (
         f"{s.data.get('format')}, {examples['train']} training / {examples['val']} validation "
-        f"examples, up to {s.tokens_per_step:,} tokens per step (padded)"
+        f"examples, up to {s.tokens_per_step:,} tokens per step "
+        + ("(packed several to a row: packing)" if s.data.get("packing") else "(padded)")
         if examples
         else f"{s.tokens_per_step:,} tokens per step"
     )

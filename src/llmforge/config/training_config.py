@@ -93,6 +93,12 @@ class TrainingConfig(BaseModel):
     skip_bad_lines: bool = Field(
         default=False, description="Skip malformed records (counted) instead of failing."
     )
+    packing: bool = Field(
+        default=True,
+        description="Chat / prompt-completion data: pack each micro-batch's examples into "
+        "rows of up to block_size tokens (attention and positions kept per example) instead "
+        "of padding each to the longest; off where the model path cannot (text: no effect).",
+    )
     chat_template: str | None = Field(
         default=None,
         description="None = the model's own, else ChatML; 'chatml'; a Jinja template or "

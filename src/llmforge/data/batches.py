@@ -3,9 +3,10 @@
 :func:`load_data` reads and checks the files (no tokenizer needed, so it runs before a
 char-level tokenizer is built from the text); :func:`build_batches` tokenizes them for a
 model. Text (``.txt``, JSONL ``text`` records) becomes one token stream sampled in random
-windows; ``prompt-completion`` and ``chat`` records become padded examples whose loss covers
-only the answers (see :mod:`llmforge.data.chat_templates` and
-:class:`llmforge.data.samplers.ExampleSampler`).
+windows; ``prompt-completion`` and ``chat`` records become examples whose loss covers only
+the answers (see :mod:`llmforge.data.chat_templates`), packed several to a row where the
+model supports it (``packing``, :mod:`llmforge.data.packing`), else padded
+(:class:`llmforge.data.samplers.ExampleSampler`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from llmforge.data.corpus import split_tokens
 from llmforge.data.data_files import DataFile, read_data_file, skipped_warning
 from llmforge.data.hub_data import alpaca_layout, read_hub_config, unused_hub_keys
 from llmforge.data.hub_uri import is_hub_uri
+from llmforge.data.packing import PackedExampleSampler
 from llmforge.data.samplers import (
     Example,
     ExampleSampler,
@@ -295,7 +297,10 @@ def _example_batches(
     pad = next(
         (i for i in (getattr(hf, "pad_token_id", None), tok.eos_token_id) if i is not None), 0
     )
-    train = ExampleSampler(sets[0], block, cfg.batch_size, cfg.seed, pad)
+    packing = _packing(adapter, cfg, warnings)
+    # Validation stays padded either way: the same losses as `llmforge eval --data` computes.
+    kind = PackedExampleSampler if packing else ExampleSampler
+    train = kind(sets[0], block, cfg.batch_size, cfg.seed, pad)
     val = ExampleSampler(sets[1], block, cfg.batch_size, cfg.seed, pad)
     first = sets[1][0]
     k = int((first.labels != -100).nonzero()[0])
@@ -305,8 +310,24 @@ def _example_batches(
         "truncated": truncated,
         "dropped": dropped,
         "train_on_prompt": cfg.train_on_prompt,
+        "packing": packing,
     }
     return Batches(train, val, prompt, meta, chat_meta, warnings)
+
+
+def _packing(adapter: ModelAdapter, cfg: TrainingConfig, warnings: list[str]) -> bool:
+    """Whether the examples are packed: ``packing`` and a model path that keeps them apart."""
+    if not cfg.packing:
+        return False
+    if adapter.supports_packing():
+        return True
+    if "packing" in cfg.model_fields_set:  # asked for explicitly: say why it is not done
+        warnings.append(
+            f"packing: true is ignored: the {adapter.architecture} model cannot keep packed "
+            "examples apart (its forward takes no per-example position ids, or its attention "
+            "implementation does not read them); each example is padded instead."
+        )
+    return False
 
 
 def build_batches(

@@ -1,4 +1,5 @@
-"""Batches for the trainer: random token windows, or padded examples with loss masks.
+"""Batches for the trainer: random token windows, or padded examples with loss masks
+(packed ones: :mod:`llmforge.data.packing`).
 
 The windows (and examples) of optimizer step ``s``, micro-batch ``m`` depend only on
 ``(seed, s, m)``, so the sampler's position is the step counter itself and a resumed run sees
@@ -55,8 +56,9 @@ class Sampler(Protocol):
 
     block_size: int
 
-    def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(inputs, targets)`` (B, T) of micro-batch ``micro`` of optimizer step ``step``."""
+    def batch(self, step: int, micro: int) -> tuple[torch.Tensor, ...]:
+        """``(inputs, targets)`` (B, T) of micro-batch ``micro`` of optimizer step ``step``;
+        a packed sampler adds ``position_ids`` (the model's ``forward`` takes them)."""
         ...
 
     def eval_batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,12 +94,12 @@ def make_example(ids: list[int], trained: list[bool], block_size: int) -> Exampl
 class ExampleSampler:
     """Batches of whole examples, right-padded, reproducible from (seed, step, micro).
 
-    Padding, not packing: each row holds one example from position 0, padded on the right
-    with ``pad_id`` (label -100) to the longest example of the batch. With a causal model a
-    real position only attends to earlier positions, never to the padding after it, and its
-    position ids are the ones it would have alone, so no attention mask is needed and the
-    loss is exactly that of the unpadded examples. Packing would be faster on short
-    examples but needs per-example attention masks and position resets to stay correct.
+    Each row holds one example from position 0, padded on the right with ``pad_id`` (label
+    -100) to the longest example of the batch. With a causal model a real position only
+    attends to earlier positions, never to the padding after it, and its position ids are the
+    ones it would have alone, so no attention mask is needed and the loss is exactly that of
+    the unpadded examples. :class:`llmforge.data.packing.PackedExampleSampler` packs the same
+    examples several to a row (with position resets the model turns into attention masks).
 
     Args:
         examples: The examples.
@@ -130,11 +132,14 @@ class ExampleSampler:
             y[r, : len(e.labels)] = e.labels
         return x, y
 
+    def draw(self, step: int, micro: int) -> list[int]:
+        """The indices of the B random examples of micro-batch ``micro`` of step ``step``."""
+        g = torch.Generator().manual_seed(_seed_for(self.seed, "train", step, micro))
+        return torch.randint(0, len(self.examples), (self.batch_size,), generator=g).tolist()
+
     def batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Random examples for micro-batch ``micro`` of step ``step``: ``(inputs, labels)``."""
-        g = torch.Generator().manual_seed(_seed_for(self.seed, "train", step, micro))
-        idx = torch.randint(0, len(self.examples), (self.batch_size,), generator=g)
-        return self._collate(idx.tolist())
+        return self._collate(self.draw(step, micro))
 
     def eval_batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The examples ``i*B .. i*B+B-1`` (wrapping around): every example gets evaluated."""

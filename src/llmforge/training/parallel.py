@@ -30,7 +30,7 @@ from llmforge.training.speed import apply_speed_settings
 
 
 class LossModule(torch.nn.Module):
-    """The training forward of an adapter as one module: ``(x, y) -> loss``.
+    """The training forward of an adapter as one module: ``(x, y[, position_ids]) -> loss``.
 
     Args:
         adapter: Its ``model`` becomes this module's only child.
@@ -41,8 +41,13 @@ class LossModule(torch.nn.Module):
         self.model = adapter.model
         self._adapter = [adapter]  # in a list: not a submodule, and not a second path to it
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # (B, T) each
-        _, loss = self._adapter[0].forward(x, y)
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:  # (B, T) each
+        if position_ids is None:  # padded batches: any adapter's forward(x, y)
+            _, loss = self._adapter[0].forward(x, y)
+        else:  # packed rows (data/packing.py): only adapters that support_packing get them
+            _, loss = self._adapter[0].forward(x, y, position_ids=position_ids)
         return loss
 
 

@@ -191,6 +191,55 @@ def _resumed_data(meta: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
     return {**now, "hub_before_resume": before} if before and before != now.get("hub") else now
 
 
+def _saved_config(ckpt: Path, meta: dict[str, Any]) -> TrainingConfig:
+    """The run's config as its checkpoint recorded it.
+
+    A checkpoint from before ``packing`` existed was trained padded, so its config lacks the
+    key and gets ``packing: false``, not today's default: the resumed run stays exact.
+    """
+    recorded = meta.get("config") or {}
+    if isinstance(recorded, dict) and "packing" not in recorded:
+        recorded = {**recorded, "packing": False}
+    return TrainingConfig.from_dict(recorded, source=str(ckpt / META_FILE))
+
+
+def _resumed_batches(
+    ckpt: Path,
+    run_cfg: TrainingConfig,
+    adapter: Any,
+    meta: dict[str, Any],
+    state: dict[str, Any],
+    warnings: list[str],
+    cache: TokenCache | None = None,
+) -> Any:
+    """The run's data and samplers again, checked against what its checkpoint recorded.
+
+    Raises:
+        CheckpointError: If the batches would not be laid out as the run's were (its
+            ``trainer_state.json`` names another sampler kind: packed vs padded).
+    """
+    corpus = load_data(run_cfg, adapter.tokenizer, (meta.get("data") or {}).get("hub"))
+    if corpus.sha256 != (meta.get("data") or {}).get("sha256"):
+        warnings.append(
+            f"The training data ({corpus.source}) changed since the run started; the resumed "
+            "run will not match an uninterrupted one."
+        )
+    block = min(run_cfg.block_size, adapter.max_context or run_cfg.block_size)
+    batches = build_batches(corpus, adapter, run_cfg, block, meta.get("chat"), cache)
+    warnings += batches.warnings
+    recorded = (state.get("sampler") or {}).get("kind")
+    kind = getattr(batches.train, "kind", "random-window")
+    if recorded is not None and recorded != kind:
+        raise CheckpointError(
+            f"{ckpt} was trained on {str(recorded)[:40]} batches, but resuming it would make "
+            f"{kind} batches (packed vs padded examples), so the run would not continue as "
+            "it started. Nothing was written.",
+            "Resume with the same data and model as the run started with, or start a new "
+            "run from this checkpoint's weights with --init-from.",
+        )
+    return batches
+
+
 def resume_trainer(
     ckpt: Path,
     cfg: TrainingConfig,
@@ -215,7 +264,7 @@ def resume_trainer(
     run_dir = ckpt.parent.parent
     meta = load_meta(ckpt)
     state = load_state(ckpt)
-    saved = TrainingConfig.from_dict(meta.get("config") or {}, source=str(ckpt / META_FILE))
+    saved = _saved_config(ckpt, meta)
     changed = _changed_keys(cfg, saved, explicit)
     if changed:
         warnings.append(
@@ -241,15 +290,7 @@ def resume_trainer(
         )
     dist = join_run(run_cfg)
     run_cfg = fit_world_size(run_cfg, state, dist, warnings)
-    corpus = load_data(run_cfg, adapter.tokenizer, (meta.get("data") or {}).get("hub"))
-    if corpus.sha256 != (meta.get("data") or {}).get("sha256"):
-        warnings.append(
-            f"The training data ({corpus.source}) changed since the run started; the resumed "
-            "run will not match an uninterrupted one."
-        )
-    block = min(run_cfg.block_size, adapter.max_context or run_cfg.block_size)
-    batches = build_batches(corpus, adapter, run_cfg, block, meta.get("chat"), cache)
-    warnings += batches.warnings
+    batches = _resumed_batches(ckpt, run_cfg, adapter, meta, state, warnings, cache)
     module, optimizer = setup_training(adapter, run_cfg, dist)
     _restore(ckpt, adapter, optimizer, state, dist, sharded_ckpt)
     start = int(state["step"])

@@ -103,9 +103,9 @@ class Trainer:
     def _autocast(self) -> torch.autocast:
         return autocast(self.dist.device, self.cfg.precision == "bf16")
 
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _to_device(self, *batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
         dev = self.dist.device
-        return (x, y) if dev.type == "cpu" else (x.to(dev), y.to(dev))
+        return batch if dev.type == "cpu" else tuple(t.to(dev) for t in batch)
 
     @torch.no_grad()
     def evaluate(self) -> float:
@@ -314,10 +314,11 @@ class Trainer:
             accum, first_micro = cfg.grad_accum_steps, self.dist.rank * cfg.grad_accum_steps
             for micro in range(accum):
                 # (B, T) each: this rank's share of the step's micro-batches
-                x, y = self._to_device(*self.train_sampler.batch(step, first_micro + micro))
+                # a packed sampler adds position_ids (data/packing.py)
+                x, y, *pos = self._to_device(*self.train_sampler.batch(step, first_micro + micro))
                 with no_sync(module, last_micro=micro == accum - 1):
                     with self._autocast():
-                        loss = module(x, y)
+                        loss = module(x, y, *pos)
                     (loss / accum).backward()
                 loss_sum += float(loss.detach())
                 tokens_since_log += x.numel() * self.dist.world_size
