@@ -306,3 +306,45 @@ def test_a_lora_checkpoint_holds_only_the_adapter_and_restores_its_weights(
     assert not all(torch.equal(fresh.model.state_dict()[n], t) for n, t in want.items())
     peft_lora.load_weights(fresh, final)
     assert all(torch.equal(fresh.model.state_dict()[n], t) for n, t in want.items())
+
+
+def _undeletable(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make every file called ``name`` impossible to delete (another user's file, a busy
+    network file), as root cannot be refused otherwise."""
+    real = os.unlink
+
+    def unlink(path: object, *args: object, **kwargs: object) -> None:
+        if os.path.basename(str(path)) == name:
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+
+
+def test_a_checkpoint_that_cannot_be_fully_deleted_does_not_stop_the_pruning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for step in (2, 4, 6):
+        _checkpoint(tmp_path, step)
+    (tmp_path / "checkpoints" / "step-000002" / "locked.bin").write_bytes(b"x")
+    _undeletable(monkeypatch, "locked.bin")
+    deleted = checkpointing.prune_checkpoints(tmp_path, 1)  # the run goes on
+    assert sorted(p.name for p in deleted) == ["step-000002", "step-000004"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000006"]
+    left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert left == [f".old-step-000002-{os.getpid()}", "step-000006"]  # hidden, never a step
+
+
+def test_a_temporary_that_cannot_be_fully_deleted_does_not_stop_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _checkpoint(tmp_path, 2)
+    root = tmp_path / "checkpoints"
+    for name in (".tmp-step-000004-123", ".old-step-000002-9"):
+        (root / name).mkdir()
+        (root / name / "locked.bin").write_bytes(b"x")
+        (root / name / "f").write_text("x")
+    _undeletable(monkeypatch, "locked.bin")
+    checkpointing.clean_temporaries(tmp_path)  # a resume still starts
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002"]
+    assert not (root / ".tmp-step-000004-123" / "f").exists()  # the rest went
