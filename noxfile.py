@@ -61,10 +61,9 @@ MUTATION_TESTS: dict[str, list[str]] = {
     ],
     "training/checkpointing.py": ["tests/training/test_checkpointing.py"],
     "checkpoints/manifest.py": ["tests/training/test_checkpointing.py"],
-    "checkpoints/metadata.py": [
-        "tests/training/test_checkpointing.py",
-        "tests/reliability/test_run_safety.py",
-    ],
+    # In-process: the kill and damage tests of whole runs (test_run_safety.py) train a model
+    # for every mutant, which alone would take longer than the whole session should.
+    "checkpoints/metadata.py": ["tests/training/test_checkpoint_metadata.py"],
     "importing/undo.py": [
         "tests/reliability/test_import_integrity.py",
         "tests/reliability/test_import_safety.py",
