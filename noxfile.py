@@ -56,8 +56,9 @@ MUTATION_TESTS: dict[str, list[str]] = {
         "tests/store/test_commit.py",
     ],
     "store/blobs.py": [
+        "tests/store/test_blobs.py",
         "tests/store/test_store_weights.py",
-        "tests/reliability/test_store_safety.py",
+        "tests/store/test_commit.py",
     ],
     "training/checkpointing.py": ["tests/training/test_checkpointing.py"],
     "checkpoints/manifest.py": ["tests/training/test_checkpointing.py"],
