@@ -267,3 +267,84 @@ def test_save_checkpoint_writes_every_part_and_replaces_a_step_only_whole(tmp_pa
     again = checkpointing.save_checkpoint(run, 3, adapter, opt, {"step": 3}, meta)
     assert again == final and json.loads((final / "trainer_state.json").read_text()) == {"step": 3}
     assert sorted(p.name for p in final.parent.iterdir()) == ["step-000003"]
+
+
+def test_a_lora_checkpoint_holds_only_the_adapter_and_restores_its_weights(
+    tmp_path: Path,
+) -> None:
+    from llmforge.adapters import peft_lora
+    from llmforge.adapters.custom import CustomTransformerAdapter
+    from llmforge.modeling.tokenizers import CharTokenizer
+    from llmforge.modeling.transformer import Transformer, TransformerConfig
+
+    def lora_adapter(seed: int) -> CustomTransformerAdapter:
+        torch.manual_seed(0)  # the same base both times
+        tok = CharTokenizer.from_text("abc ")
+        cfg = TransformerConfig(vocab_size=tok.vocab_size, n_layers=1, d_model=8, n_heads=2)
+        adapter = CustomTransformerAdapter(Transformer(cfg), tok)
+        torch.manual_seed(seed)
+        settings = {"r": 2, "alpha": 4.0, "dropout": 0.0, "target_modules": ["qkv"]}
+        peft_lora.attach(adapter, settings)
+        with torch.no_grad():  # B starts at zero: make the update visible
+            for name, p in adapter.model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)
+        return adapter
+
+    trained = lora_adapter(1)
+    opt = torch.optim.AdamW(p for p in trained.model.parameters() if p.requires_grad)
+    final = checkpointing.save_checkpoint(
+        tmp_path / "run", 5, trained, opt, {"step": 5}, {"step": 5, "finetune": "lora"}
+    )
+    names = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
+    # The adapter only (the base stays in the registry), in peft's own format.
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= names
+    assert "model.safetensors" not in names and "README.md" not in names
+    assert manifest.check_manifest(final, full=True).ok
+    fresh = lora_adapter(2)  # other LoRA weights, then the checkpoint's loaded into them
+    want = {n: t for n, t in trained.model.state_dict().items() if "lora_" in n}
+    assert not all(torch.equal(fresh.model.state_dict()[n], t) for n, t in want.items())
+    peft_lora.load_weights(fresh, final)
+    assert all(torch.equal(fresh.model.state_dict()[n], t) for n, t in want.items())
+
+
+def _undeletable(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make every file called ``name`` impossible to delete (another user's file, a busy
+    network file), as root cannot be refused otherwise."""
+    real = os.unlink
+
+    def unlink(path: object, *args: object, **kwargs: object) -> None:
+        if os.path.basename(str(path)) == name:
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+
+
+def test_a_checkpoint_that_cannot_be_fully_deleted_does_not_stop_the_pruning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for step in (2, 4, 6):
+        _checkpoint(tmp_path, step)
+    (tmp_path / "checkpoints" / "step-000002" / "locked.bin").write_bytes(b"x")
+    _undeletable(monkeypatch, "locked.bin")
+    deleted = checkpointing.prune_checkpoints(tmp_path, 1)  # the run goes on
+    assert sorted(p.name for p in deleted) == ["step-000002", "step-000004"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000006"]
+    left = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert left == [f".old-step-000002-{os.getpid()}", "step-000006"]  # hidden, never a step
+
+
+def test_a_temporary_that_cannot_be_fully_deleted_does_not_stop_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _checkpoint(tmp_path, 2)
+    root = tmp_path / "checkpoints"
+    for name in (".tmp-step-000004-123", ".old-step-000002-9"):
+        (root / name).mkdir()
+        (root / name / "locked.bin").write_bytes(b"x")
+        (root / name / "f").write_text("x")
+    _undeletable(monkeypatch, "locked.bin")
+    checkpointing.clean_temporaries(tmp_path)  # a resume still starts
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002"]
+    assert not (root / ".tmp-step-000004-123" / "f").exists()  # the rest went
