@@ -20,6 +20,7 @@ import time
 import torch
 from _qwen_shapes import QWEN_SHAPES, qwen_model
 
+from llmforge.device import resolve_device
 from llmforge.inference.generation import SamplingOptions, stream_ids
 
 
@@ -63,7 +64,7 @@ def run_hf(model, prompt: list[int], new: int) -> tuple[float, float, list[int]]
     t0 = time.perf_counter()
     with torch.no_grad():
         ids = model.generate(
-            torch.tensor([prompt]),
+            torch.tensor([prompt], device=model.device),
             max_new_tokens=new,
             min_new_tokens=new,
             do_sample=False,
@@ -78,8 +79,11 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128, help="prompt tokens")
     ap.add_argument("--new", type=int, default=32, help="new tokens")
     ap.add_argument("--runs", type=int, default=5, help="measured runs per candidate")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = ap.parse_args()
     model, adapter = build(args.shape)
+    device = resolve_device(args.device)
+    model.to(device)
     prompt = torch.randint(0, model.config.vocab_size, (args.prompt,)).tolist()
     ours, hf = [], []
     for i in range(args.runs + 1):  # the first round warms up and is dropped
@@ -99,7 +103,7 @@ def main() -> None:
     n = sum(p.numel() for p in model.parameters())
     print(
         f"Qwen2 shape {args.shape!r} ({n / 1e6:.0f}M parameters, fp32), prompt {args.prompt} "
-        f"tokens, {args.new} new tokens greedy, {torch.get_num_threads()} threads, "
+        f"tokens, {args.new} new tokens greedy, {device}, {torch.get_num_threads()} threads, "
         f"runs {args.runs}; same tokens: {same}"
     )
     print(f"  llmforge stream_ids:      first token {f_o:.3f} s, decode {d_o:.1f} tok/s")

@@ -64,7 +64,9 @@ def worker(args: argparse.Namespace) -> None:
     from llmforge.adapters.qwen import Qwen2Adapter
     from llmforge.config import TrainingConfig
     from llmforge.data.samplers import WindowSampler
+    from llmforge.device import resolve_device
     from llmforge.modeling.tokenizers import CharTokenizer
+    from llmforge.training.distributed import DistContext
     from llmforge.training.optim import build_optimizer
     from llmforge.training.trainer import Trainer
 
@@ -74,6 +76,7 @@ def worker(args: argparse.Namespace) -> None:
         block_size=args.seq,
         batch_size=args.batch,
         precision=args.precision,
+        device=args.device,
         max_steps=100_000,
         warmup_steps=0,
         learning_rate=1e-4,
@@ -86,6 +89,8 @@ def worker(args: argparse.Namespace) -> None:
     )
     vocab = QWEN_SHAPES[args.shape][5]
     adapter = Qwen2Adapter(qwen_model(args.shape), CharTokenizer(["a"]))  # random-id batches
+    device = resolve_device(args.device)
+    adapter.model.to(device)
     if cfg.finetune == "lora":
         peft_lora.attach(adapter, peft_lora.resolve_settings("qwen2", cfg.lora))
     data = torch.randint(0, vocab, (200_000,))
@@ -101,6 +106,7 @@ def worker(args: argparse.Namespace) -> None:
             Path(home) / "runs" / "bench",
             {},
             callbacks=[timer],
+            dist=DistContext(device=device),
         )
         with contextlib.suppress(Done):
             trainer.fit()
@@ -125,7 +131,7 @@ def run_candidate(name: str, args: argparse.Namespace) -> dict:
         name,
         *("--shape", args.shape, "--seq", str(args.seq), "--batch", str(args.batch)),
         *("--precision", args.precision, "--steps", str(args.steps)),
-        *("--warmup", str(args.warmup)),
+        *("--warmup", str(args.warmup), "--device", args.device),
     ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -140,6 +146,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="measured steps per process")
     ap.add_argument("--warmup", type=int, default=2, help="unmeasured first steps")
     ap.add_argument("--rounds", type=int, default=3, help="processes per candidate")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--worker", choices=["full", "lora"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

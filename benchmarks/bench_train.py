@@ -78,15 +78,18 @@ def make_bare_step(model, forward, sampler: WindowSampler, cfg: TrainingConfig):
 
     losses: list[float] = []
 
+    dev = next(model.parameters()).device
+
     def step(i: int) -> None:
         x, y = sampler.batch(i - 1, 0)  # bare step i sees the batch of llmforge's step i
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        x, y = x.to(dev), y.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             loss = forward(model, x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(loss.detach()))  # also waits for a GPU to finish the step
 
     step.losses = losses  # type: ignore[attr-defined]
     return step
@@ -105,10 +108,13 @@ def qwen_setup(
     cfg: TrainingConfig, bare_cfg: TrainingConfig, home: str, shape: str, only: str | None
 ) -> tuple[Trainer | None, object]:
     from llmforge.adapters.qwen import Qwen2Adapter
+    from llmforge.device import resolve_device
     from llmforge.modeling.tokenizers import CharTokenizer
+    from llmforge.training.distributed import DistContext
 
+    device = resolve_device(cfg.device)
     vocab = QWEN_SHAPES[shape][5]
-    model = qwen_model(shape).train()
+    model = qwen_model(shape).train().to(device)
     data = torch.randint(0, vocab, (200_000,))
     sampler = WindowSampler(data, cfg.block_size, cfg.batch_size, cfg.seed)
 
@@ -128,6 +134,7 @@ def qwen_setup(
         sampler,
         Path(home) / "runs" / "bench",
         {},
+        dist=DistContext(device=device),
     )
     bare = make_bare_step(bare_model, hf_loss, sampler, bare_cfg) if bare_model else None
     return trainer, bare
@@ -147,6 +154,7 @@ def main() -> None:
         default=None,
         help="the bare loop's precision (default: --precision)",
     )
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     ap.add_argument("--set", action="append", default=[], help="llmforge config override key=value")
     ap.add_argument(
         "--only",
@@ -165,6 +173,7 @@ def main() -> None:
         "sample_interval": 0,
         "run_name": "bench",
         "weight_decay": 0.0,
+        "device": args.device,
     }
     if args.model == "qwen":
         overrides |= {"block_size": 256, "batch_size": 1}
