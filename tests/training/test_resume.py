@@ -80,7 +80,7 @@ def test_the_resume_target_is_the_runs_newest_checkpoint_or_refused(tmp_path: Pa
     from llmforge.workspace import Workspace
 
     ws = Workspace(tmp_path)
-    old, newest = _run(ws.runs_dir, 2, 4)
+    _, newest = _run(ws.runs_dir, 2, 4)
     cfg = _cfg(run_name="myrun")
     assert _resume_target(ws, cfg, "latest") == newest
     assert _resume_target(ws, cfg, "myrun/step-4") == newest
@@ -196,9 +196,7 @@ def test_a_second_extension_appends_to_the_recorded_schedule() -> None:
 
 def test_only_changed_settings_that_a_resume_cannot_take_are_reported() -> None:
     saved = _cfg(precision="bf16", batch_size=4)
-    cfg = _cfg(
-        max_steps=20, learning_rate=1e-3, batch_size=8, dropout=0.3, run_name="other"
-    )
+    cfg = _cfg(max_steps=20, learning_rate=1e-3, batch_size=8, dropout=0.3, run_name="other")
     explicit = {"max_steps", "run_name", "learning_rate", "batch_size", "warmup_steps"}
     # dropout changed but was not given; warmup_steps was given but is the same
     assert _changed_keys(cfg, saved, explicit) == ["batch_size", "learning_rate"]
