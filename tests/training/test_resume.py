@@ -58,8 +58,12 @@ def test_resuming_an_older_checkpoint_is_refused_naming_the_newer_ones(tmp_path:
         "has newer checkpoints (step-000004, step-000006); training on from step 2 would "
         "overwrite them with different weights. Nothing was written."
     )
-    assert "use --resume latest" in info.value.hint
-    assert "--init-from myrun/step-2 --name NEW_MODEL" in info.value.hint
+    assert info.value.hint == (
+        "To continue the run where it is, use --resume latest. To branch off at step 2, start "
+        "a new run from its weights: llmforge train CONFIG --init-from myrun/step-2 --name "
+        "NEW_MODEL (the checkpoint is registered as NEW_MODEL and the run is named after it; "
+        "--run-name picks another name)."
+    )
 
 
 def test_the_newest_checkpoint_and_folders_outside_a_run_resume(tmp_path: Path) -> None:
@@ -157,6 +161,13 @@ def test_rewarm_from_step_0_starts_from_no_rate_and_the_rate_before_is_the_old_p
     assert f"the lr goes from {before:.2e} up to" in notes[0]
 
 
+def test_an_extension_from_step_0_without_warmup_starts_from_no_rate() -> None:
+    saved = _cfg(warmup_steps=0)
+    run_cfg = _cfg(max_steps=12, warmup_steps=0, schedule_on_extend="replan")
+    _, warnings = extend_schedule(run_cfg, saved, {}, 0)
+    assert "the learning rate jumps from 0.00e+00 to 3.00e-03" in warnings[0]
+
+
 def test_replan_warns_that_the_rate_jumps() -> None:
     state: dict = {}
     run_cfg = _cfg(max_steps=16, schedule_on_extend="replan")
@@ -207,6 +218,10 @@ def test_precision_auto_is_not_a_change_but_another_precision_is() -> None:
     saved = _cfg(precision="bf16")
     assert _changed_keys(_cfg(precision="auto"), saved, {"precision"}) == []
     assert _changed_keys(_cfg(precision="fp32"), saved, {"precision"}) == ["precision"]
+    # a setting skipped (resumable, unchanged, auto) does not hide the changed ones after it
+    explicit = {"eval_interval", "precision", "seed", "warmup_steps"}
+    changed = _cfg(eval_interval=7, precision="auto", seed=3, warmup_steps=1)
+    assert _changed_keys(changed, saved, explicit) == ["seed", "warmup_steps"]
     auto = _cfg(precision="auto")
     assert _changed_keys(_cfg(precision="fp32"), auto, {"precision"}) == ["precision"]
 
@@ -331,7 +346,9 @@ def test_an_optimizer_state_of_another_model_is_refused(tmp_path: Path) -> None:
     assert info.value.message.startswith(
         f"The optimizer state in {tmp_path} does not fit the model ("
     )
-    assert "damaged or from another model" in info.value.hint
+    assert info.value.hint == (
+        "The checkpoint is damaged or from another model; use another checkpoint."
+    )
 
 
 def test_a_sharded_checkpoint_is_refused_by_a_run_that_is_not_sharded(tmp_path: Path) -> None:
