@@ -65,7 +65,9 @@ MUTATION_TESTS: dict[str, list[str]] = {
     # In-process: the kill and damage tests of whole runs (test_run_safety.py) train a model
     # for every mutant, which alone would take longer than the whole session should.
     "checkpoints/metadata.py": ["tests/training/test_checkpoint_metadata.py"],
+    # The in-process staged imports first (seconds); the hub imports after them.
     "importing/undo.py": [
+        "tests/importing/test_undo.py",
         "tests/reliability/test_import_integrity.py",
         "tests/reliability/test_import_safety.py",
     ],
