@@ -92,6 +92,36 @@ def test_the_resume_target_is_the_runs_newest_checkpoint_or_refused(tmp_path: Pa
         _resume_target(ws, cfg, "myrun/2")
 
 
+# --- the memory pre-check's model size --------------------------------------------------
+
+SHAPE = {"architecture": "custom-transformer", "vocab_size": 64, "n_layers": 1, "d_model": 8}
+PARAMS = 64 * 8 + 16 * 8 + (12 * 8 * 8 + 4 * 8) + 2 * 8  # embeddings, one block, final norm
+
+
+def test_the_size_checked_before_a_resume_is_the_checkpoints_or_its_lora_base(
+    tmp_path: Path,
+) -> None:
+    from helpers import DEFAULT_FILES, make_model
+    from llmforge.training.resume import _resume_shape
+    from llmforge.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    config = json.dumps({**SHAPE, "block_size": 16, "n_heads": 2}).encode()
+    (ckpt,) = _run(ws.runs_dir, 4)
+    (ckpt / "config.json").write_bytes(config)
+    full = _resume_shape(ws, ckpt, {"finetune": "full"})
+    assert full is not None and (full.parameters, full.trainable) == (PARAMS, PARAMS)
+    assert _resume_shape(ws, ckpt, {}) == full
+    # a LoRA checkpoint holds only the adapter: the size is its base's, frozen
+    make_model(ws, "base", files={**DEFAULT_FILES, "config.json": config})
+    (ckpt / "config.json").unlink()
+    lora = _resume_shape(ws, ckpt, {"finetune": "lora", "base": {"model_name": "base"}})
+    assert lora is not None and (lora.parameters, lora.trainable) == (PARAMS, 0)
+    # a base that is gone is reported precisely by the loader later: no pre-check
+    assert _resume_shape(ws, ckpt, {"finetune": "lora", "base": {"model_name": "gone"}}) is None
+    assert _resume_shape(ws, ckpt, {"finetune": "lora"}) is None
+
+
 # --- extend_schedule ----------------------------------------------------------------------
 
 INITIAL = {"from_step": 0, "max_steps": 8, "warmup_steps": 2, "mode": "initial"}
