@@ -137,6 +137,9 @@ def test_a_successful_import_keeps_its_cache_entries_and_drops_its_staging(
     with leave_no_trace(ws, "tiny") as work:
         seen = _stage(ws, work, None)
         assert work.begin() == seen["staging"]  # one staging folder per import
+        # named after the model and this process: a leftover tells whose it was, and the
+        # next import removes it once that process is gone
+        assert seen["staging"].name.startswith(f"tiny.{os.getpid()}.")
     assert not seen["staging"].exists()
     assert seen["blob"].is_file() and seen["hub_blob"].is_file()
 
