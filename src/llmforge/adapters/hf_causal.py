@@ -96,6 +96,13 @@ class HFCausalLMAdapter(ModelAdapter):
     def supports_packing(self) -> bool:
         # transformers (>= 4.53) reads restarts in position_ids as sequence boundaries: a
         # block-diagonal causal mask for these implementations, varlen for flash attention.
+        # Older transformers ignore the restarts: packed examples would attend across
+        # each other silently, so those versions pad (pyproject allows >= 4.45).
+        import transformers
+        from packaging.version import Version
+
+        if Version(transformers.__version__) < Version("4.53"):
+            return False
         impl = getattr(self.model.config, "_attn_implementation", None)
         return impl in PACKING_ATTENTION
 
