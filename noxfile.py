@@ -59,6 +59,7 @@ MUTATION_TESTS: dict[str, list[str]] = {
         "tests/store/test_blobs.py",
         "tests/store/test_store_weights.py",
         "tests/store/test_commit.py",
+        "tests/importing/test_undo.py",  # an import's undo of the cache: cache_idle
     ],
     "training/checkpointing.py": ["tests/training/test_checkpointing.py"],
     "checkpoints/manifest.py": ["tests/training/test_checkpointing.py"],
@@ -71,10 +72,14 @@ MUTATION_TESTS: dict[str, list[str]] = {
         "tests/reliability/test_import_integrity.py",
         "tests/reliability/test_import_safety.py",
     ],
-    # In-process, on configs and checkpoint folders built without training (seconds). The
-    # whole runs (tests/reliability/test_run_safety.py) also reach resume_trainer's body, but
-    # train a model for every mutant: not mapped (see tests/README.md).
-    "training/resume.py": ["tests/training/test_resume.py"],
+    # In-process: configs and checkpoint folders built without training (test_resume.py),
+    # and one tiny run trained per module and resumed (test_resume_trainer.py, seconds). The
+    # CLI's whole runs (tests/reliability/test_run_safety.py) train a model per mutant: not
+    # mapped (see tests/README.md).
+    "training/resume.py": [
+        "tests/training/test_resume.py",
+        "tests/training/test_resume_trainer.py",
+    ],
 }
 
 
