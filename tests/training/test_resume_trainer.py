@@ -23,7 +23,7 @@ from llmforge.checkpoints.layout import list_checkpoints
 from llmforge.checkpoints.loading import load_optimizer_state
 from llmforge.checkpoints.manifest import write_manifest
 from llmforge.config import TrainingConfig, load_config
-from llmforge.errors import CheckpointError
+from llmforge.errors import CheckpointError, TrainingError
 from llmforge.training.resume import resume_trainer
 from llmforge.training.run_setup import prepare_run
 from llmforge.workspace import Workspace
@@ -122,12 +122,12 @@ def test_only_resumable_settings_the_user_set_change_and_the_rest_are_reported(
     ws, ckpt, config = run
     cfg = load_config(config)
     changed = TrainingConfig.from_dict(
-        {**cfg.to_dict(), "max_steps": 9, "learning_rate": 1e-2, "log_interval": 2}
+        {**cfg.to_dict(), "max_steps": 9, "learning_rate": 1e-2, "min_lr": 1e-5, "log_interval": 2}
     )
-    explicit = {"max_steps", "learning_rate", "batch_size"}  # batch_size set, but unchanged
+    explicit = {"max_steps", "learning_rate", "min_lr", "batch_size"}  # batch_size: unchanged
     trainer, meta, warnings, notes = resume_trainer(ckpt, changed, explicit, ws)
     assert warnings == [
-        "A resumed run keeps its original settings; ignoring the changed learning_rate."
+        "A resumed run keeps its original settings; ignoring the changed learning_rate, min_lr."
     ]
     assert trainer.cfg.learning_rate == cfg.learning_rate
     # log_interval is resumable but was not set by the user: the saved value stays
@@ -217,3 +217,20 @@ def test_a_damaged_state_step_is_refused(run: tuple[Workspace, Path, Path]) -> N
     _edit_state(ckpt, step=3)
     with pytest.raises(CheckpointError, match=r"says step 3, but its folder name says step 4"):
         _resume(ws, ckpt, config)
+
+
+def test_a_memory_limit_given_on_resume_is_checked_before_the_model_is_loaded(
+    run: tuple[Workspace, Path, Path],
+) -> None:
+    ws, ckpt, config = run
+    cfg = load_config(config)
+    tight = TrainingConfig.from_dict({**cfg.to_dict(), "memory_limit_gb": 1e-6})
+    with pytest.raises(TrainingError) as info:
+        resume_trainer(ckpt, tight, {"memory_limit_gb"}, ws)
+    # refused from the checkpoint's config, before its weights were read
+    assert "but only 1.1 KB is available (memory_limit_gb); the model was not built" in (
+        info.value.message
+    )
+    # the same limit, not set by the user, is not the run's: it resumes
+    trainer, *_ = resume_trainer(ckpt, tight, set(), ws)
+    assert trainer.cfg.memory_limit_gb == cfg.memory_limit_gb
