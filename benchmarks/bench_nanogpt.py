@@ -174,6 +174,7 @@ def run_pair(args, precision: str, text_file: Path, home: Path) -> dict:
         save_interval=10**6,
         sample_interval=0,
         run_name=f"bench-{precision}",
+        compile=args.compile,
     )
     run = prepare_run(resolve_workspace(str(home)), cfg)
     trainer = run.trainer
@@ -212,6 +213,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="micro-batch (sequences)")
     ap.add_argument("--precision", default="fp32,bf16", help="llmforge precisions, in turn")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    ap.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="llmforge with compile: true (nanoGPT stays eager); raise --warmup past compiling",
+    )
     args = ap.parse_args()
     load_nanogpt(args.nanogpt)  # refuse a wrong folder before any work
     text = args.text.read_text(encoding="utf-8") if args.text else builtin_corpus().text

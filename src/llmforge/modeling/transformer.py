@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmforge.modeling.dropout import ParallelDropout, dropout_noise
+
 # One (key, value) pair per layer, each (B, H, T_past, D).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -72,7 +74,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.resid_drop = ParallelDropout(cfg.dropout)
 
     def forward(
         self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -85,7 +87,9 @@ class CausalSelfAttention(nn.Module):
             k = torch.cat((past[0], k), dim=2)  # (B, H, T_past + T, D)
             v = torch.cat((past[1], v), dim=2)
         p = self.dropout if self.training else 0.0
-        if past is None:
+        if past is None and p > 0 and x.device.type == "cpu":
+            y = _dropout_attention(q, k, v, p)
+        elif past is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         elif T == 1:
             # One new token attends to everything before it: no mask needed.
@@ -100,6 +104,23 @@ class CausalSelfAttention(nn.Module):
         return self.resid_drop(self.proj(y)), (k, v)
 
 
+def _dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    """Causal attention with dropout on its weights, the mask drawn on every core.
+
+    What ``scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)`` computes on a
+    CPU (its flash kernel refuses dropout, so it takes this math path too), without its
+    single-threaded mask and its ``_safe_softmax`` checks (no row is fully masked here: each
+    query sees itself). q, k, v: (B, H, T, D); returns (B, H, T, D).
+    """
+    T = q.size(-2)
+    scores = (q * q.size(-1) ** -0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)  # (T, T)
+    # in place: nothing keeps the scores for backward (the product keeps q and k), and a
+    # copy of a (B, H, T, T) tensor costs as much as the softmax
+    weights = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
+    return (weights * dropout_noise(weights, p)) @ v  # (B, H, T, D)
+
+
 class MLP(nn.Module):
     """Position-wise feed-forward: C -> 4C -> C with GELU."""
 
@@ -107,7 +128,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model, bias=False)
         self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model, bias=False)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = ParallelDropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.proj(F.gelu(self.fc(x))))
@@ -145,7 +166,7 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = ParallelDropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
