@@ -10,15 +10,19 @@ trained on and an answer that is; lengths drawn from a seeded RNG, mostly short 
 tail, as real chat sets are), given as token ids so no tokenizer differs. Micro-batch
 ``--batch``, AdamW, lr 2e-5, grad clip 1, no eval, no checkpoints. Candidates:
 
-- ``llmforge``: ``Trainer`` with the padded example batches of ``llmforge train`` (its fast bf16
-  defaults: bf16 weights + fp32 masters, fused loss, fused AdamW);
+- ``llmforge`` / ``llmforge-pack``: ``Trainer`` with the padded / packed example batches of
+  ``llmforge train`` (``packing: false`` / ``true``, the default; its fast bf16 defaults: bf16
+  weights + fp32 masters, fused loss, fused AdamW);
 - ``hf``: ``transformers.Trainer(bf16=True, use_cpu=...)`` with a padding collator;
 - ``trl-pad`` / ``trl-pack``: TRL's ``SFTTrainer`` with ``packing=False`` / ``packing=True``
   (its default best-fit packing, padding-free) on the same records (``completion_mask``).
 
-Each candidate runs in its own process (for its peak RSS), candidates alternate round by
-round. Reported: median real (non-padding) tokens per second over the steps after the first
-two, and the process's peak RSS.
+All candidates train on the same examples in the same order: llmforge's sampler draws them
+(seeded), and the peers read that sequence sequentially (``train_sampling_strategy``
+"sequential"; TRL's packing packs the same examples). Each candidate runs in its own process
+(for its peak RSS), candidates alternate round by round. Reported: real (non-padding) tokens
+per second over the steps after the first two (their sum over the steps' time), and the
+process's peak RSS.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CANDIDATES = ["llmforge", "hf", "trl-pad", "trl-pack"]
+CANDIDATES = ["llmforge", "llmforge-pack", "hf", "trl-pad", "trl-pack"]
 LR = 2e-5
 
 
@@ -62,7 +66,9 @@ class StepTimes:
     def __init__(self) -> None:
         self.times: list[float] = []
         self.tokens: list[int] = []
-        self.pending = 0
+        # real tokens of each batch made, oldest first: a step trains on the oldest one not
+        # yet trained on (accelerate's data loader collates one batch ahead of the step)
+        self.made: list[int] = []
         self.mark = 0.0
 
     def begin(self) -> None:
@@ -70,12 +76,13 @@ class StepTimes:
 
     def end(self) -> None:
         self.times.append(time.perf_counter() - self.mark)
-        self.tokens.append(self.pending)
-        self.pending = 0
+        self.tokens.append(self.made.pop(0) if self.made else 0)
 
-    def rate(self, skip: int = 2) -> float:
-        rates = [k / t for k, t in zip(self.tokens[skip:], self.times[skip:], strict=True)]
-        return statistics.median(rates)
+    def rate(self, skip: int = 2, upto: int | None = None) -> float:
+        """Real tokens per second over steps ``skip + 1 .. upto``: their sum over the steps'
+        time (a median of per-step rates would weigh a step of short examples, where the
+        fixed per-step work dominates, like one of long ones)."""
+        return sum(self.tokens[skip:upto]) / sum(self.times[skip:upto])
 
 
 def counting(collate, times: StepTimes):
@@ -84,16 +91,15 @@ def counting(collate, times: StepTimes):
     def collate_and_count(features):
         batch = collate(features)
         mask = batch.get("attention_mask")
-        times.pending += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+        times.made.append(int(mask.sum()) if mask is not None else int(batch["input_ids"].numel()))
         return batch
 
     return collate_and_count
 
 
-def run_llmforge(model, records, args, times: StepTimes) -> None:
+def run_llmforge(model, records, args, times: StepTimes, packed: bool = False) -> None:
     from llmforge.adapters.qwen import Qwen2Adapter
     from llmforge.config import TrainingConfig
-    from llmforge.data.samplers import ExampleSampler, make_example
     from llmforge.device import resolve_device
     from llmforge.modeling.tokenizers import CharTokenizer
     from llmforge.training.distributed import DistContext
@@ -115,18 +121,14 @@ def run_llmforge(model, records, args, times: StepTimes) -> None:
         save_interval=10**6,
         sample_interval=0,
     )
-    examples = [
-        make_example(r["input_ids"], [bool(m) for m in r["completion_mask"]], args.seq)
-        for r in records
-    ]
-    sampler = ExampleSampler([e for e in examples if e], args.seq, args.batch, cfg.seed, 0)
+    sampler = _llmforge_sampler(records, args, cfg.seed, packed)[0]
     batch = sampler.batch
 
-    # Real tokens of a padded batch: each row's example length (padding follows it).
+    # Real tokens of a batch: the lengths of the examples drawn (padding follows each).
     def real_tokens(step: int, micro: int):
-        x, y = batch(step, micro)
-        times.pending += sum(_row_length(row) for row in y)
-        return x, y
+        drawn = sampler.draw(step, micro)
+        times.made.append(sum(_row_length(sampler.examples[i].labels) for i in drawn))
+        return batch(step, micro)
 
     sampler.batch = real_tokens  # type: ignore[method-assign]
     adapter = Qwen2Adapter(model, CharTokenizer(["a"]))
@@ -150,6 +152,31 @@ def run_llmforge(model, records, args, times: StepTimes) -> None:
         trainer.callbacks = [Timer()]
         times.begin()
         trainer.fit(stop_at=args.steps - 1)  # before the final checkpoint
+
+
+def _llmforge_sampler(records, args, seed: int, packed: bool = False):
+    """llmforge's example sampler over ``records``, and the record index of each example."""
+    from llmforge.data.packing import PackedExampleSampler
+    from llmforge.data.samplers import ExampleSampler, make_example
+
+    examples, index = [], []
+    for i, r in enumerate(records):
+        e = make_example(r["input_ids"], [bool(m) for m in r["completion_mask"]], args.seq)
+        if e is not None:
+            examples.append(e)
+            index.append(i)
+    kind = PackedExampleSampler if packed else ExampleSampler
+    return kind(examples, args.seq, args.batch, seed, 0), index
+
+
+def in_draw_order(records: list[dict], args) -> list[dict]:
+    """The records llmforge's sampler draws for steps 0..steps-1, in order: the peers read
+    them sequentially, so every candidate trains on the same examples in the same order."""
+    from llmforge.config import TrainingConfig
+
+    seed = TrainingConfig(model_name="bench").seed
+    sampler, index = _llmforge_sampler(records, args, seed)
+    return [records[index[i]] for step in range(args.steps) for i in sampler.draw(step, 0)]
 
 
 def _row_length(labels_row) -> int:
@@ -206,6 +233,7 @@ def run_hf(model, records, args, times: StepTimes, out: str) -> None:
         max_grad_norm=1.0,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        train_sampling_strategy="sequential",  # the records come in llmforge's draw order
     )
     trainer = Trainer(
         model=model,
@@ -235,6 +263,7 @@ def run_trl(model, records, args, times: StepTimes, out: str, packing: bool) -> 
         max_length=args.seq,
         packing=packing,
         dataloader_num_workers=0,
+        train_sampling_strategy="sequential",  # the records come in llmforge's draw order
     )
     trainer = SFTTrainer(
         model=model,
@@ -272,14 +301,24 @@ def run_one(args) -> dict:
         model.to(args.device)
     times = StepTimes()
     with tempfile.TemporaryDirectory() as out:
-        if args.only == "llmforge":
-            run_llmforge(model, records, args, times)
+        if args.only in ("llmforge", "llmforge-pack"):
+            run_llmforge(model, records, args, times, packed=args.only == "llmforge-pack")
         elif args.only == "hf":
-            run_hf(model, records, args, times, out)
+            run_hf(model, in_draw_order(records, args), args, times, out)
         else:
-            run_trl(model, records, args, times, out, packing=args.only == "trl-pack")
+            ordered = in_draw_order(records, args)
+            run_trl(model, ordered, args, times, out, packing=args.only == "trl-pack")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"candidate": args.only, "tok_s": times.rate(), "steps": len(times.times), "rss": rss}
+    return {
+        "candidate": args.only,
+        # llmforge stops after step steps - 1 (before its final checkpoint): the same steps
+        # count for every candidate
+        "tok_s": times.rate(upto=args.steps - 1),
+        "steps": len(times.times[2 : args.steps - 1]),
+        # counted: the same for every padded candidate (the same examples)
+        "tokens": sum(times.tokens[2 : args.steps - 1]),
+        "rss": rss,
+    }
 
 
 def main() -> None:
@@ -307,7 +346,7 @@ def main() -> None:
         flush=True,
     )
     results: dict[str, list[dict]] = {n: [] for n in names}
-    passthrough = [a for a in sys.argv[1:] if not a.startswith("--candidates")]
+    passthrough = _without_candidates(sys.argv[1:])
     for _ in range(args.rounds):
         for name in names:
             cmd = [sys.executable, __file__, *passthrough, "--only", name]
@@ -318,7 +357,11 @@ def main() -> None:
                 continue
             r = json.loads(line[-1][7:])
             results[name].append(r)
-            print(f"  {name:9s} {r['tok_s']:9,.1f} tok/s   peak RSS {r['rss']:.2f} GiB", flush=True)
+            print(
+                f"  {name:13s} {r['tok_s']:9,.1f} tok/s   peak RSS {r['rss']:.2f} GiB   "
+                f"({r['steps']} steps counted, {r['tokens']:,} real tokens)",
+                flush=True,
+            )
     base = results.get("llmforge") or []
     ours = statistics.median(r["tok_s"] for r in base) if base else None
     print("medians over rounds:")
@@ -328,9 +371,22 @@ def main() -> None:
         tok = statistics.median(r["tok_s"] for r in rs)
         rss = max(r["rss"] for r in rs)
         vs = f"   llmforge / {name} = {ours / tok:.2f}x" if ours and name != "llmforge" else ""
-        print(f"  {name:9s} {tok:9,.1f} tok/s   peak RSS {rss:.2f} GiB{vs}")
+        print(f"  {name:13s} {tok:9,.1f} tok/s   peak RSS {rss:.2f} GiB{vs}")
     load = os.getloadavg()
     print(f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
+def _without_candidates(argv: list[str]) -> list[str]:
+    """The command line minus ``--candidates X`` / ``--candidates=X`` (each child gets --only)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--candidates":
+            skip = True
+        elif not a.startswith("--candidates="):
+            out.append(a)
+    return out
 
 
 def _env() -> dict:
