@@ -42,6 +42,8 @@ def _executor(threads: int) -> ThreadPoolExecutor:
     global _pool, _pool_key
     key = (os.getpid(), threads)
     if _pool is None or _pool_key != key:
+        if _pool is not None and _pool_key is not None and _pool_key[0] == key[0]:
+            _pool.shutdown(wait=False)  # another thread count: this process's old workers go
         _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="llmforge-dropout")
         _pool_key = key
     return _pool

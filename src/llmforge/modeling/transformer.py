@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmforge.modeling.dropout import ParallelDropout, dropout_noise
+from llmforge.modeling.dropout import ParallelDropout, dropout
 
 # One (key, value) pair per layer, each (B, H, T_past, D).
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -118,7 +118,7 @@ def _dropout_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: flo
     # in place: nothing keeps the scores for backward (the product keeps q and k), and a
     # copy of a (B, H, T, T) tensor costs as much as the softmax
     weights = torch.softmax(scores.masked_fill_(future, float("-inf")), dim=-1)
-    return (weights * dropout_noise(weights, p)) @ v  # (B, H, T, D)
+    return dropout(weights, p, training=True) @ v  # (B, H, T, D)
 
 
 class MLP(nn.Module):
