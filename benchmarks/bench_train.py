@@ -162,7 +162,16 @@ def main() -> None:
         default=None,
         help="run one candidate alone (for its peak RSS)",
     )
+    ap.add_argument(
+        "--bare-reuse-memory",
+        action="store_true",
+        help="give the bare loop llmforge's allocator setting too (reuse_freed_memory)",
+    )
     args = ap.parse_args()
+    if args.bare_reuse_memory:
+        from llmforge.training.speed import reuse_freed_memory
+
+        reuse_freed_memory()  # process-wide: with --only bare it changes the bare loop alone
 
     overrides: dict = {
         "precision": args.precision,

@@ -23,6 +23,7 @@ RESUMABLE_KEYS = (
     "keep_last",
     "log_interval",
     "threads",
+    "reuse_freed_memory",
     "memory_limit_gb",
     "device",
     "dist_timeout",

@@ -199,6 +199,11 @@ class TrainingConfig(BaseModel):
     threads: int = Field(
         default=0, ge=0, le=1024, description="torch threads; 0 = torch's default."
     )
+    reuse_freed_memory: bool = Field(
+        default=True,
+        description="Keep memory a step frees for the next step (glibc's malloc: no mmap per "
+        "large block, no trimming) instead of faulting it in again; Linux only.",
+    )
     memory_limit_gb: float | None = Field(
         default=None,
         gt=0.0,

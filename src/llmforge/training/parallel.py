@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import warnings
 from typing import Any
 
@@ -122,3 +123,38 @@ def no_sync(module: torch.nn.Module, last_micro: bool) -> Any:
 def full_value(t: Any) -> float:
     """A scalar that may be a DTensor (FSDP's gradient norm) as a float."""
     return float(t.full_tensor() if hasattr(t, "full_tensor") else t)
+
+
+def clip_gradients(params: list[torch.nn.Parameter], max_norm: float, optimizer: Any) -> float:
+    """``clip_grad_norm_``, without a pass over the gradients that changes nothing.
+
+    ``clip_grad_norm_`` multiplies every gradient by ``min(1, max_norm / norm)``: a read and
+    a write of all of them (0.24 s of a 3 s step at the Qwen2-0.5B shape on a CPU), even
+    when the factor is exactly 1. Here the norm comes first; the gradients are scaled only
+    when the factor is below 1, and then by the optimizer's own conversion pass when it has
+    one (``scale_gradients``: the fp32 master weights' optimizer), else in place as before.
+
+    Args:
+        params: The trainable parameters (their ``.grad``, plain tensors or DTensors).
+        max_norm: The largest total 2-norm allowed (``inf``: never clip).
+        optimizer: The optimizer about to step.
+
+    Returns:
+        The total norm before clipping (NaN or inf when a gradient is not finite).
+    """
+    utils = torch.nn.utils
+    if not hasattr(utils, "get_total_norm"):  # torch < 2.6: no separate norm
+        return full_value(utils.clip_grad_norm_(params, max_norm))
+    grads = [p.grad for p in params if p.grad is not None]
+    total = utils.get_total_norm(grads)
+    norm = full_value(total)
+    if not math.isfinite(norm):
+        return norm  # the step is skipped: nothing to scale
+    # clip_grads_with_norm_'s own factor, in the norm's dtype, clamped to 1 as it clamps it.
+    factor = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    if full_value(factor) < 1.0:
+        if hasattr(optimizer, "scale_gradients") and not hasattr(factor, "full_tensor"):
+            optimizer.scale_gradients(factor)
+        else:
+            utils.clip_grads_with_norm_(params, max_norm, total)
+    return norm

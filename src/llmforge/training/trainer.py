@@ -28,7 +28,7 @@ from llmforge.inference.generation import SamplingOptions, generate_text
 from llmforge.training.checkpointing import prune_checkpoints, rng_state, save_checkpoint
 from llmforge.training.distributed import DistContext, is_comm_error
 from llmforge.training.optim import lr_at
-from llmforge.training.parallel import LossModule, full_value, no_sync
+from llmforge.training.parallel import LossModule, clip_gradients, no_sync
 
 
 @dataclass
@@ -327,7 +327,7 @@ class Trainer:
             if math.isfinite(loss_value):
                 clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
                 # Gradients are already averaged over the ranks (a DTensor norm under FSDP).
-                grad_norm = full_value(torch.nn.utils.clip_grad_norm_(params, clip))
+                grad_norm = clip_gradients(params, clip, opt)
             if math.isfinite(loss_value) and math.isfinite(grad_norm):
                 self.state["consecutive_skips"] = 0
                 opt.step()
