@@ -70,7 +70,7 @@ class MasterWeightOptimizer:
     def _fp32_grad(self, grad: torch.Tensor) -> torch.Tensor:
         """``grad`` (times the pending factor) in fp32, in the shared buffer."""
         buf = self._grad_buffer
-        if buf is None or buf.numel() < grad.numel() or buf.device != grad.device:
+        if buf is None or buf.device != grad.device:  # sized once, for the largest
             biggest = max(p.numel() for p in self.params)
             buf = self._grad_buffer = torch.empty(biggest, dtype=torch.float32, device=grad.device)
         out = buf[: grad.numel()].view(grad.shape)
