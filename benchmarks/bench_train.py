@@ -147,7 +147,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25, help="measured steps per candidate")
     ap.add_argument("--seq", type=int, default=None, help="sequence length (default: config's)")
     ap.add_argument("--batch", type=int, default=None, help="micro-batch (default: config's)")
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="auto: what a run's default resolves to on this machine",
+    )
     ap.add_argument(
         "--bare-precision",
         choices=["fp32", "bf16"],
@@ -191,6 +196,11 @@ def main() -> None:
     if args.batch:
         overrides["batch_size"] = args.batch
     cfg = load_config(CONFIG, overrides | parse_overrides(args.set))
+    if cfg.precision == "auto":
+        from llmforge.training.new_run import resolve_precision
+
+        cfg = resolve_precision(cfg)
+        print(f"precision auto -> {cfg.precision}", flush=True)
     bare_cfg = cfg.model_copy(update={"precision": args.bare_precision or args.precision})
     with tempfile.TemporaryDirectory() as home:
         if args.model == "custom":

@@ -20,6 +20,15 @@ from hubserver import LocalHub
 from tiny_models import build_tiny_qwen
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The user cache (``XDG_CACHE_HOME``: measured CPU matmul rates) lies in a temp folder
+    for the whole session, module-scoped fixtures included."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No test sees the developer's LLMFORGE_HOME, LLMFORGE_DEBUG, terminal width or HF token,
