@@ -201,7 +201,7 @@ def main() -> None:
 
         cfg = resolve_precision(cfg)
         print(f"precision auto -> {cfg.precision}", flush=True)
-    bare_cfg = cfg.model_copy(update={"precision": args.bare_precision or args.precision})
+    bare_cfg = cfg.model_copy(update={"precision": args.bare_precision or cfg.precision})
     with tempfile.TemporaryDirectory() as home:
         if args.model == "custom":
             trainer, bare = custom_setup(cfg, bare_cfg, home)

@@ -3,6 +3,7 @@ autocast for it."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -109,16 +110,17 @@ _PROBE_SIZE = 256  # a first bf16 matmul, to find emulated bf16 before a 1024-sq
 _MAX_MATMUL_S = 0.1  # a 1024-square bf16 matmul projected slower than this: measure at 256
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none), read once."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def default_rates_file() -> Path:
@@ -170,9 +172,7 @@ def _read_rates(path: Path) -> dict[str, Any]:
     """The kept rates file as a dict (empty when missing or not a JSON object)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (ValueError, UnicodeDecodeError):
+    except (FileNotFoundError, ValueError):  # missing, not UTF-8 or not JSON
         return {}
     return data if isinstance(data, dict) else {}
 
